@@ -1,0 +1,60 @@
+"""The decode loop, shared by every backend and by the split.
+
+A backend supplies `step(ids, n) -> token id`: run the model on the new ids
+(the whole prompt first, then one token at a time) and pick token number n.
+Stdlib only: the edge runs this same loop in Pyodide.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationResult:
+    prompt_ids: list
+    ids: list = field(default_factory=list)
+    finish_reason: str = "length"     # "length" | "stop" | "cancelled"
+    time_to_first_token: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self):
+        n = len(self.ids) - 1
+        return n / self.decode_seconds if n > 0 and self.decode_seconds > 0 else 0.0
+
+
+def check_context(n_prompt, max_new_tokens, context):
+    if n_prompt == 0:
+        raise ValueError("the prompt is empty")
+    if n_prompt > context:
+        raise ValueError(f"prompt of {n_prompt} tokens is longer than the context of {context}")
+    return min(max_new_tokens, context - n_prompt)
+
+
+def generate(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None, should_stop=None):
+    """Greedy/sampled decode. `on_token(id)` is called for each new token as it
+    arrives; `should_stop()` is polled between tokens."""
+    res = GenerationResult(prompt_ids=list(prompt_ids))
+    if max_new_tokens <= 0:
+        return res
+    t0 = time.perf_counter()
+    tok = step(list(prompt_ids), 0)
+    t1 = time.perf_counter()
+    res.time_to_first_token = t1 - t0
+    eos = set(eos_ids)
+    while True:
+        res.ids.append(tok)
+        if on_token is not None:
+            on_token(tok)
+        if tok in eos:
+            res.finish_reason = "stop"
+            break
+        if len(res.ids) >= max_new_tokens:
+            break
+        if should_stop is not None and should_stop():
+            res.finish_reason = "cancelled"
+            break
+        tok = step([tok], len(res.ids))
+    res.decode_seconds = time.perf_counter() - t1
+    return res

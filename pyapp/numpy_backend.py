@@ -1,0 +1,226 @@
+"""The numpy executor: the reference every other backend is checked against.
+
+float32 compute on fp32 or fp16 weights (fp16 is widened once at load).
+One sequence at a time; decoder models keep a KV cache per layer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .models import Model, load_model_dir, weight_files
+
+F32 = np.float32
+
+
+class KVCache:
+    """Preallocated K/V for a range of decoder layers; `length` tokens are valid."""
+
+    def __init__(self, model: Model, start: int, stop: int, capacity: int):
+        shape = (model.n_kv_heads, capacity, model.head_dim)
+        self.capacity = capacity
+        self.k = {i: np.zeros(shape, F32) for i in range(start, stop)} if model.causal else {}
+        self.v = {i: np.zeros(shape, F32) for i in range(start, stop)} if model.causal else {}
+        self.length = 0
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in self.k.values()) + sum(a.nbytes for a in self.v.values())
+
+    def truncate(self, n: int):
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        self.length = n
+
+
+def load_weights(model_dir, names, dtype="f32"):
+    from safetensors import safe_open
+
+    files = weight_files(model_dir, dtype)
+    by_file = {}
+    for n in names:
+        by_file.setdefault(files[n], []).append(n)
+    out = {}
+    for path, ns in by_file.items():
+        with safe_open(str(path), framework="numpy") as f:
+            for n in ns:
+                out[n] = np.ascontiguousarray(f.get_tensor(n), dtype=F32)
+    return out
+
+
+def _rope(x, pos0, theta, head_dim):
+    """Rotate-half RoPE (HF Llama layout) on [T, H, hd] at positions pos0..pos0+T-1."""
+    T = x.shape[0]
+    half = head_dim // 2
+    inv = 1.0 / (theta ** (np.arange(0, half, dtype=np.float64) * 2 / head_dim))
+    ang = np.arange(pos0, pos0 + T, dtype=np.float64)[:, None] * inv[None, :]
+    cos, sin = np.cos(ang).astype(F32)[:, None, :], np.sin(ang).astype(F32)[:, None, :]
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
+
+
+def _softmax(s, axis=-1):
+    s = s - s.max(axis=axis, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _erf(x):
+    # float64 erf via math.erf keeps GELU exact to f32 precision
+    return np.vectorize(math.erf, otypes=[np.float64])(x.astype(np.float64))
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    def __init__(self, model: Model, weights: dict):
+        self.model = model
+        self.w = weights
+
+    @classmethod
+    def load(cls, model_dir, dtype="f32", start=0, stop=None, embed=None, head=None):
+        model = load_model_dir(model_dir, dtype)
+        ops = model.ops(start, stop, embed=embed, head=head)
+        return cls(model, load_weights(model_dir, model.tensors(ops), dtype))
+
+    def new_cache(self, capacity=None, start=0, stop=None):
+        stop = self.model.n_layers if stop is None else stop
+        capacity = min(capacity or self.model.max_context, self.model.max_context)
+        return KVCache(self.model, start, stop, capacity)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids=None, x=None, cache=None, start=0, stop=None, head=None,
+                all_logits=False):
+        """Run layers [start, stop) on `ids` (embedding first) or on a hidden state `x`.
+
+        Returns the hidden state [T, D] if the head is not run, else logits
+        ([T, V] with all_logits, else [1, V]) or the pooled embedding [1, D].
+        """
+        m = self.model
+        stop = m.n_layers if stop is None else stop
+        head = (stop == m.n_layers) if head is None else head
+        if (ids is None) == (x is None):
+            raise ValueError("give exactly one of ids or x")
+        env = {}
+        if ids is not None:
+            if start != 0:
+                raise ValueError("token ids enter at layer 0; give x for a later start")
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if ids.size and (ids.min() < 0 or ids.max() >= m.vocab):
+                raise ValueError(f"token id out of range 0..{m.vocab - 1}")
+            env["ids"] = ids
+            T = ids.size
+        else:
+            env["x"] = np.ascontiguousarray(x, dtype=F32).reshape(-1, m.hidden)
+            T = env["x"].shape[0]
+        pos0 = cache.length if (cache is not None and m.causal) else 0
+        if m.causal:
+            if cache is None:
+                raise ValueError("decoder models need a KV cache")
+            if pos0 + T > cache.capacity:
+                raise ValueError(f"context overflow: {pos0} + {T} tokens > {cache.capacity}")
+        elif pos0 + T > m.max_context:
+            raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
+        ctx = dict(pos0=pos0, cache=cache)
+        for o in m.ops(start, stop, embed=ids is not None, head=False):
+            self.run_op(o, env, ctx)
+        if head:
+            if m.causal and not all_logits:
+                env["x"] = env["x"][-1:]
+            for o in m.head:
+                self.run_op(o, env, ctx)
+        if m.causal and cache is not None:
+            cache.length = pos0 + T
+        if not head:
+            return env["x"]
+        return env["logits"] if m.causal else env["embedding"]
+
+    # ------------------------------------------------------------------ ops
+    def run_op(self, o, env, ctx):
+        w = {role: (self.w[n] if n is not None else None) for role, n in o.weights.items()}
+        a = o.attrs
+        ins = [env[n] for n in o.ins]
+        k = o.kind
+        if k == "embed":
+            ids = ins[0]
+            y = w["tokens"][ids]
+            if w.get("positions") is not None:
+                p0 = ctx["pos0"]
+                y = y + w["positions"][p0:p0 + ids.size]
+            if w.get("token_type") is not None:
+                y = y + w["token_type"][0]
+            out = [y.astype(F32)]
+        elif k == "rms_norm":
+            x = ins[0]
+            ms = np.mean(x * x, axis=-1, keepdims=True)
+            out = [(x / np.sqrt(ms + F32(a["eps"]))) * w["w"]]
+        elif k == "layer_norm":
+            x = ins[0]
+            mu = x.mean(axis=-1, keepdims=True)
+            var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+            out = [(x - mu) / np.sqrt(var + F32(a["eps"])) * w["w"] + w["b"]]
+        elif k == "linear":
+            W = w["w"]
+            y = ins[0] @ (W if a.get("transposed") else W.T)
+            if w.get("b") is not None:
+                y = y + w["b"]
+            out = [y]
+        elif k == "split":
+            out, c = [], 0
+            for s in a["sizes"]:
+                out.append(np.ascontiguousarray(ins[0][:, c:c + s]))
+                c += s
+        elif k == "rope":
+            q, kk = ins
+            T, hd = q.shape[0], a["head_dim"]
+            qr = _rope(q.reshape(T, a["n_heads"], hd), ctx["pos0"], a["theta"], hd)
+            kr = _rope(kk.reshape(T, a["n_kv_heads"], hd), ctx["pos0"], a["theta"], hd)
+            out = [qr.reshape(T, -1), kr.reshape(T, -1)]
+        elif k == "attention":
+            out = [self._attention(*ins, a, ctx)]
+        elif k == "silu_mul":
+            g, u = ins
+            out = [g / (F32(1) + np.exp(-g)) * u]
+        elif k == "gelu":
+            x = ins[0]
+            out = [(0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(F32)]
+        elif k == "gelu_tanh":
+            x = ins[0]
+            c = F32(math.sqrt(2.0 / math.pi))
+            out = [F32(0.5) * x * (F32(1) + np.tanh(c * (x + F32(0.044715) * x * x * x)))]
+        elif k == "add":
+            out = [ins[0] + ins[1]]
+        elif k == "mean_pool":
+            out = [ins[0].mean(axis=0, keepdims=True)]
+        elif k == "l2_normalize":
+            x = ins[0]
+            n = np.sqrt((x * x).sum(axis=-1, keepdims=True))
+            out = [x / np.maximum(n, F32(1e-12))]
+        else:
+            raise NotImplementedError(f"op {k!r}")
+        for name, val in zip(o.outs, out):
+            env[name] = np.asarray(val, dtype=F32)
+
+    def _attention(self, q, k, v, a, ctx):
+        H, Hkv, hd = a["n_heads"], a["n_kv_heads"], a["head_dim"]
+        T = q.shape[0]
+        q = q.reshape(T, H, hd).transpose(1, 0, 2)            # [H, T, hd]
+        k = k.reshape(T, Hkv, hd).transpose(1, 0, 2)          # [Hkv, T, hd]
+        v = v.reshape(T, Hkv, hd).transpose(1, 0, 2)
+        pos0 = 0
+        if a["causal"]:
+            cache, pos0, i = ctx["cache"], ctx["pos0"], a["layer"]
+            cache.k[i][:, pos0:pos0 + T] = k
+            cache.v[i][:, pos0:pos0 + T] = v
+            k, v = cache.k[i][:, :pos0 + T], cache.v[i][:, :pos0 + T]
+        group = H // Hkv
+        k = np.repeat(k, group, axis=0)
+        v = np.repeat(v, group, axis=0)
+        s = (q @ k.transpose(0, 2, 1)) * F32(a["scale"])       # [H, T, S]
+        if a["causal"]:
+            S = k.shape[1]
+            qpos = np.arange(pos0, pos0 + T)[:, None]
+            s = np.where(np.arange(S)[None, :] <= qpos, s, -np.inf)
+        y = _softmax(s) @ v                                    # [H, T, hd]
+        return y.transpose(1, 0, 2).reshape(T, H * hd)
