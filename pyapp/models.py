@@ -35,9 +35,7 @@ import json
 import struct
 from dataclasses import dataclass, field
 
-
-class UnsupportedModel(ValueError):
-    pass
+from .store import UnsupportedArchitecture as UnsupportedModel  # one error type for both
 
 
 @dataclass(frozen=True)
