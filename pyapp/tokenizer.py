@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable, Sequence
 
@@ -212,6 +213,28 @@ def _truncation_from_json(t: dict | None) -> dict | None:
     }
 
 
+# --------------------------------------------------------------------------- Tokenizers.js fix-ups
+
+# CJK ideographs outside the BMP (extensions B-F, compatibility supplement).  ``tokenizers``'
+# BertNormalizer puts spaces around them like around BMP ideographs; Tokenizers.js 0.2.0 walks UTF-16
+# code units and misses them, so the bridge adds the spaces before handing the text over.
+_ASTRAL_CJK = re.compile("([\U00020000-\U0002A6DF\U0002A700-\U0002B73F\U0002B740-\U0002B81F"
+                         "\U0002B820-\U0002CEAF\U0002F800-\U0002FA1F])")
+
+
+def _text_fixup_for(normalizer: dict | None) -> Callable[[str], str] | None:
+    """A str -> str pass that makes Tokenizers.js's normalizer agree with ``tokenizers``', or None."""
+    if not normalizer or normalizer.get("type") != "BertNormalizer":
+        return None
+    if not normalizer.get("handle_chinese_chars", True):
+        return None
+
+    def fixup(text: str) -> str:
+        return text if text.isascii() else _ASTRAL_CJK.sub(" \\1 ", text)
+
+    return fixup
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -278,7 +301,15 @@ class _JSBackend:
 
     name = "tokenizers.js"
 
-    def __init__(self, js_json, js_config, padding: dict | None, truncation: dict | None, model_vocab_size: int):
+    def __init__(
+        self,
+        js_json,
+        js_config,
+        padding: dict | None,
+        truncation: dict | None,
+        model_vocab_size: int,
+        text_fixup: Callable[[str], str] | None = None,
+    ):
         import js  # type: ignore[import-not-found]
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
@@ -297,6 +328,7 @@ class _JSBackend:
         self._vocab: list | None = None
         self._padding = padding
         self._truncation = truncation
+        self._fixup = text_fixup
         # What the post-processor puts around one sequence, with and without special tokens.
         self._frame = {flag: self._probe_post_processor(flag) for flag in (True, False)}
 
@@ -328,6 +360,8 @@ class _JSBackend:
 
     def _encode_ids(self, text: str) -> list[int]:
         """The model's ids for ``text`` (no special tokens added): the only data crossing back."""
+        if self._fixup is not None:
+            text = self._fixup(text)
         enc = self.js.encode(text, self._opt_plain)
         arr = self._Int32Array.from_(enc.ids)
         ids = arr.to_py().tolist()
@@ -543,6 +577,14 @@ class Tokenizer:
         return cls(_RustBackend(_Native.from_file(path)), config)
 
     @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> "Tokenizer":
+        """A local model folder (tokenizer.json, tokenizer_config.json): never a hub name."""
+        folder = os.fspath(folder)
+        if not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+            raise FileNotFoundError(f"no tokenizer.json in {folder!r}")
+        return cls.from_file(os.path.join(folder, "tokenizer.json"))
+
+    @classmethod
     def from_json(cls, obj: Any, config: Any = None) -> "Tokenizer":
         """From a parsed tokenizer.json: a dict, or (Pyodide) a JS object, used as is (not converted)."""
         if config is not None and not isinstance(config, dict):
@@ -566,7 +608,8 @@ class Tokenizer:
         vocab = js_json.model.vocab
         model_vocab_size = int(vocab.length) if js.Array.isArray(vocab) else int(js.Object.keys(vocab).length)
         js_config = js.JSON.parse(json.dumps(_js_config_subset(config)))
-        return cls(_JSBackend(js_json, js_config, padding, truncation, model_vocab_size), config)
+        fixup = _text_fixup_for(_to_py_small(getattr(js_json, "normalizer", None)))
+        return cls(_JSBackend(js_json, js_config, padding, truncation, model_vocab_size, fixup), config)
 
     @classmethod
     async def load(

