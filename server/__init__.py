@@ -1,0 +1,1 @@
+"""pyapp's Starlette server: static site, model files and manifests, split sessions, OpenAI API."""

@@ -1,0 +1,337 @@
+"""The Starlette app: static site, model files + manifests, split sessions, OpenAI-style API.
+
+``create_app(models, backend, token, web_dir, limits, cors_origins)`` builds it; ``server.main``
+runs it with uvicorn, and the tests start it in-process on a free loopback port.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pyapp import store
+
+from . import manifest as mf
+from . import openai_api
+from .httputil import bearer_ok, compute_route, error_response, read_body, read_json
+from .runtime import ApiError, Limits, Registry
+from .sessions import SessionManager
+from .static import IMMUTABLE, REVALIDATE, file_response, safe_join
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WEB_DIR = ROOT / "web"
+PLACEHOLDER = Path(__file__).resolve().parent / "index.html"
+
+
+# --------------------------------------------------------------------------- manifests + files
+
+
+async def _manifest(st, name: str, dtype: str) -> dict:
+    entry = st.registry.get(name)
+    if dtype not in mf.DTYPES:
+        raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
+    if dtype not in entry.dtypes():
+        raise ApiError(404, f"model {name!r} has no {dtype} weights")
+    return await anyio.to_thread.run_sync(mf.get_manifest, name, entry.dir, dtype)
+
+
+async def manifest_route(request: Request):
+    st = request.app.state.pyapp
+    try:
+        m = await _manifest(st, request.path_params["name"], request.query_params.get("dtype", "f32"))
+    except ApiError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(mf.public(m), headers={"cache-control": REVALIDATE})
+
+
+async def _model_file(request: Request, digest: str | None):
+    st = request.app.state.pyapp
+    name, fname = request.path_params["name"], request.path_params["fname"]
+    try:
+        entry = st.registry.get(name)
+    except ApiError as e:
+        return JSONResponse(e.body(), status_code=e.status)
+    # Only names a manifest lists can be served; the store-relative path is re-checked on disk.
+    found = None
+    for dt in entry.dtypes():
+        m = await _manifest(st, name, dt)
+        f = m["files"].get(fname)
+        if f is not None and (digest is None or f["sha256"][:16] == digest):
+            found = f
+            break
+    if found is None:
+        return error_response(404, f"model {name!r} has no file {fname!r}"
+                                   + (f" with digest {digest}" if digest else ""))
+    path = safe_join(st.store_root, f"{name}/{fname}")
+    if path is None:
+        return error_response(404, f"model {name!r} has no file {fname!r}")
+    if digest:
+        return file_response(request, path, etag=f'"{found["sha256"]}"', cache_control=IMMUTABLE)
+    return file_response(request, path, cache_control=REVALIDATE)
+
+
+async def model_file_addressed(request: Request):
+    return await _model_file(request, request.path_params["digest"])
+
+
+async def model_file_plain(request: Request):
+    return await _model_file(request, None)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@compute_route
+async def create_session(request: Request):
+    st = request.app.state.pyapp
+    body = await read_json(request, st.limits.max_body)
+    s = st.sessions.create(body)
+    return JSONResponse(s.info(), status_code=201)
+
+
+@compute_route
+async def list_sessions(request: Request):
+    st = request.app.state.pyapp
+    return JSONResponse({**st.sessions.stats(),
+                         "data": [s.info() for s in st.sessions.sessions.values()]})
+
+
+@compute_route
+async def session_route(request: Request):
+    st = request.app.state.pyapp
+    s = st.sessions.get(request.path_params["sid"])
+    if request.method == "DELETE":
+        st.sessions.delete(s.id)
+        return JSONResponse({"id": s.id, "deleted": True})
+    return JSONResponse(s.info())
+
+
+def _int_header(request, name):
+    v = request.headers.get(name)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer")
+
+
+@compute_route
+async def forward_route(request: Request):
+    st = request.app.state.pyapp
+    s = st.sessions.get(request.path_params["sid"])
+    ct = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+    if ct not in ("application/octet-stream", ""):
+        raise ApiError(415, "send token ids as application/octet-stream (little-endian int32)")
+    dt = request.headers.get("x-dtype", "i32").lower()
+    if dt not in ("i32", "int32"):
+        raise ApiError(400, f"token ids must be int32 (X-Dtype: i32), not {dt!r}")
+    expect = _int_header(request, "x-expect-position")
+    body = await read_body(request, min(st.limits.max_body, 4 * s.entry.context))
+    out, T, pos = await st.sessions.forward(s, body, expect)
+    return Response(out, media_type="application/octet-stream", headers={
+        "x-shape": f"{T},{s.entry.model.hidden}", "x-dtype": s.dtype, "x-position": str(pos),
+        "cache-control": "no-store"})
+
+
+@compute_route
+async def reset_route(request: Request):
+    st = request.app.state.pyapp
+    s = st.sessions.get(request.path_params["sid"])
+    await read_body(request, st.limits.max_body)
+    pos = await st.sessions.rewind(s, 0)
+    return JSONResponse({"id": s.id, "position": pos})
+
+
+@compute_route
+async def truncate_route(request: Request):
+    st = request.app.state.pyapp
+    s = st.sessions.get(request.path_params["sid"])
+    body = await read_json(request, st.limits.max_body)
+    if "length" not in body:
+        raise ApiError(400, "truncate needs {\"length\": n}", param="length")
+    pos = await st.sessions.rewind(s, body["length"])
+    return JSONResponse({"id": s.id, "position": pos})
+
+
+async def session_ws(ws: WebSocket):
+    """Binary frame in: int32 ids; binary frame out: hidden states (same bytes as HTTP).
+    Text frame ``{"op": "reset"|"truncate"|"info", "length": n}`` -> a JSON text reply.
+    Errors come back as a text frame ``{"error": {...}}`` and the socket stays open."""
+    st = ws.app.state.pyapp
+    if not bearer_ok(st.token, ws.headers, ws.query_params):
+        await ws.close(code=1008)
+        return
+    try:
+        s = st.sessions.get(ws.path_params["sid"])
+    except ApiError:
+        await ws.close(code=4404)
+        return
+    await ws.accept()
+    limit = min(st.limits.max_body, 4 * s.entry.context)
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                break
+            try:
+                if msg.get("bytes") is not None:
+                    data = msg["bytes"]
+                    if len(data) > limit:
+                        raise ApiError(413, f"frame of {len(data)} bytes is over the limit of {limit}")
+                    out, T, pos = await st.sessions.forward(s, data)
+                    await ws.send_bytes(out)
+                    continue
+                try:
+                    req = json.loads(msg.get("text") or "")
+                except ValueError:
+                    raise ApiError(400, "text frames must be JSON {\"op\": ...}")
+                op = req.get("op") if isinstance(req, dict) else None
+                if op == "reset":
+                    pos = await st.sessions.rewind(s, 0)
+                elif op == "truncate":
+                    if "length" not in req:
+                        raise ApiError(400, "truncate needs a length", param="length")
+                    pos = await st.sessions.rewind(s, req["length"])
+                elif op == "info":
+                    st.sessions.get(s.id)
+                    await ws.send_text(json.dumps(s.info()))
+                    continue
+                else:
+                    raise ApiError(400, f"unknown op {op!r}: use reset, truncate or info")
+                await ws.send_text(json.dumps({"ok": True, "op": op, "position": pos}))
+            except ApiError as e:
+                await ws.send_text(json.dumps(e.body()))
+                if e.status == 404:  # the session is gone
+                    await ws.close(code=4404)
+                    return
+    except WebSocketDisconnect:
+        pass
+
+
+# --------------------------------------------------------------------------- site
+
+
+def _placeholder(st) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(e.name)}</td><td>{html.escape(e.model.arch)}</td>"
+        f"<td>{e.model.n_layers}</td><td>{e.model.kind}</td>"
+        f"<td><a href=\"/models/{html.escape(e.name)}/manifest.json\">manifest</a></td></tr>"
+        for e in st.registry.entries.values())
+    return PLACEHOLDER.read_text().replace("{{ROWS}}", rows)
+
+
+async def static_route(request: Request):
+    st = request.app.state.pyapp
+    rel = request.path_params.get("path", "")
+    if rel in ("", "index.html"):
+        idx = safe_join(st.web_dir, "index.html") if st.web_dir else None
+        if idx is None:
+            return HTMLResponse(_placeholder(st), headers={"cache-control": REVALIDATE})
+        return file_response(request, idx)
+    path = safe_join(st.web_dir, rel) if st.web_dir else None
+    if path is None:
+        return error_response(404, f"not found: /{rel}")
+    return file_response(request, path, cache_control=REVALIDATE)
+
+
+async def health(request: Request):
+    st = request.app.state.pyapp
+    return JSONResponse({"ok": True, "models": list(st.registry.entries), **st.sessions.stats()})
+
+
+async def openapi_route(request: Request):
+    from .openapi import openapi_document
+
+    return JSONResponse(openapi_document(request.app.state.pyapp))
+
+
+# --------------------------------------------------------------------------- app
+
+
+async def _http_error(request, exc: HTTPException):
+    return error_response(exc.status_code, exc.detail or "error", headers=getattr(exc, "headers", None))
+
+
+async def _api_error(request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _server_error(request, exc: Exception):
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+
+def create_app(models: list[str] | None = None, backend: str = "numpy", token: str | None = None,
+               web_dir: str | Path | None = DEFAULT_WEB_DIR, limits: Limits | dict | None = None,
+               cors_origins: list[str] | None = None, preload: bool = False) -> Starlette:
+    limits = Limits.from_dict(limits)
+    if backend not in ("numpy", "wgpu"):
+        raise ValueError(f"unknown backend {backend!r}: use numpy or wgpu")
+    if not models:
+        models = [m["name"] for m in store.list_models()]
+    registry = Registry(list(models), backend, limits)
+    state = SimpleNamespace(registry=registry, sessions=SessionManager(registry, limits),
+                            limits=limits, token=token or None, store_root=store.models_dir(),
+                            web_dir=Path(web_dir) if web_dir else None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        sweeper = asyncio.ensure_future(state.sessions.sweeper())
+        if preload:
+            for e in registry.entries.values():
+                await anyio.to_thread.run_sync(e.backend, "f32")
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    routes = [
+        Route("/healthz", health),
+        Route("/openapi.json", openapi_route),
+        Route("/v1/models", openai_api.list_models),
+        Route("/v1/models/{name}", openai_api.get_model),
+        Route("/v1/completions", openai_api.completions, methods=["POST"]),
+        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/v1/sessions", create_session, methods=["POST"]),
+        Route("/v1/sessions", list_sessions, methods=["GET"]),
+        Route("/v1/sessions/{sid}", session_route, methods=["GET", "DELETE"]),
+        Route("/v1/sessions/{sid}/forward", forward_route, methods=["POST"]),
+        Route("/v1/sessions/{sid}/reset", reset_route, methods=["POST"]),
+        Route("/v1/sessions/{sid}/truncate", truncate_route, methods=["POST"]),
+        WebSocketRoute("/v1/sessions/{sid}/ws", session_ws),
+        Route("/models/{name}/manifest.json", manifest_route),
+        Route("/models/{name}/files/{fname}", model_file_plain, methods=["GET", "HEAD"]),
+        Route("/models/{name}/{digest}/{fname}", model_file_addressed, methods=["GET", "HEAD"]),
+        Route("/", static_route, methods=["GET", "HEAD"]),
+        Route("/{path:path}", static_route, methods=["GET", "HEAD"]),
+    ]
+    middleware = []
+    if cors_origins:
+        from starlette.middleware import Middleware
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins),
+                                     allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
+                                     allow_headers=["authorization", "content-type", "range",
+                                                    "if-none-match", "if-range", "x-dtype",
+                                                    "x-expect-position"],
+                                     expose_headers=["x-shape", "x-dtype", "x-position", "etag",
+                                                     "content-range", "accept-ranges"]))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, ApiError: _api_error,
+                                        Exception: _server_error})
+    app.state.pyapp = state
+    return app

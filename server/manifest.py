@@ -1,0 +1,179 @@
+"""The per-model manifest the edge reads to fetch exactly its layers (schema: docs/server.md).
+
+Hashing a 540 MB file takes seconds, so a manifest is computed once per (dtype, file sizes and
+mtimes) and cached next to the model as ``<store>/<name>/.pyapp-manifest-<dtype>.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from pyapp.models import load_model_dir, read_safetensors_header, weight_files
+
+MANIFEST_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+EXTRA_FILES = ("config.json", "generation_config.json") + TOKENIZER_FILES
+DTYPES = ("f32", "f16")
+ST_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16", "I64": "i64", "I32": "i32",
+             "I16": "i16", "I8": "i8", "U8": "u8", "BOOL": "bool"}
+
+_locks: dict = {}
+_locks_guard = threading.Lock()
+
+
+def file_url(name: str, fname: str, sha256: str) -> str:
+    return f"/models/{name}/{sha256[:16]}/{fname}"
+
+
+def _sha256_file(path: Path, buf=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(buf)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _sha256_ranges(path: Path, ranges, buf=1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for off, length in ranges:
+            f.seek(off)
+            left = length
+            while left > 0:
+                b = f.read(min(buf, left))
+                if not b:
+                    raise ValueError(f"{path.name} is shorter than its header says")
+                h.update(b)
+                left -= len(b)
+    return h.hexdigest()
+
+
+def _coalesce(spans):
+    """Sorted, merged [offset, length] spans (contiguous or overlapping ones join)."""
+    out = []
+    for off, length in sorted(spans):
+        if out and off <= out[-1][0] + out[-1][1]:
+            end = max(out[-1][0] + out[-1][1], off + length)
+            out[-1][1] = end - out[-1][0]
+        else:
+            out.append([off, length])
+    return out
+
+
+def _stamp(paths) -> dict:
+    out = {}
+    for p in paths:
+        st = os.stat(p)
+        out[p.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def model_files(model_dir: Path, dtype: str) -> list[Path]:
+    """Every file a manifest of this dtype names (weights + config + tokenizer)."""
+    weights = sorted(set(weight_files(model_dir, dtype).values()), key=lambda p: p.name)
+    stem = "model" if dtype == "f32" else f"model.{dtype}"
+    index = model_dir / f"{stem}.safetensors.index.json"
+    extra = [model_dir / n for n in EXTRA_FILES if (model_dir / n).is_file()]
+    if index.is_file():
+        extra.append(index)
+    return weights + extra
+
+
+def build_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
+    model_dir = Path(model_dir)
+    model = load_model_dir(model_dir, dtype)
+    wf = weight_files(model_dir, dtype)
+    files = model_files(model_dir, dtype)
+    stamp = _stamp(files)
+    file_entries = {}
+    for p in files:
+        sha = _sha256_file(p)
+        file_entries[p.name] = {"url": file_url(name, p.name, sha), "size": stamp[p.name][0],
+                                "sha256": sha}
+    headers = {}
+    for p in set(wf.values()):
+        header, data_start = read_safetensors_header(p)
+        headers[p] = (header, data_start)
+
+    def tensor_entry(tname):
+        p = wf[tname]
+        header, data_start = headers[p]
+        t = header[tname]
+        a, b = t["data_offsets"]
+        return p, {"name": tname, "offset": data_start + a, "length": b - a,
+                   "dtype": ST_DTYPES.get(t["dtype"], t["dtype"].lower()), "shape": t["shape"]}
+
+    def chunks_for(cid, layer, names):
+        by_file: dict = {}
+        for n in names:
+            p, e = tensor_entry(n)
+            by_file.setdefault(p, []).append(e)
+        out = []
+        for p in sorted(by_file, key=lambda p: p.name):
+            tensors = sorted(by_file[p], key=lambda e: e["offset"])
+            ranges = _coalesce([(e["offset"], e["length"]) for e in tensors])
+            out.append({"id": cid, "layer": layer, "file": p.name, "ranges": ranges,
+                        "sha256": _sha256_ranges(p, ranges),
+                        "bytes": sum(r[1] for r in ranges), "tensors": tensors})
+        return out
+
+    chunks = chunks_for("embed", None, model.embed_tensors())
+    for i in range(model.n_layers):
+        chunks += chunks_for(f"layer.{i}", i, model.layer_tensors(i))
+    chunks += chunks_for("head", None, model.head_tensors())
+    tok = {n: file_entries[n]["url"] for n in TOKENIZER_FILES if n in file_entries}
+    return {
+        "version": MANIFEST_VERSION,
+        "name": name,
+        "architecture": model.arch,
+        "kind": model.kind,
+        "config": model.config,
+        "n_layers": model.n_layers,
+        "dtype": dtype,
+        "hidden": model.hidden,
+        "vocab": model.vocab,
+        "max_context": model.max_context,
+        "eos_ids": list(model.eos_ids),
+        "bos_id": model.bos_id,
+        "files": file_entries,
+        "tokenizer": tok,
+        "chunks": chunks,
+        "_stamp": stamp,
+    }
+
+
+def get_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
+    """The manifest, from the on-disk cache while every file's size and mtime are unchanged."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+    model_dir = Path(model_dir)
+    with _locks_guard:
+        lock = _locks.setdefault((str(model_dir), dtype), threading.Lock())
+    with lock:
+        cache = model_dir / f".pyapp-manifest-{dtype}.json"
+        files = model_files(model_dir, dtype)
+        stamp = _stamp(files)
+        try:
+            m = json.loads(cache.read_text())
+            if m.get("_stamp") == stamp and m.get("version") == MANIFEST_VERSION and m.get("name") == name:
+                return m
+        except (OSError, ValueError):
+            pass
+        m = build_manifest(name, model_dir, dtype)
+        try:
+            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(m))
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # read-only store: recompute next start
+        return m
+
+
+def public(manifest: dict) -> dict:
+    return {k: v for k, v in manifest.items() if not k.startswith("_")}

@@ -1,0 +1,209 @@
+"""Shared server state: limits, errors, loaded models (backend + tokenizer), manifests."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from pyapp import store
+from pyapp.models import load_model_dir
+
+
+@dataclass
+class Limits:
+    max_sessions: int = 64           # open split sessions at once
+    session_ttl: float = 600.0       # seconds a session may sit idle before it is evicted
+    max_context: int = 2048          # tokens per session / request (capped by the model's own)
+    max_body: int = 1 << 20          # bytes of any request body
+    max_new_tokens: int = 1024       # per completion request
+    max_session_bytes: int = 512 << 20   # KV cache of one session
+    max_total_bytes: int = 8 << 30       # KV caches of all sessions together
+    max_batch_inputs: int = 256      # inputs of one /v1/embeddings call
+    threads: int = 4                 # compute threads (numpy runs off the event loop)
+    evict_interval: float = 5.0      # seconds between idle sweeps
+
+    @classmethod
+    def from_dict(cls, d: dict | None):
+        if d is None:
+            return cls()
+        if isinstance(d, cls):
+            return d
+        names = {f.name for f in fields(cls)}
+        bad = set(d) - names
+        if bad:
+            raise ValueError(f"unknown limits: {', '.join(sorted(bad))}")
+        return cls(**d)
+
+
+class ApiError(Exception):
+    """A client-visible error: HTTP status + one-line message."""
+
+    def __init__(self, status: int, message: str, type_: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+        self.param = param
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.status}}
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+class TokenizerAdapter:
+    """encode/decode/chat over ``pyapp.tokenizer`` when it is importable, else ``tokenizers`` +
+    ``pyapp.chat_template`` (the same rendering transformers does)."""
+
+    def __init__(self, model_dir: Path):
+        self.dir = Path(model_dir)
+        self.impl = None
+        try:  # the project's tokenizer, once it lands
+            from pyapp.tokenizer import Tokenizer  # type: ignore
+
+            try:
+                self.impl = Tokenizer.from_file(self.dir)
+            except Exception:
+                self.impl = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
+        except Exception:
+            self.impl = None
+        self.config = {}
+        p = self.dir / "tokenizer_config.json"
+        if p.is_file():
+            try:
+                self.config = json.loads(p.read_text())
+            except ValueError:
+                self.config = {}
+        self.fallback = None
+        if self.impl is None:
+            from tokenizers import Tokenizer as HFTokenizer
+
+            tj = self.dir / "tokenizer.json"
+            if not tj.is_file():
+                raise ApiError(400, f"model {self.dir.name!r} has no tokenizer.json")
+            self.fallback = HFTokenizer.from_file(str(tj))
+
+    def encode(self, text: str) -> list[int]:
+        if self.impl is not None:
+            r = self.impl.encode(text)
+            return list(getattr(r, "ids", r))
+        return list(self.fallback.encode(text, add_special_tokens=True).ids)
+
+    def decode(self, ids) -> str:
+        if self.impl is not None:
+            return self.impl.decode(list(ids))
+        return self.fallback.decode(list(ids), skip_special_tokens=True)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        if self.impl is not None and hasattr(self.impl, "apply_chat_template"):
+            r = self.impl.apply_chat_template(messages, add_generation_prompt=True)
+            if isinstance(r, str):
+                return self._encode_raw(r)
+            return list(getattr(r, "ids", r))
+        from pyapp import chat_template as ct
+
+        tpl = ct.chat_template_from_config(self.config)
+        if not tpl:
+            raise ApiError(400, f"model {self.dir.name!r} has no chat template")
+        text = ct.render(tpl, messages, add_generation_prompt=True,
+                         special_tokens=ct.special_tokens_from_config(self.config))
+        return self._encode_raw(text)
+
+    def _encode_raw(self, text: str) -> list[int]:
+        if self.fallback is not None:
+            return list(self.fallback.encode(text, add_special_tokens=False).ids)
+        try:
+            r = self.impl.encode(text, add_special_tokens=False)
+        except TypeError:
+            r = self.impl.encode(text)
+        return list(getattr(r, "ids", r))
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _load_backend(kind: str, model_dir: Path, dtype: str):
+    if kind == "numpy":
+        from pyapp.numpy_backend import NumpyBackend
+
+        return NumpyBackend.load(model_dir, dtype)
+    if kind == "wgpu":
+        try:
+            from pyapp.gpu import GpuBackend  # type: ignore
+        except Exception as e:  # pragma: no cover - depends on the GPU engineer's module
+            raise ApiError(503, f"the wgpu backend is unavailable: {e}", "server_error")
+        return GpuBackend.load(model_dir, dtype)
+    raise ValueError(f"unknown backend {kind!r}")
+
+
+class ModelEntry:
+    """One served model: op lists, lazily loaded weights per dtype, tokenizer, eos ids."""
+
+    def __init__(self, name: str, backend: str, limits: Limits):
+        self.name = name
+        self.dir = store.model_path(name)
+        self.model = load_model_dir(self.dir)
+        self.backend_kind = backend
+        self.limits = limits
+        self._backends: dict = {}
+        self._tok = None
+        self._lock = threading.Lock()
+        self.context = min(self.model.max_context, limits.max_context)
+        eos = list(self.model.eos_ids)
+        gp = self.dir / "generation_config.json"
+        if gp.is_file():
+            try:
+                g = json.loads(gp.read_text()).get("eos_token_id")
+                if g is not None:
+                    eos += g if isinstance(g, list) else [g]
+            except ValueError:
+                pass
+        self.eos_ids = tuple(dict.fromkeys(int(e) for e in eos))
+
+    def dtypes(self) -> list[str]:
+        return [d for d, fn in store.WEIGHT_FILES.items()
+                if d in ("f32", "f16") and (self.dir / fn).is_file()]
+
+    def backend(self, dtype: str = "f32"):
+        """Blocking (loads weights on first use): call from a worker thread."""
+        with self._lock:
+            b = self._backends.get(dtype)
+            if b is None:
+                if dtype not in self.dtypes():
+                    raise ApiError(400, f"model {self.name!r} has no {dtype} weights")
+                b = self._backends[dtype] = _load_backend(self.backend_kind, self.dir, dtype)
+            return b
+
+    @property
+    def tokenizer(self) -> TokenizerAdapter:
+        with self._lock:
+            if self._tok is None:
+                self._tok = TokenizerAdapter(self.dir)
+            return self._tok
+
+    def info(self) -> dict:
+        m = self.model
+        return {"id": self.name, "object": "model", "created": int(os.stat(self.dir).st_mtime),
+                "owned_by": "pyapp", "architecture": m.arch, "kind": m.kind,
+                "n_layers": m.n_layers, "hidden": m.hidden, "vocab": m.vocab,
+                "context": self.context, "dtypes": self.dtypes(),
+                "manifest": f"/models/{self.name}/manifest.json"}
+
+
+class Registry:
+    def __init__(self, names: list[str], backend: str, limits: Limits):
+        self.limits = limits
+        self.backend_kind = backend
+        self.entries: dict[str, ModelEntry] = {}
+        for n in names:
+            self.entries[n] = ModelEntry(n, backend, limits)
+
+    def get(self, name) -> ModelEntry:
+        if not isinstance(name, str) or name not in self.entries:
+            have = ", ".join(self.entries) or "none"
+            raise ApiError(404, f"unknown model {name!r} (served: {have})", param="model")
+        return self.entries[name]

@@ -1,0 +1,227 @@
+"""Split sessions: the server runs layers [0, split) and keeps their KV cache per session.
+
+Every call on a session holds that session's ``asyncio.Lock`` (FIFO, so calls run in arrival
+order) and runs numpy in a worker thread, so the event loop keeps serving other sessions.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import anyio
+import numpy as np
+
+from .runtime import ApiError, Limits, ModelEntry, Registry
+
+WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
+
+
+class PositionOnly:
+    """The 'cache' of a split-0 session: the server runs nothing, it only tracks the position."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.length = 0
+        self.nbytes = 0
+
+    def truncate(self, n: int):
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        self.length = n
+
+
+class Session:
+    def __init__(self, sid: str, entry: ModelEntry, split: int, dtype: str, weights: str, cache):
+        self.id = sid
+        self.entry = entry
+        self.split = split
+        self.dtype = dtype
+        self.weights = weights
+        self.cache = cache
+        self.lock = asyncio.Lock()
+        self.created = time.time()
+        self.last_used = time.monotonic()
+        self.busy = 0
+        self.closed = False
+        self.nbytes = cache.nbytes
+        self.steps = 0
+
+    @property
+    def position(self) -> int:
+        return self.cache.length if self.cache is not None else 0
+
+    def info(self) -> dict:
+        m = self.entry.model
+        return {"id": self.id, "model": self.entry.name, "split": self.split,
+                "n_layers": m.n_layers, "hidden": m.hidden, "dtype": self.dtype,
+                "weights": self.weights, "position": self.position,
+                "context": self.cache.capacity if self.cache is not None else 0,
+                "bytes": self.nbytes, "ws": f"/v1/sessions/{self.id}/ws"}
+
+
+class SessionManager:
+    def __init__(self, registry: Registry, limits: Limits):
+        self.registry = registry
+        self.limits = limits
+        self.sessions: dict[str, Session] = {}
+        self.limiter = anyio.CapacityLimiter(limits.threads)
+        self.evicted = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self.sessions.values())
+
+    def stats(self) -> dict:
+        return {"sessions": len(self.sessions), "bytes": self.total_bytes,
+                "evicted": self.evicted, "max_sessions": self.limits.max_sessions,
+                "max_total_bytes": self.limits.max_total_bytes}
+
+    def _drop(self, s: Session):
+        self.sessions.pop(s.id, None)
+        s.closed = True
+        s.cache = None
+        s.nbytes = 0
+
+    def evict_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        ttl = self.limits.session_ttl
+        n = 0
+        for s in list(self.sessions.values()):
+            if s.busy == 0 and not s.lock.locked() and now - s.last_used > ttl:
+                self._drop(s)
+                n += 1
+        self.evicted += n
+        return n
+
+    async def sweeper(self):
+        while True:
+            await asyncio.sleep(min(self.limits.evict_interval, max(self.limits.session_ttl / 4, 0.05)))
+            self.evict_idle()
+
+    def get(self, sid: str) -> Session:
+        s = self.sessions.get(sid)
+        if s is None or s.closed:
+            raise ApiError(404, f"unknown session {sid!r} (ended, evicted or never created)",
+                           param="session")
+        return s
+
+    # ------------------------------------------------------------------ lifecycle
+    def create(self, body: dict) -> Session:
+        if not isinstance(body, dict):
+            raise ApiError(400, "body must be a JSON object {model, split, dtype?}")
+        unknown = set(body) - {"model", "split", "dtype", "weights", "context"}
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        entry = self.registry.get(body.get("model"))
+        m = entry.model
+        split = body.get("split")
+        if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= m.n_layers:
+            raise ApiError(400, f"split must be an integer in 0..{m.n_layers}", param="split")
+        dtype = body.get("dtype", "f32")
+        if dtype not in WIRE_DTYPES:
+            raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
+        weights = body.get("weights", "f32")
+        if weights not in ("f32", "f16") or weights not in entry.dtypes():
+            raise ApiError(400, f"weights must be one of {entry.dtypes()}", param="weights")
+        ctx = body.get("context", entry.context)
+        if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= entry.context:
+            raise ApiError(400, f"context must be an integer in 1..{entry.context}", param="context")
+        # memory: preallocated K and V for layers [0, split)
+        need = (2 * split * m.n_kv_heads * ctx * m.head_dim * 4) if (m.causal and split) else 0
+        if need > self.limits.max_session_bytes:
+            raise ApiError(400, f"a session of {ctx} tokens at split {split} needs {need} bytes of "
+                                f"KV cache, over the per-session limit of {self.limits.max_session_bytes}; "
+                                "ask for a smaller context")
+        if len(self.sessions) >= self.limits.max_sessions or self.total_bytes + need > self.limits.max_total_bytes:
+            self.evict_idle()
+        if len(self.sessions) >= self.limits.max_sessions:
+            raise ApiError(429, f"too many sessions (limit {self.limits.max_sessions}); "
+                                "DELETE finished ones", "rate_limit_error")
+        if self.total_bytes + need > self.limits.max_total_bytes:
+            raise ApiError(429, "the server's KV-cache memory is full; try later or a smaller context",
+                           "rate_limit_error")
+        if split == 0 or not m.causal:
+            cache = PositionOnly(ctx)
+        else:
+            from pyapp.numpy_backend import KVCache
+
+            cache = KVCache(m, 0, split, ctx)
+        sid = secrets.token_urlsafe(12)
+        s = Session(sid, entry, split, dtype, weights, cache)
+        self.sessions[sid] = s
+        return s
+
+    def delete(self, sid: str):
+        s = self.get(sid)
+        self._drop(s)
+
+    # ------------------------------------------------------------------ compute
+    def parse_ids(self, s: Session, body: bytes) -> np.ndarray:
+        if len(body) == 0:
+            raise ApiError(400, "empty body: send little-endian int32 token ids")
+        if len(body) % 4:
+            raise ApiError(400, f"body of {len(body)} bytes is not a whole number of int32 token ids")
+        ids = np.frombuffer(body, dtype="<i4")
+        vocab = s.entry.model.vocab
+        if ids.min() < 0 or ids.max() >= vocab:
+            bad = int(ids[(ids < 0) | (ids >= vocab)][0])
+            raise ApiError(400, f"token id {bad} is outside 0..{vocab - 1}")
+        return ids
+
+    async def forward(self, s: Session, body: bytes, expect_position: int | None = None):
+        """(hidden-state bytes, T, position after) for one step of token ids."""
+        s.busy += 1
+        try:
+            async with s.lock:
+                if s.closed:
+                    raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
+                s.last_used = time.monotonic()
+                ids = self.parse_ids(s, body)
+                cache = s.cache
+                if expect_position is not None and expect_position != cache.length:
+                    raise ApiError(409, f"session is at position {cache.length}, not {expect_position}")
+                T = int(ids.size)
+                m = s.entry.model
+                if m.causal and cache.length + T > cache.capacity:
+                    raise ApiError(400, f"context overflow: {cache.length} + {T} tokens > "
+                                        f"{cache.capacity}; truncate or reset the session")
+                if not m.causal and T > cache.capacity:
+                    raise ApiError(400, f"context overflow: {T} tokens > {cache.capacity}")
+                if s.split == 0:
+                    if m.causal:
+                        cache.length += T
+                    return b"", 0, cache.length
+                wire = WIRE_DTYPES[s.dtype]
+
+                def run():
+                    be = s.entry.backend(s.weights)
+                    x = be.forward(ids=ids, cache=cache, start=0, stop=s.split, head=False)
+                    return np.ascontiguousarray(x, dtype=wire).tobytes()
+
+                try:
+                    out = await anyio.to_thread.run_sync(run, limiter=self.limiter)
+                except ValueError as e:
+                    raise ApiError(400, str(e))
+                s.steps += 1
+                s.last_used = time.monotonic()
+                return out, T, (cache.length if m.causal else 0)
+        finally:
+            s.busy -= 1
+
+    async def rewind(self, s: Session, length: int | None):
+        s.busy += 1
+        try:
+            async with s.lock:
+                if s.closed:
+                    raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
+                s.last_used = time.monotonic()
+                n = 0 if length is None else length
+                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= s.cache.length:
+                    raise ApiError(400, f"length must be an integer in 0..{s.cache.length}",
+                                   param="length")
+                s.cache.truncate(n)
+                return s.cache.length
+        finally:
+            s.busy -= 1
