@@ -1,0 +1,158 @@
+"""The native binding: wgpu-py (wgpu-native), whose API mirrors WebGPU."""
+from __future__ import annotations
+
+import os
+import time
+
+from .device import GpuError
+
+
+class NativeDevice:
+    kind = "native"
+
+    def __init__(self, adapter, device, enable_subgroups):
+        import wgpu
+
+        self.wgpu = wgpu
+        self.adapter = adapter
+        self.device = device
+        lim = device.limits
+        self.limits = {
+            "max_storage_binding": int(lim["max-storage-buffer-binding-size"]),
+            "max_buffer": int(lim["max-buffer-size"]),
+            "max_workgroups": int(lim["max-compute-workgroups-per-dimension"]),
+        }
+        feats = set(device.features)
+        self.features = set()
+        if "subgroup" in feats:
+            self.features.add("subgroups")
+        if "shader-f16" in feats:
+            self.features.add("shader-f16")
+        if "timestamp-query" in feats:
+            self.features.add("timestamp-query")
+        info = dict(adapter.info)
+        self.info = {"vendor": info.get("vendor", ""), "architecture": info.get("architecture", ""),
+                     "device": info.get("device", ""), "description": info.get("description", ""),
+                     "adapter_type": info.get("adapter_type", ""),
+                     "backend": info.get("backend_type", "")}
+        self.subgroup_enable = ""   # wgpu-native takes subgroup builtins without `enable`
+        smin, smax = info.get("stackgroup_min_size", info.get("subgroup_min_size")), \
+            info.get("stackgroup_max_size", info.get("subgroup_max_size"))
+        self.subgroup_size = smin if (smin and smin == smax) else None
+        self.crossings = 0
+        self._pipelines = {}
+        U = wgpu.BufferUsage
+        self._usage = {"storage": U.STORAGE | U.COPY_SRC | U.COPY_DST,
+                       "uniform": U.UNIFORM | U.COPY_DST,
+                       "readback": U.COPY_SRC | U.COPY_DST}   # queue.read_buffer maps its own copy
+
+    @classmethod
+    def create(cls, power_preference="high-performance", max_limits=True, limits=None):
+        """Request an adapter and a device with the adapter's largest buffer limits
+        (or `limits`: {"max_buffer_size": .., "max_storage_buffer_binding_size": ..})."""
+        os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+        import wgpu
+
+        try:
+            ad = wgpu.gpu.request_adapter_sync(power_preference=power_preference)
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"no WebGPU adapter: {e}") from e
+        if ad is None:
+            raise GpuError("no WebGPU adapter")
+        lim = ad.limits
+        req = {}
+        if max_limits:
+            req = {"max_buffer_size": lim["max-buffer-size"],
+                   "max_storage_buffer_binding_size": lim["max-storage-buffer-binding-size"],
+                   "max_storage_buffers_per_shader_stage": min(lim["max-storage-buffers-per-shader-stage"], 10),
+                   "max_compute_workgroup_storage_size": lim["max-compute-workgroup-storage-size"]}
+        if limits:
+            req.update(limits)
+        feats = [f for f in ("subgroup", "timestamp-query") if f in ad.features]
+        dev = ad.request_device_sync(required_features=feats, required_limits=req)
+        return cls(ad, dev, "subgroup" in feats)
+
+    # ------------------------------------------------------------------ resources
+    def create_buffer(self, size, usage="storage"):
+        size = max(4, (int(size) + 3) // 4 * 4)
+        try:
+            return self.device.create_buffer(size=size, usage=self._usage[usage])
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"create_buffer({size}, {usage}): {e}") from e
+
+    def write(self, buf, offset, data):
+        mv = memoryview(data).cast("B")
+        if len(mv) % 4:
+            mv = memoryview(bytes(mv) + b"\0" * (4 - len(mv) % 4))
+        try:
+            self.device.queue.write_buffer(buf, offset, mv)
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"writeBuffer: {e}") from e
+
+    def pipeline(self, wgsl):
+        p = self._pipelines.get(wgsl)
+        if p is not None:
+            return p
+        try:
+            mod = self.device.create_shader_module(code=wgsl)
+            p = self.device.create_compute_pipeline(layout="auto", compute={"module": mod, "entry_point": "main"})
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"WGSL pipeline failed: {e}\n--- source ---\n{_numbered(wgsl)}") from e
+        self._pipelines[wgsl] = p
+        return p
+
+    def bind_group(self, pipeline, entries):
+        ents = []
+        for b, r in sorted(entries.items()):
+            if isinstance(r, tuple):
+                buf, off, size = r
+                ents.append({"binding": b, "resource": {"buffer": buf, "offset": off, "size": size}})
+            else:
+                ents.append({"binding": b, "resource": {"buffer": r, "offset": 0, "size": r.size}})
+        try:
+            return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=ents)
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"bind group: {e}") from e
+
+    # ------------------------------------------------------------------ execution
+    def record(self, dispatches):
+        return list(dispatches)
+
+    def submit(self, recording, writes=(), copy=None):
+        try:
+            for buf, off, data in writes:
+                self.write(buf, off, data)
+            enc = self.device.create_command_encoder()
+            ps = enc.begin_compute_pass()
+            for pipe, group, gx, gy, gz in recording:
+                ps.set_pipeline(pipe)
+                ps.set_bind_group(0, group)
+                ps.dispatch_workgroups(gx, gy, gz)
+            ps.end()
+            if copy is not None:
+                src, soff, dst, doff, size = copy
+                enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
+            self.device.queue.submit([enc.finish()])
+        except GpuError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"submit: {e}") from e
+
+    def read(self, buf, offset, size):
+        try:
+            return bytes(self.device.queue.read_buffer(buf, offset, size))
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(f"readback: {e}") from e
+
+    async def read_async(self, buf, offset, size):
+        return self.read(buf, offset, size)
+
+    def sync(self):
+        self.device.queue.on_submitted_work_done_sync()
+
+    def now(self):
+        return time.perf_counter()
+
+
+def _numbered(src):
+    return "\n".join(f"{i + 1:4d} {s}" for i, s in enumerate(src.splitlines()))

@@ -1,0 +1,28 @@
+"""WGSL kernels, shipped as package data.  `render(name, **subs)` fills a template.
+
+Templates use `${NAME}` placeholders (string.Template; WGSL never uses `$`).
+Every kernel is prefixed with `common.wgsl`: the per-step uniform `p`
+(token count, position, sampling parameters) at @binding(0).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from string import Template
+
+
+@lru_cache(maxsize=None)
+def source(name: str) -> str:
+    """Raw text of `name`.wgsl."""
+    return resources.files(__name__).joinpath(f"{name}.wgsl").read_text(encoding="utf-8")
+
+
+def render(name: str, prelude: str = "", **subs) -> str:
+    """common.wgsl + prelude + the template `name` with `subs` substituted."""
+    body = Template(source(name)).substitute({k: str(v) for k, v in subs.items()})
+    return prelude + source("common") + "\n" + body
+
+
+def names():
+    return sorted(p.name[:-5] for p in resources.files(__name__).iterdir()
+                  if p.name.endswith(".wgsl"))

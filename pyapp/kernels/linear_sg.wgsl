@@ -1,0 +1,45 @@
+// Same contract as linear_row: one subgroup per output column (4 columns per
+// workgroup of 128 on a 32-wide subgroup), two independent accumulators per
+// lane for more loads in flight, subgroupAdd reduction.  Needs `subgroups`.
+${ENABLE}
+${WDECL}
+${BDECL}
+@group(0) @binding(3) var<storage, read> a: array<${VT}>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+const N: u32 = ${N}u;
+const K: u32 = ${KV}u;
+const YS: u32 = ${YS}u;
+const N0: u32 = ${N0}u;
+const TB: u32 = ${TB}u;
+@compute @workgroup_size(128)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+  let n = wg.x * (128u / sgs) + l / sgs;
+  let t0 = wg.y * TB;
+  let live = n < N;
+  let nn = min(n, N - 1u);
+  var acc: array<f32, ${TB}>;
+  var acc2: array<f32, ${TB}>;
+  var k = lane;
+  for (; k + sgs < K; k += 2u * sgs) {
+    let w0 = ldw(nn * K + k);
+    let w1 = ldw(nn * K + k + sgs);
+    for (var j = 0u; j < TB; j++) {
+      let t = min(t0 + j, p.T - 1u);
+      acc[j] += mulv(w0, a[t * K + k]);
+      acc2[j] += mulv(w1, a[t * K + k + sgs]);
+    }
+  }
+  if (k < K) {
+    let w0 = ldw(nn * K + k);
+    for (var j = 0u; j < TB; j++) {
+      let t = min(t0 + j, p.T - 1u);
+      acc[j] += mulv(w0, a[t * K + k]);
+    }
+  }
+  let bv = ldb(N0 + nn);
+  for (var j = 0u; j < TB; j++) {
+    let s = subgroupAdd(acc[j] + acc2[j]);
+    if (live && lane == 0u && t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = s + bv; }
+  }
+}
