@@ -255,3 +255,243 @@ def diff(a, b, path="", out=None, limit=12):
     elif a != b:
         out.append(f"{path}: {a!r:.300} != {b!r:.300}")
     return out
+
+
+def _compare(name: str, got: dict, folder: Path) -> None:
+    got = dict(got)
+    got.pop("backend", None)
+    problems = diff(expected(folder), got)
+    assert not problems, f"{name}: bridge differs from tokenizers/transformers:\n" + "\n".join(problems)
+
+
+def _need_smollm(dirs):
+    if "smollm2-135m" not in dirs:
+        pytest.skip("SmolLM2's tokenizer is not in the model store yet (python -m pyapp pull smollm2-135m)")
+
+
+NAMES = ["bpe-tiny", "minilm-l6", "smollm2-135m"]
+
+
+def _get(dirs, name):
+    if name == "smollm2-135m":
+        _need_smollm(dirs)
+    if name not in dirs:
+        pytest.skip(f"{name}'s tokenizer is not available")
+    return dirs[name]
+
+
+# --------------------------------------------------------------------------- CPython
+
+
+@pytest.fixture(scope="session")
+def cpython_results(tokenizer_dirs):
+    return asyncio.run(parity.main(make_spec(tokenizer_dirs)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cpython_parity(cpython_results, tokenizer_dirs, name):
+    folder = _get(tokenizer_dirs, name)
+    assert cpython_results[name]["backend"] == "tokenizers"
+    _compare(name, cpython_results[name], folder)
+
+
+# --------------------------------------------------------------------------- Pyodide in Node
+
+
+def _node() -> str | None:
+    return shutil.which("node")
+
+
+@pytest.fixture(scope="session")
+def node_results(tokenizer_dirs, tmp_path_factory):
+    if _node() is None:
+        pytest.skip("node is not installed")
+    if not (REPO / "node_modules" / "pyodide" / "pyodide.mjs").is_file():
+        pytest.skip("node_modules/pyodide is missing (npm install)")
+    tmp = tmp_path_factory.mktemp("node")
+    spec = make_spec(tokenizer_dirs)
+    # MiniLM goes over as a JS object parsed by JS (Tokenizer.from_json), the others from files.
+    for entry in spec["tokenizers"]:
+        entry["as_js_object"] = entry["name"] == "minilm-l6"
+    (tmp / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    proc = subprocess.run(
+        [_node(), str(JS_DIR / "run_pyodide.mjs"), str(JS_DIR / "parity.py"), str(tmp / "spec.json"), str(tmp / "out.json")],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, f"Pyodide run failed:\n{proc.stderr[-6000:]}\n{proc.stdout[-2000:]}"
+    return json.loads((tmp / "out.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_node_pyodide_parity(node_results, tokenizer_dirs, name):
+    folder = _get(tokenizer_dirs, name)
+    assert node_results["runtime"]["platform"] == "emscripten"
+    assert node_results[name]["backend"] == "tokenizers.js"
+    _compare(name, node_results[name], folder)
+
+
+# --------------------------------------------------------------------------- Pyodide in headless Chromium
+
+CHROMIUM = os.environ.get("PYAPP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--headless=new", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--disable-quic", "--no-first-run", "--disable-gpu",
+]
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """/repo/* -> repository, /vendor/* -> node_modules files as the site vendors them,
+    /models/NAME/* -> tokenizer folders, /spec.json and /pyapp-files.json -> in-memory."""
+
+    routes: dict[str, Path] = {}
+    blobs: dict[str, bytes] = {}
+    extensions_map = {
+        **http.server.SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
+    }
+
+    def log_message(self, *args):
+        pass
+
+    def translate_path(self, path):
+        path = path.split("?", 1)[0].split("#", 1)[0]
+        for prefix, root in sorted(self.routes.items(), key=lambda kv: -len(kv[0])):
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                rest = path[len(prefix):].lstrip("/")
+                target = (root / rest).resolve() if rest else root
+                return str(target)
+        return "/nonexistent"
+
+    def do_GET(self):
+        p = self.path.split("?", 1)[0]
+        if p in self.blobs:
+            body = self.blobs[p]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+
+@pytest.fixture(scope="session")
+def chromium_results(tokenizer_dirs):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed")
+    nm = REPO / "node_modules"
+    routes = {
+        "/repo": REPO,
+        "/vendor/tokenizers.min.mjs": nm / "@huggingface/tokenizers/dist/tokenizers.min.mjs",
+        "/vendor/jinja/index.js": nm / "@huggingface/jinja/dist/index.js",
+    }
+    for name, folder in tokenizer_dirs.items():
+        routes[f"/models/{name}"] = folder
+    spec = make_spec({})
+    spec["tokenizers"] = [{"name": n, "url": f"/models/{n}"} for n in tokenizer_dirs]
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / "pyapp").rglob("*.py") if "__pycache__" not in p.parts)
+    handler = type("H", (_Handler,), {"routes": routes, "blobs": {
+        "/spec.json": json.dumps(spec).encode(), "/pyapp-files.json": json.dumps(files).encode(),
+    }})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                logs = []
+                page.on("console", lambda m: logs.append(m.text))
+                page.goto(f"http://127.0.0.1:{server.server_address[1]}/repo/tests/js/parity.html")
+                page.wait_for_function("window.__done === true", timeout=300_000)
+                err = page.evaluate("window.__error || null")
+                assert err is None, f"parity page failed: {err}\nconsole: {logs[-20:]}"
+                return json.loads(page.evaluate("window.__result"))
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", NAMES)
+def test_chromium_pyodide_parity(chromium_results, tokenizer_dirs, name):
+    folder = _get(tokenizer_dirs, name)
+    assert chromium_results["runtime"]["platform"] == "emscripten"
+    assert chromium_results[name]["backend"] == "tokenizers.js"
+    _compare(name, chromium_results[name], folder)
+
+
+# --------------------------------------------------------------------------- focused checks (CPython)
+
+
+def test_decode_stream_holds_back_partial_utf8(tokenizer_dirs):
+    """Byte-level ids that split an emoji/CJK character decode to U+FFFD alone; the stream never emits one."""
+    from pyapp.tokenizer import DecodeStream, Tokenizer
+
+    for name in ("bpe-tiny", "smollm2-135m"):
+        if name not in tokenizer_dirs:
+            continue
+        tok = Tokenizer.from_pretrained(tokenizer_dirs[name])
+        text = "Hi 👨‍👩‍👧‍👦 🇯🇵 漢字テスト 😀!"
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert any("\ufffd" in tok.decode([i]) for i in ids), "expected byte pieces split across ids"
+        stream = DecodeStream(tok)
+        chunks = [stream.step(i) for i in ids]
+        assert "".join(chunks) == text
+        assert all("\ufffd" not in c for c in chunks)
+        assert "" in chunks  # something was held back
+        assert stream.flush() == ""
+
+
+def test_decode_stream_flush_releases_incomplete_tail(tokenizer_dirs):
+    from pyapp.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tokenizer_dirs["bpe-tiny"])
+    ids = tok.encode("ok 😀", add_special_tokens=False).ids
+    stream = tok.decode_stream()
+    out = "".join(stream.step(i) for i in ids[:-1])
+    full = tok.decode(ids[:-1])
+    assert full.endswith("\ufffd") and "\ufffd" not in out and out.startswith("ok")
+    assert out + stream.flush() == full
+
+
+def test_chat_template_default_system_message(tokenizer_dirs):
+    from pyapp.tokenizer import Tokenizer
+
+    name = "smollm2-135m" if "smollm2-135m" in tokenizer_dirs else "bpe-tiny"
+    tok = Tokenizer.from_pretrained(tokenizer_dirs[name])
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n")
+    assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)
+    assert ids == tok.encode(text, add_special_tokens=False).ids
+    assert tok.token_to_id("<|im_start|>") in ids
+
+
+def test_api_surface(tokenizer_dirs):
+    from pyapp.tokenizer import Encoding, Tokenizer
+
+    folder = tokenizer_dirs["bpe-tiny"]
+    raw = (folder / "tokenizer.json").read_text(encoding="utf-8")
+    a = Tokenizer.from_str(raw)
+    b = Tokenizer.from_json(json.loads(raw))
+    c = Tokenizer.from_file(folder / "tokenizer.json")
+    for t in (a, b, c):
+        e = t.encode("hello world 123")
+        assert isinstance(e, Encoding) and len(e) == len(e.ids) == len(e.tokens) == len(e.attention_mask)
+        assert t.decode(e.ids) == "hello world 123"
+        assert t.decode_batch([e.ids, []]) == ["hello world 123", ""]
+        assert t.token_to_id(t.id_to_token(5)) == 5
+        assert t.get_vocab_size() == len(t.get_vocab())
+    assert a.chat_template is None and c.chat_template is not None
+    with pytest.raises(ValueError):
+        a.apply_chat_template([{"role": "user", "content": "x"}])
+    c.enable_padding(length=8, pad_id=0, pad_token="<|endoftext|>")
+    assert c.padding["length"] == 8 and len(c.encode("a").ids) == 8
+    c.no_padding()
+    assert c.padding is None

@@ -95,10 +95,11 @@ def run_one(tok, spec, make_stream):
 
 
 async def main(spec):
-    from pyapp.tokenizer import DecodeStream, IS_PYODIDE, Tokenizer, load_js_modules
+    from pyapp.tokenizer import DEFAULT_JINJA_URL, DEFAULT_TOKENIZERS_URL, DecodeStream, IS_PYODIDE, Tokenizer, load_js_modules
 
-    if IS_PYODIDE:
-        await load_js_modules(spec["modules"]["tokenizers"], spec["modules"]["jinja"])
+    if IS_PYODIDE:  # file:// URLs in Node; in the browser the site's defaults (/vendor/...)
+        mods = spec.get("modules") or {}
+        await load_js_modules(mods.get("tokenizers", DEFAULT_TOKENIZERS_URL), mods.get("jinja", DEFAULT_JINJA_URL))
 
     def make_stream(tok, skip):
         s = DecodeStream(tok, skip_special_tokens=skip)
