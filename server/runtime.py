@@ -56,21 +56,13 @@ class ApiError(Exception):
 
 
 class TokenizerAdapter:
-    """encode/decode/chat over ``pyapp.tokenizer`` when it is importable, else ``tokenizers`` +
-    ``pyapp.chat_template`` (the same rendering transformers does)."""
+    """encode/decode/chat over ``pyapp.tokenizer`` (what ``pyapp generate`` uses), falling back
+    to ``tokenizers`` + ``pyapp.chat_template`` if that module cannot be imported."""
 
     def __init__(self, model_dir: Path):
         self.dir = Path(model_dir)
-        self.impl = None
-        try:  # the project's tokenizer, once it lands
-            from pyapp.tokenizer import Tokenizer  # type: ignore
-
-            try:
-                self.impl = Tokenizer.from_file(self.dir)
-            except Exception:
-                self.impl = Tokenizer.from_file(str(self.dir / "tokenizer.json"))
-        except Exception:
-            self.impl = None
+        if not (self.dir / "tokenizer.json").is_file():
+            raise ApiError(400, f"model {self.dir.name!r} has no tokenizer.json")
         self.config = {}
         p = self.dir / "tokenizer_config.json"
         if p.is_file():
@@ -78,32 +70,22 @@ class TokenizerAdapter:
                 self.config = json.loads(p.read_text())
             except ValueError:
                 self.config = {}
-        self.fallback = None
-        if self.impl is None:
+        try:
+            from pyapp.tokenizer import Tokenizer
+
+            self.impl = Tokenizer.from_pretrained(str(self.dir))
+        except ImportError:
             from tokenizers import Tokenizer as HFTokenizer
 
-            tj = self.dir / "tokenizer.json"
-            if not tj.is_file():
-                raise ApiError(400, f"model {self.dir.name!r} has no tokenizer.json")
-            self.fallback = HFTokenizer.from_file(str(tj))
+            self.impl = HFTokenizer.from_file(str(self.dir / "tokenizer.json"))
 
-    def encode(self, text: str) -> list[int]:
-        if self.impl is not None:
-            r = self.impl.encode(text)
-            return list(getattr(r, "ids", r))
-        return list(self.fallback.encode(text, add_special_tokens=True).ids)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.impl.encode(text, add_special_tokens=add_special_tokens).ids)
 
     def decode(self, ids) -> str:
-        if self.impl is not None:
-            return self.impl.decode(list(ids))
-        return self.fallback.decode(list(ids), skip_special_tokens=True)
+        return self.impl.decode(list(ids), skip_special_tokens=True)
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        if self.impl is not None and hasattr(self.impl, "apply_chat_template"):
-            r = self.impl.apply_chat_template(messages, add_generation_prompt=True)
-            if isinstance(r, str):
-                return self._encode_raw(r)
-            return list(getattr(r, "ids", r))
         from pyapp import chat_template as ct
 
         tpl = ct.chat_template_from_config(self.config)
@@ -111,16 +93,7 @@ class TokenizerAdapter:
             raise ApiError(400, f"model {self.dir.name!r} has no chat template")
         text = ct.render(tpl, messages, add_generation_prompt=True,
                          special_tokens=ct.special_tokens_from_config(self.config))
-        return self._encode_raw(text)
-
-    def _encode_raw(self, text: str) -> list[int]:
-        if self.fallback is not None:
-            return list(self.fallback.encode(text, add_special_tokens=False).ids)
-        try:
-            r = self.impl.encode(text, add_special_tokens=False)
-        except TypeError:
-            r = self.impl.encode(text)
-        return list(getattr(r, "ids", r))
+        return self.encode(text, add_special_tokens=False)
 
 
 # --------------------------------------------------------------------------- models

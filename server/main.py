@@ -1,0 +1,121 @@
+"""`pyapp serve`: set up whatever is missing, then run the server with uvicorn.
+
+    pyapp serve [--model NAME ...] [--host 127.0.0.1] [--port 8000] [--backend numpy|wgpu]
+                [--token T] [--cors ORIGIN ...] [--max-sessions N] [--session-ttl S]
+                [--max-context N] [--max-new-tokens N] [--no-setup]
+
+Without --model it serves smollm2-135m and minilm-l6, pulling them into the store first if they
+are not there. The site's vendored files (Pyodide, tokenizer JS, the pyapp and micropip wheels)
+are refreshed by server.assets.ensure_assets().
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DEFAULT_MODELS = ("smollm2-135m", "minilm-l6")
+
+
+def _log(msg):
+    print(f"[pyapp serve] {msg}", file=sys.stderr, flush=True)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="pyapp serve", description="Run the pyapp server.")
+    p.add_argument("--model", action="append", default=None,
+                   help="a model to serve (repeatable); default: smollm2-135m and minilm-l6")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", choices=["numpy", "wgpu"], default="numpy")
+    p.add_argument("--token", default=os.environ.get("PYAPP_TOKEN"),
+                   help="require 'Authorization: Bearer T' on compute routes (env PYAPP_TOKEN)")
+    p.add_argument("--cors", action="append", default=None, metavar="ORIGIN",
+                   help="allow this origin cross-site (repeatable; '*' for any). Off by default")
+    p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--session-ttl", type=float, default=600.0, help="idle seconds before eviction")
+    p.add_argument("--max-context", type=int, default=2048)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--max-body", type=int, default=1 << 20, help="bytes")
+    p.add_argument("--threads", type=int, default=4, help="compute threads")
+    p.add_argument("--web-dir", default=None, help="static site folder (default: <repo>/web)")
+    p.add_argument("--no-setup", action="store_true",
+                   help="do not pull models or refresh web assets; serve what is there")
+    p.add_argument("--no-preload", action="store_true", help="load weights on first use")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def prepare(models, no_setup=False):
+    """Pull missing models, refresh the web assets. Returns the model names to serve."""
+    from pyapp import store
+
+    for name in models:
+        try:
+            store.model_path(name)
+            _log(f"model {name}: in the store ({store.models_dir() / name})")
+        except store.ModelNotFound:
+            if no_setup:
+                raise
+            _log(f"model {name}: not in the store, pulling ...")
+            from pyapp.convert import pull
+
+            t0 = time.time()
+            pull(name)
+            _log(f"model {name}: ready in {time.time() - t0:.0f} s")
+    if not no_setup:
+        from . import assets
+
+        try:
+            info = assets.ensure_assets(log=lambda m: _log(f"assets: {m}"))
+            _log(f"assets: web/vendor ready, wheels: {info.get('pyapp')}, {info.get('micropip')}")
+        except Exception as e:  # noqa: BLE001 - the API still works without the browser assets
+            _log(f"warning: browser assets not ready ({e}); the API routes still work")
+    return list(models)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "serve":
+        argv = argv[1:]
+    a = build_parser().parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+    from pyapp.store import PyappError
+
+    models = a.model or list(DEFAULT_MODELS)
+    try:
+        models = prepare(models, a.no_setup)
+    except PyappError as e:
+        print(f"pyapp serve: error: {e}", file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from .app import DEFAULT_WEB_DIR, create_app
+
+    limits = {"max_sessions": a.max_sessions, "session_ttl": a.session_ttl,
+              "max_context": a.max_context, "max_new_tokens": a.max_new_tokens,
+              "max_body": a.max_body, "threads": a.threads}
+    try:
+        app = create_app(models, backend=a.backend, token=a.token,
+                         web_dir=a.web_dir or DEFAULT_WEB_DIR, limits=limits,
+                         cors_origins=a.cors, preload=not a.no_preload)
+    except (PyappError, ValueError) as e:
+        print(f"pyapp serve: error: {e}", file=sys.stderr)
+        return 1
+    st = app.state.pyapp
+    url = f"http://{a.host}:{a.port}"
+    _log(f"loading weights for {', '.join(models)} ..." if not a.no_preload else "ready")
+    for e in st.registry.entries.values():
+        m = e.model
+        _log(f"model {e.name}: {m.arch}, {m.n_layers} layers, hidden {m.hidden}, context {e.context}, "
+             f"manifest {url}/models/{e.name}/manifest.json")
+    _log(f"backend {a.backend}; auth {'bearer token' if a.token else 'off'}; "
+         f"CORS {', '.join(a.cors) if a.cors else 'off'}; max {a.max_sessions} sessions, idle TTL {a.session_ttl:g} s")
+    _log(f"site {url}/   OpenAI API {url}/v1   OpenAPI {url}/openapi.json")
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, ws="websockets-sansio")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
