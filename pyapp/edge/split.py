@@ -1,0 +1,193 @@
+"""Choosing the split K: layers [0, K) on the server, [K, N) + final norm + head on the edge.
+
+The default comes from the adapter (a CPU fallback adapter such as SwiftShader is ~100x slower
+than wasm, so it gets the highest split), its limits (the biggest tensor the edge must bind,
+weight bytes against a memory budget), and a quick measured kernel speed: a GEMV of layer-like
+shape timed on the device, turned into milliseconds per token per layer.  The person sees the
+reason and can move the slider.  :func:`choose_split` is pure and runs on CPython for the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# What a token may cost on the edge before we hand layers back to the server.
+EDGE_BUDGET_MS_PER_TOKEN = 60.0
+# Weight bytes the edge may hold on the GPU when the adapter says nothing better.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+@dataclass
+class AdapterInfo:
+    available: bool = False
+    reason: str = ""                 # why not, when not available
+    vendor: str = ""
+    architecture: str = ""
+    description: str = ""
+    is_fallback: bool = False
+    max_buffer_size: int = 0
+    max_storage_binding: int = 0
+    features: list = field(default_factory=list)
+
+    @property
+    def is_cpu(self):
+        return self.is_fallback or self.architecture.lower() in ("swiftshader", "llvmpipe", "lavapipe", "warp")
+
+    def as_dict(self):
+        d = dict(self.__dict__)
+        d["is_cpu"] = self.is_cpu
+        return d
+
+
+@dataclass
+class SplitChoice:
+    split: int
+    reason: str
+    edge_ms_per_token: float | None = None
+    edge_weight_bytes: int = 0
+    min_split: int = 0
+    max_split: int = 0
+
+    def as_dict(self):
+        return dict(self.__dict__)
+
+
+def layer_costs(manifest):
+    """(bytes per layer list, embed bytes, head bytes, biggest tensor of the head) from a manifest."""
+    n = int(manifest["n_layers"])
+    per = [0] * n
+    embed = head = 0
+    biggest_head = 0
+    for c in manifest["chunks"]:
+        if c["id"].startswith("layer."):
+            per[int(c["layer"])] += int(c["bytes"])
+        elif c["id"] == "embed":
+            embed += int(c["bytes"])
+        elif c["id"] == "head":
+            head += int(c["bytes"])
+            biggest_head = max([biggest_head] + [int(t["length"]) for t in c["tensors"]])
+    return per, embed, head, biggest_head
+
+
+def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUDGET_MS_PER_TOKEN,
+                 memory_budget=DEFAULT_MEMORY_BUDGET):
+    """The default split for this model on this adapter, with the reason in words.
+
+    ``gflops``: measured f32 GEMV speed on the device (None: not measured).  Each weight byte
+    costs 0.5 flop (f32, one multiply-add per 4-byte weight = 2 flops / 4 bytes).
+    """
+    n = int(manifest["n_layers"])
+    per, embed, head, biggest = layer_costs(manifest)
+    if not adapter.available:
+        return SplitChoice(n, f"no WebGPU ({adapter.reason or 'unavailable'}): the server runs everything",
+                           None, 0, n, n)
+    if adapter.max_storage_binding and biggest > adapter.max_storage_binding:
+        return SplitChoice(n, f"the head needs a {biggest / 1e6:.0f} MB buffer, over this adapter's "
+                              f"binding limit of {adapter.max_storage_binding / 1e6:.0f} MB; server only",
+                           None, 0, n, n)
+
+    def edge_bytes(k):
+        b = sum(per[k:]) + head
+        if k == 0 and manifest.get("architecture") != "llama":  # llama ties the embedding to the head
+            b += embed
+        return b
+
+    def ms_per_token(k):
+        if not gflops:
+            return None
+        flops = 0.5 * (sum(per[k:]) + head)    # the embedding is a gather, not a GEMV
+        return flops / (gflops * 1e9) * 1e3
+
+    # lowest split whose weights fit the memory budget
+    min_k = 0
+    while min_k < n and edge_bytes(min_k) > memory_budget:
+        min_k += 1
+    if adapter.is_cpu:
+        k = n
+        ms = ms_per_token(k)
+        why = (f"{adapter.architecture or 'fallback'} is a CPU fallback adapter (WebGPU there is ~100x "
+               f"slower than wasm): the server runs all {n} layers, the edge the final norm and head")
+        return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
+    if gflops is None:
+        k = max(min_k, n // 2)
+        return SplitChoice(k, "kernel speed not measured: half the layers on each side",
+                           None, edge_bytes(k), min_k, n)
+    k = min_k
+    while k < n and ms_per_token(k) > budget_ms:
+        k += 1
+    ms = ms_per_token(k)
+    why = (f"measured {gflops:.1f} GFLOP/s: layers {k}..{n - 1} on this GPU cost about {ms:.1f} ms "
+           f"a token (budget {budget_ms:.0f} ms)")
+    if k > min_k and min_k > 0:
+        why += f"; at most {edge_bytes(min_k) / 1e6:.0f} MB of weights fit"
+    return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
+
+
+# --------------------------------------------------------------------------- probing (browser)
+
+JS_PROBE = r"""
+(async () => {
+  const out = { available: false, reason: '' };
+  if (!globalThis.navigator || !navigator.gpu) { out.reason = 'this browser has no navigator.gpu (WebGPU is off or unsupported)'; return out; }
+  let adapter = null;
+  try { adapter = await navigator.gpu.requestAdapter(); } catch (e) { out.reason = 'requestAdapter failed: ' + e; return out; }
+  if (!adapter) { out.reason = 'navigator.gpu.requestAdapter() returned no adapter (blocked or no GPU)'; return out; }
+  const info = adapter.info || {};
+  Object.assign(out, { available: true, vendor: info.vendor || '', architecture: info.architecture || '',
+    description: info.description || '', is_fallback: !!(adapter.isFallbackAdapter || info.isFallbackAdapter),
+    max_buffer_size: Number(adapter.limits.maxBufferSize), max_storage_binding: Number(adapter.limits.maxStorageBufferBindingSize),
+    features: Array.from(adapter.features || []) });
+  return out;
+})()
+"""
+
+# f32 GEMV, one output row per invocation, vec4 loads: the shape of the edge's hot kernel.
+JS_GEMV_BENCH = r"""
+(async (device, rows, cols, iters) => {
+  const code = `
+@group(0) @binding(0) var<storage, read> W: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+  let r = g.x; if (r >= ${rows}u) { return; }
+  var s = 0.0; let n = ${cols / 4}u;
+  for (var i = 0u; i < n; i++) { s += dot(W[r * n + i], x[i]); }
+  y[r] = s;
+}`;
+  const mod = device.createShaderModule({ code });
+  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: mod, entryPoint: 'main' } });
+  const mk = (n, u) => device.createBuffer({ size: n * 4, usage: u });
+  const S = GPUBufferUsage.STORAGE;
+  const W = mk(rows * cols, S), x = mk(cols, S), y = mk(rows, S);
+  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [
+    { binding: 0, resource: { buffer: W } }, { binding: 1, resource: { buffer: x } }, { binding: 2, resource: { buffer: y } }] });
+  const run = async (k) => {
+    const enc = device.createCommandEncoder(); const p = enc.beginComputePass(); p.setPipeline(pipe); p.setBindGroup(0, bg);
+    for (let i = 0; i < k; i++) p.dispatchWorkgroups(Math.ceil(rows / 64));
+    p.end(); device.queue.submit([enc.finish()]); await device.queue.onSubmittedWorkDone();
+  };
+  await run(1);
+  const t0 = performance.now(); await run(iters); const ms = (performance.now() - t0) / iters;
+  W.destroy(); x.destroy(); y.destroy();
+  return { ms, gflops: 2 * rows * cols / (ms * 1e6) };
+})
+"""
+
+
+async def probe_adapter():
+    """AdapterInfo for this page (no device requested)."""
+    from pyodide.code import run_js  # type: ignore[import-not-found]
+    r = await run_js(JS_PROBE)
+    d = r.to_py() if hasattr(r, "to_py") else dict(r)
+    return AdapterInfo(**{k: v for k, v in d.items() if k in AdapterInfo.__dataclass_fields__})
+
+
+async def measure_gflops(device, rows=1536, cols=576, iters=8):
+    """Quick f32 GEMV speed on ``device`` (an MLP-sized matrix; ~50 ms on SwiftShader)."""
+    from pyodide.code import run_js  # type: ignore[import-not-found]
+    fn = run_js(JS_GEMV_BENCH)
+    r = await fn(device, rows, cols, iters)
+    g = float(r.gflops)
+    r.destroy()
+    fn.destroy()
+    return g

@@ -1,0 +1,157 @@
+// The page's UI: thin.  All logic is Python (pyapp.edge); this file only wires controls to
+// window.pyapp and renders the events Python and the weight streamer dispatch:
+//   pyapp:status {message, phase}   pyapp:progress {id, layer, loaded, bytes, ms, done}
+//   pyapp:token {text, id}          pyapp:stats {...}          pyapp:loaded {...}
+const $ = (id) => document.getElementById(id);
+const MB = (b) => (b / 1e6).toFixed(b < 1e7 ? 2 : 1) + ' MB';
+const fmt = (v, d = 2) => (v === undefined || v === null ? '–' : Number(v).toFixed(d));
+let busy = false;
+let nLayers = { 'smollm2-135m': 30, 'minilm-l6': 6 };
+
+function setStatus(msg, err) { const s = $('status'); s.textContent = msg; s.classList.toggle('err', !!err); }
+
+addEventListener('pyapp:status', (e) => {
+  const d = e.detail || {};
+  setStatus(d.message, d.phase === 'error');
+  if (d.phase === 'load' && Array.isArray(d.chunks)) {
+    $('bars').innerHTML = '';
+    for (const [id, bytes] of d.chunks) bar(id, bytes);
+    $('load-total').textContent = MB(d.chunks.reduce((a, c) => a + c[1], 0));
+  }
+  if (d.phase === 'fallback') notice(d.message);
+});
+
+const bars = new Map();
+function bar(id, bytes) {
+  let b = bars.get(id);
+  if (b && b.el.isConnected) return b;
+  const el = document.createElement('div');
+  el.className = 'bar';
+  el.innerHTML = `<span>${id}</span><div class="track"><div class="fill"></div></div><span class="num">0 / ${MB(bytes || 0)}</span>`;
+  $('bars').appendChild(el);
+  b = { el, fill: el.querySelector('.fill'), num: el.querySelector('.num') };
+  bars.set(id, b);
+  return b;
+}
+
+addEventListener('pyapp:progress', (e) => {
+  const d = e.detail;
+  const b = bar(d.id, d.bytes);
+  const pct = d.bytes ? (100 * d.loaded) / d.bytes : 0;
+  b.fill.style.width = pct.toFixed(1) + '%';
+  const mbs = d.ms > 0 ? d.loaded / 1e3 / d.ms : 0;
+  b.num.textContent = d.done ? `${MB(d.bytes)} ${mbs.toFixed(0)} MB/s` : `${MB(d.loaded)} ${mbs.toFixed(0)} MB/s`;
+  b.el.classList.toggle('done', !!d.done);
+});
+
+let cursor = null;
+addEventListener('pyapp:token', (e) => {
+  const out = $('out');
+  if (!cursor) { cursor = document.createElement('span'); cursor.className = 'cursor'; out.appendChild(cursor); }
+  cursor.before(document.createTextNode(e.detail.text));
+  out.scrollTop = out.scrollHeight;
+});
+
+function showStats(s) {
+  if (!s) return;
+  $('s-tps').textContent = fmt(s.tokens_per_second);
+  $('s-ttft').textContent = s.time_to_first_token !== undefined ? fmt(s.time_to_first_token * 1000, 0) + ' ms' : '–';
+  $('s-split').textContent = s.split !== undefined ? `${s.split} / ${s.n_layers}` : '–';
+  if (s.weight_bytes !== undefined) $('s-bytes').textContent = MB(s.weight_bytes);
+  if (s.wasm_heap) $('s-wasm').textContent = MB(s.wasm_heap);
+  if (s.gpu_bytes !== undefined) $('s-gpu').textContent = MB(s.gpu_bytes);
+  const badge = $('backend-badge');
+  badge.textContent = s.backend === 'server' ? 'server only' : `WebGPU · split ${s.split}`;
+  badge.classList.toggle('server', s.backend === 'server');
+}
+addEventListener('pyapp:stats', (e) => showStats(e.detail));
+addEventListener('pyapp:loaded', (e) => {
+  const d = e.detail;
+  $('s-load').textContent = `${fmt(d.seconds, 1)} s · ${fmt(d.mb_per_s, 0)} MB/s`;
+  $('s-bytes').textContent = MB(d.bytes);
+  $('s-wasm').textContent = `${MB(d.wasm_heap_after)} (+${MB(d.wasm_heap_growth)})`;
+  $('s-js').textContent = MB(d.peak_js_heap);
+});
+
+function notice(msg) { const n = $('notice'); n.textContent = msg; n.hidden = false; }
+
+function splitChanged() { $('split-out').textContent = $('split').value; }
+
+async function refreshSplit() {
+  const model = $('model').value;
+  const n = nLayers[model] || 30;
+  $('split').max = n;
+  $('split-max').textContent = `${n} · server runs every layer`;
+  try {
+    const d = await pyapp.defaultSplit(model);
+    $('split').value = d.split;
+    $('split-why').textContent = d.reason;
+  } catch (e) { $('split-why').textContent = 'could not pick a split: ' + e.message; }
+  splitChanged();
+}
+
+async function onGenerate() {
+  if (busy) return;
+  busy = true; $('go').disabled = true; $('stop').disabled = false;
+  const out = $('out'); out.innerHTML = ''; cursor = null;
+  const p = document.createElement('div'); p.className = 'prompt'; p.textContent = $('prompt').value; out.appendChild(p);
+  const greedy = $('greedy').checked;
+  try {
+    const r = await pyapp.generate($('prompt').value, {
+      model: $('model').value, split: Number($('split').value), chat: $('chat').checked,
+      maxNewTokens: Number($('maxnew').value), greedy,
+      temperature: greedy ? undefined : Number($('temperature').value), topP: Number($('topp').value),
+      seed: Math.floor(Math.random() * 2 ** 31),
+    });
+    setStatus(`${r.ids.length} tokens · ${r.stats.finish_reason}`);
+    showStats(r.stats);
+  } catch (e) {
+    setStatus('error: ' + (e.message || e).toString().split('\n').slice(-2).join(' '), true);
+    console.error(e);
+  } finally {
+    if (cursor) { cursor.remove(); cursor = null; }
+    busy = false; $('go').disabled = false; $('stop').disabled = true;
+  }
+}
+
+async function onEmbed() {
+  const texts = $('sentences').value.split('\n').map((s) => s.trim()).filter(Boolean);
+  if (!texts.length) return;
+  $('embed-go').disabled = true;
+  try {
+    const v = await pyapp.embed(texts, { model: 'minilm-l6', split: Number($('embed-split').value) });
+    const cos = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0);
+    let h = '<table><tr><th></th>' + texts.map((t, j) => `<th title="${t.replace(/"/g, '&quot;')}">${j + 1}</th>`).join('') + '</tr>';
+    texts.forEach((t, i) => {
+      h += `<tr><th title="${t.replace(/"/g, '&quot;')}">${i + 1}. ${t.slice(0, 24).replace(/</g, '&lt;')}</th>` +
+        v.map((b, j) => `<td style="background:rgba(110,231,183,${Math.max(0, cos(v[i], b)) * 0.35})">${cos(v[i], b).toFixed(3)}</td>`).join('') + '</tr>';
+    });
+    $('sim').innerHTML = h + '</table>';
+  } catch (e) {
+    $('sim').textContent = 'error: ' + e.message;
+  } finally { $('embed-go').disabled = false; }
+}
+
+async function main() {
+  $('split').addEventListener('input', splitChanged);
+  $('go').addEventListener('click', onGenerate);
+  $('stop').addEventListener('click', () => pyapp.stop());
+  $('embed-go').addEventListener('click', onEmbed);
+  $('model').addEventListener('change', refreshSplit);
+  $('reset').addEventListener('click', () => location.reload());
+  $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) onGenerate(); });
+  splitChanged();
+  await pyapp.ready;
+  try {
+    const ms = await pyapp.models();
+    const names = (ms.data || []).filter((m) => (m.pyapp || {}).kind !== 'encoder' && !/minilm|bert/i.test(m.id)).map((m) => m.id);
+    for (const m of ms.data || []) { const n = (m.pyapp || m).n_layers; if (n) nLayers[m.id] = n; }
+    if (names.length) $('model').innerHTML = names.map((n) => `<option>${n}</option>`).join('');
+  } catch (e) { /* keep the default list */ }
+  const ad = await pyapp.adapter();
+  $('s-adapter').textContent = ad.available ? `${ad.vendor || '?'} ${ad.architecture || ''}${ad.is_cpu ? ' (CPU)' : ''}` : 'none';
+  if (!ad.available) notice(`No WebGPU here: ${ad.reason}. Generation and embeddings run on the server (still streamed).`);
+  await refreshSplit();
+  $('go').disabled = false; $('embed-go').disabled = false;
+}
+main().catch((e) => setStatus('error: ' + e.message, true));
