@@ -82,8 +82,8 @@ def activation_widths(model: Model, width: dict):
     acts = {"x": D, "h": D, "a": model.n_heads * model.head_dim, "e": D, "embedding": D}
     acts.update(width)
     for o in model.ops():
-        if o.kind == "silu_mul":
-            acts[o.outs[0]] = acts[o.ins[0]]
+        if o.kind in ("silu_mul", "gelu", "gelu_tanh", "add", "rms_norm", "layer_norm"):
+            acts.setdefault(o.outs[0], acts[o.ins[0]])
         elif o.kind == "split":
             for name, s in zip(o.outs, o.attrs["sizes"]):
                 acts[name] = s
@@ -176,7 +176,7 @@ class GpuBackend:
         self.head = (self.stop == model.n_layers) if head is None else head
         self.ops = model.ops(self.start, self.stop, embed=self.embed, head=self.head)
         self.dtype = dtype
-        shapes = dict(shapes) if shapes else infer_shapes(model)
+        shapes = dict(shapes) if shapes is not None else infer_shapes(model)
         self.widths = _widths_from_shapes(model, shapes)
         self.max_positions = max_positions or min(model.max_context, 2048)
         self.max_tokens = max_tokens or min(self.max_positions, 512)
@@ -189,10 +189,16 @@ class GpuBackend:
                       "plans_built": 0}
         # weights
         self.tensors = {}
+        splittable = set()
+        for o in self.ops:
+            if o.kind == "embed":
+                splittable.add(o.weights["tokens"])
+            elif o.kind == "linear" and not o.attrs.get("transposed"):
+                splittable.add(o.weights["w"])
         for n in model.tensors(self.ops):
             dt = (dtypes or {}).get(n, dtype)
             t = self.tensors[n] = Tensor(n, shapes[n], dt)
-            self._alloc(t)
+            self._alloc(t, n in splittable)
         # activations, ids, params, rope table, output token
         self.acts = {}
         for o in self.ops:
@@ -215,7 +221,10 @@ class GpuBackend:
             self._upload_rope()
 
     # ------------------------------------------------------------------ weights
-    def _alloc(self, t: Tensor):
+    def _alloc(self, t: Tensor, splittable):
+        if not splittable and t.nbytes > self.max_binding:
+            raise GpuError(f"{t.name}: {t.nbytes} bytes exceed the device's binding limit "
+                           f"{self.max_binding} and cannot be split")
         if len(t.shape) == 1 or t.nbytes <= self.max_binding:
             rows = t.shape[0]
             t.chunks.append([self.device.create_buffer(t.nbytes), 0, rows, 0, t.nbytes])
@@ -578,6 +587,31 @@ class GpuBackend:
         """The same, awaiting the readback (the browser binding's mapAsync)."""
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
+
+    # ------------------------------------------------------------------ test / bench hooks
+    def poison(self, value=float("nan")):
+        """Fill every activation buffer (and the logits) with `value`: a kernel that
+        leaves part of its output unwritten then shows as NaN."""
+        bufs = list(self.acts.items()) + ([("logits", self.logits)] if self.logits is not None else [])
+        for name, buf in bufs:
+            rows = self.logit_rows if name == "logits" else self.max_tokens
+            width = self.model.vocab if name == "logits" else self.widths[name]
+            self.device.write(buf, 0, array("f", [value]) * (rows * width))
+
+    def read_activation(self, name, rows):
+        import numpy as np
+        w = self.model.vocab if name == "logits" else self.widths[name]
+        raw = self.device.read(self._act(name), 0, rows * w * 4)
+        return np.frombuffer(raw, np.float32).reshape(rows, w).copy()
+
+    def sample_logits(self, logits, params, n=0):
+        """Run only the GPU sampler on a given logits row (tests and benchmarks)."""
+        self.device.write(self.logits, 0, array("f", [float(v) for v in logits]))
+        src = kernels.render("sample", V=self.model.vocab, KMAX=KMAX)
+        rec = self.device.record([self._d(src, {1: self.logits, 2: self.tok_buf}, 1, head=True)])
+        self.device.submit(rec, [(self.params, 0, self._params(1, 0, params, n))],
+                           copy=(self.tok_buf, 0, self.readback, 0, 4))
+        return struct.unpack("<I", self.device.read(self.readback, 0, 4))[0]
 
     # ------------------------------------------------------------------ loading (CPython)
     @classmethod

@@ -1,0 +1,280 @@
+"""Every WGSL kernel against the numpy executor, on lavapipe through wgpu-py.
+
+Fresh random inputs of odd sizes (not multiples of any workgroup size),
+activation buffers poisoned with NaN before each run, relative error
+(max |gpu - ref| / max |ref|) <= 1e-5 in f32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyapp.models import Model, op
+from pyapp.numpy_backend import KVCache, NumpyBackend
+from pyapp.sampling import SamplingParams, sample_numpy
+
+pytestmark = pytest.mark.gpu
+
+wgpu = pytest.importorskip("wgpu")
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def device():
+    from pyapp.gpu.native import NativeDevice
+    try:
+        return NativeDevice.create()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no WebGPU adapter: {e}")
+
+
+def relerr(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.isfinite(a).all(), "non-finite output (poison survived?)"
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def f16_bytes(a):
+    """(f16-rounded f32 copy, raw f16 bytes) of an array."""
+    h = np.ascontiguousarray(a, np.float16)
+    return h.astype(np.float32), h.tobytes()
+
+
+def run_layer(device, layer, weights, T, hidden, check, steps=1, causal=False, n_heads=1,
+              n_kv_heads=1, head_dim=None, dtype="f32", variants=None, max_binding=None,
+              seed=0, ids=None, vocab=1, embed=None, theta=None):
+    """Run `layer` ops on numpy and GPU from the same x (or ids); compare the named
+    activations after every step."""
+    rng = np.random.default_rng(seed)
+    head_dim = head_dim or hidden
+    m = Model(arch="test", config={}, hidden=hidden, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads,
+              head_dim=head_dim, vocab=vocab, max_context=64, causal=causal,
+              embed=embed or [], layers=[layer], head=[])
+    ref_w, up = {}, {}
+    for n, a in weights.items():
+        if dtype == "f16":
+            ref_w[n], up[n] = f16_bytes(a)
+        else:
+            ref_w[n], up[n] = np.ascontiguousarray(a, np.float32), np.ascontiguousarray(a, np.float32)
+    nb = NumpyBackend(m, ref_w)
+    from pyapp.gpu import GpuBackend
+    g = GpuBackend(device, m, 0, 1, embed=bool(embed), head=False, dtype=dtype,
+                   shapes={n: a.shape for n, a in weights.items()}, max_tokens=16, max_positions=64,
+                   variants=variants, max_binding=max_binding)
+    for n, data in up.items():
+        g.write_weight(n, 0, data)
+    nc, gc = KVCache(m, 0, 1, 64), g.new_cache(64)
+    for s in range(steps):
+        Ts = T if s == 0 else 1
+        env = {}
+        if embed:
+            step_ids = ids if s == 0 else [int(rng.integers(vocab))]
+            env["ids"] = np.asarray(step_ids)
+            Ts = len(step_ids)
+        else:
+            env["x"] = env["x0"] = rng.standard_normal((Ts, hidden)).astype(np.float32)
+        ctx = dict(pos0=nc.length, cache=nc)
+        for o in m.ops(0, 1, embed=bool(embed), head=False):
+            nb.run_op(o, env, ctx)
+        nc.length += Ts
+        g.poison()
+        if embed:
+            g.forward(ids=env["ids"].tolist(), cache=gc, head=False)
+        else:
+            g.forward(x=env["x0"], cache=gc, head=False)
+        for name in check:
+            got = g.read_activation(name, Ts)
+            assert relerr(got, env[name]) <= TOL, (name, s, relerr(got, env[name]))
+    return g
+
+
+# ----------------------------------------------------------------------------- linear
+
+@pytest.mark.parametrize("variant", ["row", "wg", "sg"])
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("T", [1, 7])
+def test_linear(device, variant, dtype, T):
+    if variant == "sg" and "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    rng = np.random.default_rng(1)
+    D, N = 76, 135          # K % 4 == 0 (vec4 path), N odd
+    w = {"w1": rng.standard_normal((N, D)) * 0.1, "b1": rng.standard_normal(N),
+         "w2": rng.standard_normal((D, N)) * 0.1}           # K = 135: scalar path
+    layer = [op("linear", "x", "f", {"w": "w1", "b": "b1"}),
+             op("linear", "f", "h", {"w": "w2", "b": None})]
+    run_layer(device, layer, w, T, D, ["f", "h"], dtype=dtype, variants={"linear": variant})
+
+
+def test_linear_transposed(device):
+    rng = np.random.default_rng(2)
+    D, N = 37, 101
+    w = {"w": rng.standard_normal((D, N)) * 0.1, "b": rng.standard_normal(N)}
+    layer = [op("linear", "x", "f", {"w": "w", "b": "b"}, transposed=True)]
+    run_layer(device, layer, w, 5, D, ["f"])
+    run_layer(device, layer, {"w": w["w"], "b": w["b"][:N]}, 1, D, ["f"], dtype="f16") if N % 2 == 0 else None
+
+
+def test_linear_split_weight(device):
+    """A weight larger than the binding limit is split by rows into several buffers."""
+    rng = np.random.default_rng(3)
+    D, N = 72, 203
+    w = {"w": rng.standard_normal((N, D)) * 0.1}
+    layer = [op("linear", "x", "f", {"w": "w", "b": None})]
+    g = run_layer(device, layer, w, 3, D, ["f"], max_binding=4096)
+    assert len(g.tensors["w"].chunks) > 3
+
+
+# ----------------------------------------------------------------------------- norms
+
+@pytest.mark.parametrize("wg", [1, 64])
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_norms(device, wg, dtype):
+    rng = np.random.default_rng(4)
+    D = 83
+    w = {"nw": 1 + 0.1 * rng.standard_normal(D), "lw": 1 + 0.1 * rng.standard_normal(D),
+         "lb": 0.1 * rng.standard_normal(D)}
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=1e-5),
+             op("layer_norm", "h", "h", {"w": "lw", "b": "lb"}, eps=1e-12),   # in place
+             op("layer_norm", "x", "x", {"w": "lw", "b": "lb"}, eps=1e-5)]
+    run_layer(device, layer, w, 9, D, ["h", "x"], dtype=dtype, variants={"norm_wg": wg})
+
+
+# ----------------------------------------------------------------------------- activations
+
+def test_elementwise(device):
+    rng = np.random.default_rng(5)
+    D, N = 45, 77
+    w = {"wg": rng.standard_normal((N, D)) * 0.5, "wu": rng.standard_normal((N, D)) * 0.5,
+         "wd": rng.standard_normal((D, N)) * 0.2}
+    layer = [op("linear", "x", "g", {"w": "wg", "b": None}),
+             op("linear", "x", "u", {"w": "wu", "b": None}),
+             op("silu_mul", ("g", "u"), "m"),
+             op("linear", "m", "d", {"w": "wd", "b": None}),
+             op("add", ("x", "d"), "x")]
+    run_layer(device, layer, w, 6, D, ["m", "d", "x"])
+
+
+@pytest.mark.parametrize("kind", ["gelu", "gelu_tanh"])
+def test_gelu(device, kind):
+    rng = np.random.default_rng(6)
+    D, N = 45, 131
+    w = {"w": rng.standard_normal((N, D)) * 0.6, "w2": rng.standard_normal((N, D)) * 0.6}
+    layer = [op("linear", "x", "f", {"w": "w", "b": None}),
+             op(kind, "f", "f"),                                     # in place
+             op("linear", "x", "u", {"w": "w2", "b": None}),
+             op(kind, "u", "g")]                                     # out of place
+    run_layer(device, layer, w, 5, D, ["f", "g"])
+
+
+def test_split(device):
+    rng = np.random.default_rng(7)
+    D = 21
+    w = {"w": rng.standard_normal((D, 3 * D)) * 0.3}
+    layer = [op("linear", "x", "qkv", {"w": "w", "b": None}, transposed=True),
+             op("split", "qkv", ("q", "k", "v"), sizes=(D, D, D))]
+    run_layer(device, layer, w, 4, D, ["q", "k", "v"])
+
+
+# ----------------------------------------------------------------------------- attention
+
+@pytest.mark.parametrize("H,Hkv", [(6, 2), (3, 3), (5, 1)])
+def test_rope_attention_causal(device, H, Hkv):
+    rng = np.random.default_rng(8)
+    hd, D = 10, 30
+    w = {"wq": rng.standard_normal((H * hd, D)) * 0.3, "wk": rng.standard_normal((Hkv * hd, D)) * 0.3,
+         "wv": rng.standard_normal((Hkv * hd, D)) * 0.3}
+    layer = [op("linear", "x", "q", {"w": "wq", "b": None}),
+             op("linear", "x", "k", {"w": "wk", "b": None}),
+             op("linear", "x", "v", {"w": "wv", "b": None}),
+             op("rope", ("q", "k"), ("q", "k"), n_heads=H, n_kv_heads=Hkv, head_dim=hd, theta=10000.0),
+             op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
+                causal=True, scale=hd ** -0.5)]
+    # prefill of 11 tokens, then 4 single-token decode steps against the cache
+    run_layer(device, layer, w, 11, D, ["q", "k", "a"], steps=5, causal=True, n_heads=H,
+              n_kv_heads=Hkv, head_dim=hd)
+
+
+def test_attention_bidirectional(device):
+    rng = np.random.default_rng(9)
+    H, hd = 3, 7
+    D = H * hd
+    w = {"wq": rng.standard_normal((D, D)) * 0.3, "wk": rng.standard_normal((D, D)) * 0.3,
+         "wv": rng.standard_normal((D, D)) * 0.3}
+    layer = [op("linear", "x", "q", {"w": "wq", "b": None}),
+             op("linear", "x", "k", {"w": "wk", "b": None}),
+             op("linear", "x", "v", {"w": "wv", "b": None}),
+             op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=H, head_dim=hd,
+                causal=False, scale=hd ** -0.5)]
+    run_layer(device, layer, w, 13, D, ["a"], n_heads=H, head_dim=hd)
+
+
+# ----------------------------------------------------------------------------- embedding
+
+@pytest.mark.parametrize("dtype", ["f32", "f16"])
+def test_embed_split_table(device, dtype):
+    rng = np.random.default_rng(10)
+    V, D = 203, 38
+    w = {"tok": rng.standard_normal((V, D)), "pos": rng.standard_normal((64, D)),
+         "tt": rng.standard_normal((2, D))}
+    embed = [op("embed", "ids", "x", {"tokens": "tok", "positions": "pos", "token_type": "tt"})]
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=1e-5)]
+    w["nw"] = np.ones(D)
+    ids = [0, 202, 57, 101, 100, 3, 150]
+    g = run_layer(device, layer, w, len(ids), D, ["x", "h"], embed=embed, ids=ids, vocab=V,
+                  max_binding=10000, dtype=dtype, steps=2, causal=True)
+    assert len(g.tensors["tok"].chunks) >= 2
+
+
+# ----------------------------------------------------------------------------- pooling
+
+def test_mean_pool_normalize(device):
+    rng = np.random.default_rng(11)
+    D, T = 67, 9
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    m = Model(arch="test", config={}, hidden=D, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=D, vocab=1,
+              max_context=64, causal=False, embed=[], layers=[[op("add", ("x", "x"), "x")]],
+              head=[op("mean_pool", "x", "e"), op("l2_normalize", "e", "embedding")])
+    from pyapp.gpu import GpuBackend
+    g = GpuBackend(device, m, 0, 1, embed=False, head=True, shapes={}, max_tokens=16)
+    g.poison()
+    ref = NumpyBackend(m, {}).forward(x=x)
+    assert relerr(g.forward(x=x), ref) <= TOL
+
+
+# ----------------------------------------------------------------------------- sampling
+
+@pytest.fixture(scope="module")
+def sampler(device):
+    from pyapp.gpu import GpuBackend
+    V = 1001
+    m = Model(arch="test", config={}, hidden=4, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=4, vocab=V,
+              max_context=8, causal=True, embed=[], layers=[[]],
+              head=[op("linear", "x", "logits", {"w": "w", "b": None})])
+    return GpuBackend(device, m, 0, 1, embed=False, head=True, shapes={"w": (V, 4)}, max_tokens=2)
+
+
+def test_sample_argmax(sampler):
+    rng = np.random.default_rng(12)
+    for i in range(5):
+        z = rng.standard_normal(1001).astype(np.float32) * 3
+        if i == 4:                                   # tie: the lower id wins
+            z[[17, 900]] = z.max() + 1
+        assert sampler.sample_logits(z, SamplingParams()) == sample_numpy(z, SamplingParams(), 0)
+
+
+@pytest.mark.parametrize("top_k,top_p,temp", [(40, 1.0, 0.8), (0, 0.5, 1.0), (20, 0.9, 1.3), (1, 1.0, 1.0)])
+def test_sample_seeded(sampler, top_k, top_p, temp):
+    rng = np.random.default_rng(13)
+    agree = 0
+    for n in range(12):
+        z = (rng.standard_normal(1001) * 4).astype(np.float32)
+        sp = SamplingParams(greedy=False, temperature=temp, top_k=top_k, top_p=top_p, seed=1234 + n)
+        agree += sampler.sample_logits(z, sp, n) == sample_numpy(z, sp, n)
+    assert agree == 12
+
+
+def test_validation_error_is_an_exception(device):
+    from pyapp.gpu import GpuError
+    with pytest.raises(GpuError, match="(?i)error|expected|unknown"):
+        device.pipeline("@compute @workgroup_size(1) fn main() { let x: u32 = nope; }")
