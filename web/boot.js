@@ -25,6 +25,25 @@ function pickWheel(index) {
   return new URL(f, url('wheels/')).href;
 }
 
+// micropip from the Pyodide distribution (vendor/pyodide, checked against pyodide-lock.json),
+// else the micropip wheel the site lists, else (a pure-Python wheel is a zip) unpack it directly.
+async function installWheel(pyodide, index, wheel) {
+  const quiet = { messageCallback: () => {}, errorCallback: (m) => console.warn('[pyapp] ' + m) };
+  const has = () => { try { pyodide.pyimport('micropip'); return true; } catch (e) { return false; } };
+  await pyodide.loadPackage('micropip', quiet).catch(() => {});
+  if (!has() && index.micropip) await pyodide.loadPackage(new URL(index.micropip, url('wheels/')).href, quiet).catch(() => {});
+  if (has()) {
+    try {
+      pyodide.globals.set('_pyapp_wheel', wheel);
+      await pyodide.runPythonAsync('import micropip\nawait micropip.install(_pyapp_wheel, deps=False)\ndel _pyapp_wheel');
+      return 'micropip';
+    } catch (e) { console.warn('[pyapp] micropip.install failed, unpacking the wheel directly:', e); }
+  }
+  const buf = await (await fetch(wheel)).arrayBuffer();
+  pyodide.unpackArchive(buf, 'wheel');
+  return 'unpackArchive';
+}
+
 async function boot() {
   const t0 = performance.now();
   say('loading Pyodide');
@@ -36,19 +55,7 @@ async function boot() {
   say('installing the pyapp wheel');
   const index = await (await fetch(url('wheels/index.json'), { cache: 'no-cache' })).json();
   const wheel = pickWheel(index);
-  let via = 'micropip';
-  try {
-    try { await pyodide.loadPackage('micropip', { messageCallback: () => {} }); }
-    catch (e) { if (!index.micropip) throw e; await pyodide.loadPackage(new URL(index.micropip, url('wheels/')).href, { messageCallback: () => {} }); }
-    pyodide.globals.set('_pyapp_wheel', wheel);
-    await pyodide.runPythonAsync('import micropip\nawait micropip.install(_pyapp_wheel, deps=False)\ndel _pyapp_wheel');
-  } catch (e) {
-    // micropip not vendored: a pure-Python wheel is a zip, unpack it into site-packages.
-    console.warn('[pyapp] micropip unavailable, unpacking the wheel directly:', e);
-    via = 'unpackArchive';
-    const buf = await (await fetch(wheel)).arrayBuffer();
-    pyodide.unpackArchive(buf, 'wheel');
-  }
+  const via = await installWheel(pyodide, index, wheel);
   const api = pyodide.pyimport('pyapp.edge.api');
   api.install(location.origin + BASE.pathname.replace(/\/$/, ''));
   const tReady = performance.now();

@@ -1,0 +1,180 @@
+"""The edge's pure-Python half on CPython: chunk selection, request planning, split choice,
+the async decode loop.  No browser."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+
+from pyapp.edge import split as sp
+from pyapp.edge import stream
+from pyapp.edge.session import generate_async
+from pyapp.generate import generate
+
+
+def _chunk(cid, layer, tensors, file="model.safetensors"):
+    # tensors: [(name, offset, length)]
+    ranges = stream_coalesce([(o, n) for _, o, n in tensors])
+    return {"id": cid, "layer": layer, "file": file, "ranges": ranges,
+            "bytes": sum(r[1] for r in ranges), "sha256": "",
+            "tensors": [{"name": n, "offset": o, "length": ln, "dtype": "f32", "shape": [ln // 4]}
+                        for n, o, ln in tensors]}
+
+
+def stream_coalesce(spans):
+    out = []
+    for off, length in sorted(spans):
+        if out and off <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][0] + out[-1][1], off + length) - out[-1][0]
+        else:
+            out.append([off, length])
+    return out
+
+
+def tied_manifest(n=4, layer_bytes=1000, embed_bytes=8000):
+    chunks = [_chunk("embed", None, [("embed_tokens.weight", 100, embed_bytes)])]
+    off = 100 + embed_bytes
+    for i in range(n):
+        chunks.append(_chunk(f"layer.{i}", i, [(f"layers.{i}.a", off, layer_bytes // 2),
+                                              (f"layers.{i}.b", off + layer_bytes // 2, layer_bytes // 2)]))
+        off += layer_bytes
+    chunks.append(_chunk("head", None, [("embed_tokens.weight", 100, embed_bytes), ("norm.weight", off, 40)]))
+    return {"n_layers": n, "architecture": "llama", "chunks": chunks,
+            "files": {"model.safetensors": {"url": "/m/abc/model.safetensors"}}}
+
+
+def test_tied_embedding_streams_once():
+    m = tied_manifest()
+    needed = ["embed_tokens.weight"] + [f"layers.{i}.{x}" for i in range(4) for x in "ab"] + ["norm.weight"]
+    chunks, owner = stream.select_chunks(m, needed=needed)
+    ids = [c["id"] for c in chunks]
+    assert ids == ["layer.0", "layer.1", "layer.2", "layer.3", "head"]
+    assert owner["embed_tokens.weight"] == "head"
+    assert all(owner[f"layers.{i}.a"] == f"layer.{i}" for i in range(4))
+
+
+def test_exact_layers_only():
+    m = tied_manifest()
+    needed = [f"layers.{i}.{x}" for i in (2, 3) for x in "ab"] + ["embed_tokens.weight", "norm.weight"]
+    chunks, _ = stream.select_chunks(m, needed=needed)
+    assert [c["id"] for c in chunks] == ["layer.2", "layer.3", "head"]
+    with pytest.raises(KeyError):
+        stream.select_chunks(m, needed=["nope"])
+
+
+def test_plan_requests_coalesces_small_gaps():
+    reqs = stream.plan_requests([[0, 100], [110, 50], [1_000_000, 10]], gap=64)
+    assert len(reqs) == 2
+    assert reqs[0][:2] == [0, 160]
+    assert reqs[0][2] == [[0, 100, 0], [110, 50, 100]]
+    assert reqs[1] == [1_000_000, 10, [[1_000_000, 10, 150]]]
+
+
+def test_tensor_slices_inside_chunk_buffer():
+    c = _chunk("x", 0, [("a", 100, 8), ("b", 108, 4), ("c", 500, 12)])
+    assert stream.tensor_slices(c) == [("a", 0, 8), ("b", 8, 4), ("c", 12, 12)]
+
+
+def test_simulated_stream_with_resume_and_corruption():
+    """The JS fetch loop's arithmetic, replayed in Python: pieces of a request land at the right
+    offsets of the chunk buffer whatever the body is cut into."""
+    data = bytes(range(256)) * 40
+    ranges = [[10, 100], [150, 300], [5000, 200]]
+    want = b"".join(data[o:o + n] for o, n in ranges)
+    for req_off, req_len, pieces in stream.plan_requests(ranges, gap=64):
+        pass
+    dst = bytearray(sum(n for _, n in ranges))
+    for req_off, req_len, pieces in stream.plan_requests(ranges, gap=64):
+        got = 0
+        for cut in (7, 33, 1000):            # a body delivered in odd pieces, resumed after each
+            body = data[req_off + got:req_off + req_len][:cut]
+            lo, hi = req_off + got, req_off + got + len(body)
+            for po, pl, pd in pieces:
+                s, e = max(lo, po), min(hi, po + pl)
+                if s < e:
+                    dst[pd + s - po:pd + e - po] = body[s - lo:e - lo]
+            got += len(body)
+            if got >= req_len:
+                break
+    assert bytes(dst) == want
+    assert hashlib.sha256(bytes(dst)).hexdigest() == hashlib.sha256(want).hexdigest()
+
+
+def test_split_choice_fallback_adapter_gets_high_split():
+    m = tied_manifest(n=30)
+    ad = sp.AdapterInfo(True, vendor="google", architecture="swiftshader", max_storage_binding=1 << 30)
+    c = sp.choose_split(m, ad, gflops=0.5)
+    assert c.split == 30 and "fallback" in c.reason
+
+
+def test_split_choice_no_webgpu_is_server_only():
+    c = sp.choose_split(tied_manifest(n=30), sp.AdapterInfo(False, "no navigator.gpu"))
+    assert c.split == 30 and "no WebGPU" in c.reason
+
+
+def test_split_choice_fast_gpu_takes_all_layers_and_slow_gpu_fewer():
+    m = tied_manifest(n=30, layer_bytes=14_000_000, embed_bytes=113_000_000)
+    fast = sp.choose_split(m, sp.AdapterInfo(True, architecture="ampere"), gflops=500.0)
+    assert fast.split == 0
+    slow = sp.choose_split(m, sp.AdapterInfo(True, architecture="gen-9"), gflops=2.0, budget_ms=60)
+    assert 0 < slow.split < 30
+    assert slow.edge_ms_per_token <= 60
+    tight = sp.choose_split(m, sp.AdapterInfo(True, architecture="x"), gflops=500.0,
+                            memory_budget=200_000_000)
+    assert tight.split > 0 and tight.min_split == tight.split
+
+
+def test_split_choice_binding_limit():
+    m = tied_manifest(n=4, embed_bytes=8000)
+    c = sp.choose_split(m, sp.AdapterInfo(True, architecture="x", max_storage_binding=4000), gflops=10)
+    assert c.split == 4
+
+
+def test_generate_async_matches_generate():
+    seq = [5, 7, 9, 2, 11]
+
+    def step(ids, n):
+        return seq[n]
+
+    async def astep(ids, n):
+        return seq[n]
+
+    for max_new, eos in ((3, ()), (10, (2,)), (0, ())):
+        a = generate(step, [1, 2, 3], max_new, eos)
+        b = asyncio.run(generate_async(astep, [1, 2, 3], max_new, eos))
+        assert (a.ids, a.finish_reason) == (b.ids, b.finish_reason)
+    stops = iter([False, True])
+    r = asyncio.run(generate_async(astep, [1], 10, (), should_stop=lambda: next(stops)))
+    assert r.ids == [5, 7] and r.finish_reason == "cancelled"
+
+
+def test_edge_modules_are_stdlib_only():
+    import ast
+    import pathlib
+    import sys
+    root = pathlib.Path(stream.__file__).parent
+    allowed = set(sys.stdlib_module_names) | {"pyapp", "js", "pyodide", "pyodide_js", "__main__"}
+    for f in root.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for n in names:
+                assert n.split(".")[0] in allowed, f"{f.name} imports {n}"
+
+
+def test_no_weight_bytes_become_python_objects():
+    """The streaming code never converts JS data into Python objects (to_py, bytes, memoryview)."""
+    import ast
+    import pathlib
+    tree = ast.parse(pathlib.Path(stream.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            assert name not in ("to_py", "to_bytes", "to_memoryview", "to_file", "bytes", "bytearray",
+                                "memoryview"), f"stream.py calls {name}() (line {node.lineno})"
