@@ -235,6 +235,27 @@ def _text_fixup_for(normalizer: dict | None) -> Callable[[str], str] | None:
     return fixup
 
 
+def _patch_js_pre_tokenizer(node) -> int:
+    """Make Tokenizers.js's ``Digits`` pre-tokenizer split on what ``tokenizers`` calls a digit.
+
+    ``tokenizers`` uses ``char::is_numeric`` (Unicode Nd/Nl/No: "½", "Ⅻ", "٣", "１"...), Tokenizers.js
+    0.2.0 uses JS ``\\d`` (ASCII only), so SmolLM2's ``Digits(individual_digits=True)`` splits " ½"
+    differently.  The fix swaps the regex on the JS object in place; returns how many were patched."""
+    import js  # type: ignore[import-not-found]
+
+    if node is None:
+        return 0
+    children = getattr(node, "tokenizers", None)
+    if children is not None and js.Array.isArray(children):
+        return sum(_patch_js_pre_tokenizer(child) for child in children)
+    config = getattr(node, "config", None)
+    if config is not None and getattr(config, "type", None) == "Digits" and hasattr(node, "pattern"):
+        individual = bool(getattr(config, "individual_digits", False))
+        node.pattern = js.RegExp.new("[^\\p{N}]+|\\p{N}" + ("" if individual else "+"), "gu")
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- backends
 
 
@@ -316,6 +337,7 @@ class _JSBackend:
         self._to_js = to_js
         mod = _js_module("tokenizers")
         self.js = mod.Tokenizer.new(js_json, js_config)
+        _patch_js_pre_tokenizer(self.js.pre_tokenizer)
         parse = js.JSON.parse
         self._opt_plain = parse('{"add_special_tokens":false}')
         self._opt_dec = {

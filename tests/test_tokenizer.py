@@ -59,6 +59,7 @@ CORPUS = [
     "def f(x):\r\n\tif x  >  10:\r\n\t\treturn   12345\r\n\telse:\r\n\t\treturn x*2\r\n",
     "a      1234   56    7890 x\t\t42\n\n\n   99",
     "version 3.14.159 costs $1,234.56 on 2024-01-31 at 23:59",
+    "numerals: ½ ¾ x² Ⅻ ① ٣٤٥ ३४ １２３ 〇 ⁴² and\u00a0 9",
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|><|endoftext|>",
     "[CLS] masked [MASK] text [SEP] [PAD] [UNK]",
     "Arabic: مرحبا بالعالم. Hebrew: שלום עולם. Hindi: नमस्ते दुनिया. Thai: สวัสดีชาวโลก",
