@@ -439,8 +439,7 @@ class GpuBackend:
         NF, K = wt.shape
         vec = 4 if K % 4 == 0 else 1
         variant = self.variants["linear"]
-        sgs = getattr(self.device, "subgroup_size", None)
-        if variant == "sg" and ("subgroups" not in self.device.features or not sgs):
+        if variant == "sg" and "subgroups" not in self.device.features:
             variant = "wg"
         out = []
         for buf, r0, rows, _b0, _nb in wt.chunks:
@@ -454,7 +453,7 @@ class GpuBackend:
                 gx = rows
             else:
                 src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable, **subs)
-                gx = _ceil(rows, 128 // sgs)
+                gx = _ceil(rows, 4)        # 4 columns per workgroup on 32-wide subgroups
             out.append(self._d(src, {**ent0, 1: buf}, gx, _ceil(T, TB), head=hp))
         return out
 
@@ -669,7 +668,7 @@ def tune_key(device, K, N, dtype):
 
 def candidate_variants(device):
     out = [{"linear": "row", "norm_wg": 1}, {"linear": "wg", "norm_wg": 64}]
-    if "subgroups" in device.features and getattr(device, "subgroup_size", None):
+    if "subgroups" in device.features:
         out.append({"linear": "sg", "norm_wg": 64})
     return out
 

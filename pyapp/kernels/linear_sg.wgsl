@@ -1,6 +1,7 @@
 // Same contract as linear_row: one subgroup per output column (4 columns per
 // workgroup of 128 on a 32-wide subgroup), two independent accumulators per
 // lane for more loads in flight, subgroupAdd reduction.  Needs `subgroups`.
+// Any subgroup size works: columns are walked in uniform rounds over the grid.
 ${ENABLE}
 ${WDECL}
 ${BDECL}
@@ -13,9 +14,14 @@ const N0: u32 = ${N0}u;
 const TB: u32 = ${TB}u;
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
+        @builtin(num_workgroups) nwg: vec3u,
         @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
-  let n = wg.x * (128u / sgs) + l / sgs;
+  let per = max(128u / sgs, 1u);
+  let total = nwg.x * per;
+  let rounds = (N + total - 1u) / total;
   let t0 = wg.y * TB;
+  for (var r = 0u; r < rounds; r++) {
+  let n = r * total + wg.x * per + l / sgs;
   let live = n < N;
   let nn = min(n, N - 1u);
   var acc: array<f32, ${TB}>;
@@ -41,5 +47,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   for (var j = 0u; j < TB; j++) {
     let s = subgroupAdd(acc[j] + acc2[j]);
     if (live && lane == 0u && t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = s + bv; }
+  }
   }
 }
