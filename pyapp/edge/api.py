@@ -403,7 +403,7 @@ async def _server_generate(em, prompt, prompt_ids, max_new, params, chat, on_tok
                 if c.get("finish_reason"):
                     finish = c["finish_reason"]
     finally:
-        it.destroy()
+        it = None
     total = time.perf_counter() - t0
     text = "".join(pieces)
     if ids is None:

@@ -134,9 +134,9 @@ class ServerSession:
         data = getattr(msg, "data", None)
         if data is None:
             err = str(getattr(msg, "text", "")) or "no data"
-            msg.destroy()
+            msg = None
             raise RuntimeError(f"server: {err}")
-        msg.destroy()
+        msg = None
         self.position += len(ids)
         return data
 
@@ -145,7 +145,7 @@ class ServerSession:
             self.ws.sendText(json.dumps({"op": "reset"}))
             msg = await self.ws.recv()       # the server acknowledges with a JSON text frame
             txt = str(getattr(msg, "text", "") or "")
-            msg.destroy()
+            msg = None
             if txt and '"error"' in txt:
                 raise RuntimeError(f"server reset: {txt[:200]}")
         self.position = 0
@@ -153,7 +153,7 @@ class ServerSession:
     def close(self):
         if self.ws is not None:
             self.ws.close()
-            self.ws.destroy()
+            self.ws = None
             self.ws = None
         if self.id:
             try:
@@ -208,7 +208,7 @@ class SplitRunner:
         try:
             tok = await self.backend.step_async(x=x, cache=self.cache, params=params, n=n)
         finally:
-            x.destroy()
+            x = None
         self.ffi_calls += 3
         return int(tok)
 
@@ -229,10 +229,10 @@ class SplitRunner:
             out = await fwd(cache=cache, **kw)
         finally:
             if x is not None:
-                x.destroy()
+                x = None
         if hasattr(out, "to_py"):           # a small Float32Array: the embedding, not weights
             vals = list(out.to_py())
-            out.destroy()
+            out = None
         else:
             vals = list(out)
         if vals and isinstance(vals[0], (list, tuple)):

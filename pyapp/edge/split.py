@@ -188,6 +188,6 @@ async def measure_gflops(device, rows=1536, cols=576, iters=8):
     fn = run_js(JS_GEMV_BENCH)
     r = await fn(device, rows, cols, iters)
     g = float(r.gflops)
-    r.destroy()
-    fn.destroy()
+    r = None
+    fn = None
     return g

@@ -327,10 +327,10 @@ class BackendSink:
                 try:
                     self.backend.write_weight(name, 0, v)
                 finally:
-                    v.destroy()
+                    v = None
         finally:
-            views.destroy()
-            js_slices.destroy()
+            views = None
+            js_slices = None
 
 
 class GpuBufferSink:
@@ -340,7 +340,7 @@ class GpuBufferSink:
     and by the heap test; a backend that can adopt buffers may take them over.
     """
 
-    def __init__(self, device, mode="writeBuffer"):
+    def __init__(self, device, mode="mapped"):
         self.device = device
         self.mode = mode
         self.buffers = {}
@@ -350,13 +350,13 @@ class GpuBufferSink:
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
         js_slices = to_js([list(s) for s in slices])
         res = helper.uploadTensors(self.device, data, js_slices, self.mode)
-        js_slices.destroy()
+        js_slices = None
         self.upload_ms += float(res.ms)
         bufs = res.buffers
         for name, _o, _l in slices:
             self.buffers[name] = bufs.get(name)
-        bufs.destroy()
-        res.destroy()
+        bufs = None
+        res = None
 
     def destroy(self):
         for b in self.buffers.values():
@@ -465,7 +465,7 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
                 res = await helper.fetchChunk(url, reqs, chunk["bytes"], chunk.get("sha256") or "",
                                               chunk["id"], chunk.get("layer"), js_opts)
             finally:
-                reqs.destroy()
+                reqs = None
             data, st = res.data, res.stats
             slices = [s for s in tensor_slices(chunk)
                       if owner is None or owner.get(s[0]) == chunk["id"]]
@@ -473,14 +473,14 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
             try:
                 await sink.write(helper, data, slices)
             finally:
-                data.destroy()
-                res.destroy()
+                data = None
+                res = None
             cs = ChunkStat(id=chunk["id"], layer=chunk.get("layer"), bytes=int(chunk["bytes"]),
                            ms=float(st.ms), ms_fetch=float(st.msFetch), ms_digest=float(st.msDigest),
                            ms_upload=(time.perf_counter() - tu) * 1e3, requests=int(st.requests),
                            resumes=int(st.resumes), errors=int(st.errors), refetches=int(st.refetches),
                            verified=bool(st.verified))
-            st.destroy()
+            st = None
             stats.chunks.append(cs)
             stats.bytes += cs.bytes
             if on_chunk is not None:
@@ -489,7 +489,7 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
     try:
         await asyncio.gather(*(one(c) for c in chunks))
     finally:
-        js_opts.destroy()
+        js_opts = None
     dev = getattr(sink, "device", None)
     if dev is not None:
         await helper.gpuDone(dev)
@@ -518,8 +518,8 @@ async def plain_fetch_seconds(manifest, chunks, base_url=""):
         reqs = to_js(plan_requests(c["ranges"]))
         r = await helper.plainFetch(url, reqs)
         total += float(r.ms) / 1e3
-        reqs.destroy()
-        r.destroy()
+        reqs = None
+        r = None
     return total
 
 
@@ -536,3 +536,60 @@ async def fetch_json(url):
 
 async def load_manifest(model, base_url=""):
     return await fetch_json(absolute_url(base_url, f"/models/{model}/manifest.json"))
+
+
+# --------------------------------------------------------------------------- measuring
+
+JS_RAW_DEVICE = r"""
+(async () => {
+  if (!navigator.gpu) throw new Error('no navigator.gpu');
+  const a = await navigator.gpu.requestAdapter();
+  if (!a) throw new Error('no WebGPU adapter');
+  return await a.requestDevice({ requiredLimits: { maxBufferSize: a.limits.maxBufferSize,
+    maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize } });
+})()
+"""
+
+
+async def raw_device():
+    """A bare GPUDevice (JsProxy) with the adapter's largest buffer limits, for measurements."""
+    from pyodide.code import run_js  # type: ignore[import-not-found]
+    return await run_js(JS_RAW_DEVICE)
+
+
+def tail_tensor_names(manifest, split, embed=None, head=True):
+    """The tensor names the edge needs for layers [split, N) (+ embedding at split 0, + head)."""
+    from ..models import build_model
+    names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
+    model = build_model(manifest["config"], names)
+    embed = (split == 0) if embed is None else embed
+    return model.tensors(model.ops(split, model.n_layers, embed=embed, head=head))
+
+
+async def bench(model, split=0, mode="mapped", parallel=DEFAULT_PARALLEL, base_url="",
+                plain=True, warmup=True, device=None, keep=False):
+    """Stream the edge's weights for ``split`` into fresh GPU buffers and measure.
+
+    Returns LoadStats.as_dict() plus ``plain_fetch_seconds`` (the same bytes through a plain
+    ``fetch().arrayBuffer()``).  The buffers are destroyed afterwards unless ``keep``.
+    """
+    manifest = await load_manifest(model, base_url)
+    needed = tail_tensor_names(manifest, split)
+    chunks, owner = select_chunks(manifest, needed=needed)
+    dev = device if device is not None else await raw_device()
+    if warmup:       # exercise every code path once (imports, JIT, first allocations)
+        small = min(chunks, key=lambda c: c["bytes"])
+        s0 = GpuBufferSink(dev, mode)
+        await stream_chunks(manifest, [small], s0, base_url, owner=owner)
+        s0.destroy()
+    sink = GpuBufferSink(dev, mode)
+    st = await stream_chunks(manifest, chunks, sink, base_url, parallel=parallel, owner=owner)
+    if plain:
+        st.plain_fetch_seconds = await plain_fetch_seconds(manifest, chunks, base_url)
+    out = st.as_dict()
+    out["upload_ms"] = round(sink.upload_ms, 1)
+    out["tensors"] = len(sink.buffers)
+    out["split"] = split
+    if not keep:
+        sink.destroy()
+    return out
