@@ -567,8 +567,10 @@ def llama_cpp_smollm_ids(tok, text: str) -> list[int]:
     BPE model is built independently from the same GGUF metadata)."""
     import regex
 
-    gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)")
-    specials = sorted(tok.all_special_tokens, key=len, reverse=True)
+    # llama.cpp writes this without the final "|\s+" but its splitter keeps unmatched runs as
+    # pieces (unicode_regex_split_custom_gpt2 falls back to "\s+"), which the alternative spells out.
+    gpt2 = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+    specials = sorted((t.content for t in tok.added_tokens_decoder.values()), key=len, reverse=True)
     spec_re = regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
     ids: list[int] = []
     for frag in spec_re.split(text):
