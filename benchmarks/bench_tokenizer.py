@@ -63,7 +63,7 @@ def tokenizer_dirs(tmp: Path) -> dict[str, Path]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=25)
     ap.add_argument("--kb", type=int, default=100)
     ap.add_argument("--out", default=str(REPO / "bench-results" / "tokenizer.json"))
     a = ap.parse_args()
@@ -113,7 +113,8 @@ def main() -> None:
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     for name, r in pyodide.items():
         print(f"{name}: {r['text_bytes']} bytes, {r['n_ids']} ids | direct JS {r['encode_direct_js_ms_median']} ms, "
-              f"bridge {r['encode_bridge_ms_median']} ms, ratio {r['encode_ratio_bridge_over_js']} | "
+              f"bridge {r['encode_bridge_ms_median']} ms, ratio {r['encode_ratio_bridge_over_js']} "
+              f"(paired {r['encode_ratio_median_of_pairs']}) | "
               f"CPython/Rust {cpython[name]['encode_bridge_rust_ms_median']} ms")
     print(f"wrote {out}")
 
