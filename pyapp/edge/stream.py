@@ -340,7 +340,7 @@ class GpuBufferSink:
     and by the heap test; a backend that can adopt buffers may take them over.
     """
 
-    def __init__(self, device, mode="mapped"):
+    def __init__(self, device, mode="writeBuffer"):
         self.device = device
         self.mode = mode
         self.buffers = {}
@@ -566,7 +566,7 @@ def tail_tensor_names(manifest, split, embed=None, head=True):
     return model.tensors(model.ops(split, model.n_layers, embed=embed, head=head))
 
 
-async def bench(model, split=0, mode="mapped", parallel=DEFAULT_PARALLEL, base_url="",
+async def bench(model, split=0, mode="writeBuffer", parallel=DEFAULT_PARALLEL, base_url="",
                 plain=True, warmup=True, device=None, keep=False):
     """Stream the edge's weights for ``split`` into fresh GPU buffers and measure.
 
