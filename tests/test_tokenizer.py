@@ -496,3 +496,21 @@ def test_api_surface(tokenizer_dirs):
     assert c.padding["length"] == 8 and len(c.encode("a").ids) == 8
     c.no_padding()
     assert c.padding is None
+
+
+def test_edge_modules_are_stdlib_only():
+    """pyapp.tokenizer and pyapp.chat_template go into a core Pyodide: stdlib imports at module level."""
+    import ast
+
+    allowed = set(sys.stdlib_module_names) | {"pyapp", "__future__"}
+    for name in ("tokenizer.py", "chat_template.py"):
+        tree = ast.parse((REPO / "pyapp" / name).read_text(encoding="utf-8"))
+        for node in tree.body:  # module level only: jinja2 / tokenizers / js are imported lazily
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            for m in mods:
+                assert m.split(".")[0] in allowed, f"{name} imports {m} at module level"
