@@ -225,8 +225,8 @@ class SplitRunner:
             x = None
             kw = {"ids": list(ids)}
         try:
-            fwd = getattr(be, "forward_async", None) or getattr(be, "embed_async")
-            out = await fwd(cache=cache, **kw)
+            fwd = getattr(be, "forward_async", None) or getattr(be, "embed_async", None)
+            out = await fwd(cache=cache, **kw) if fwd is not None else await _embed_via_plan(be, cache, **kw)
         finally:
             if x is not None:
                 x = None
@@ -242,3 +242,18 @@ class SplitRunner:
     def close(self):
         if self.server is not None:
             self.server.close()
+
+
+async def _embed_via_plan(be, cache, ids=None, x=None):
+    """Encoder forward on a GpuBackend without forward_async: its recorded plan, one submit,
+    then the pooled embedding (hidden floats, not weights) read back."""
+    import struct
+    m = be.model
+    rec, T, pos0, head, writes = be._prepare(ids, x, cache, None, None, True, False, False)
+    be.device.submit(rec, writes)
+    emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
+    raw = await be.device.read_async(be.acts[emb], 0, m.hidden * 4)
+    if hasattr(raw, "to_py"):
+        raw = raw.to_py()
+    raw = bytes(raw)
+    return list(struct.unpack(f"<{m.hidden}f", raw[:m.hidden * 4]))
