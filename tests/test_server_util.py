@@ -134,7 +134,7 @@ def start_server(models, store_root=None, **kw):
 @pytest.fixture(scope="module")
 def tiny_server(tiny_store):
     with start_server([TINY_LLAMA, TINY_BERT], tiny_store, web_dir=None,
-                      limits={"max_sessions": 40, "max_body": 64 << 10}) as srv:
+                      limits={"max_sessions": 256, "max_body": 64 << 10}) as srv:
         yield srv
 
 

@@ -1,0 +1,375 @@
+"""Split sessions over a real uvicorn: forward equals the numpy executor, WebSocket decode loops,
+isolation of concurrent sessions, eviction, limits and errors."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import time
+import weakref
+
+import httpx
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from test_server_util import (TINY_BERT, TINY_LLAMA, ids_bytes, start_server, tiny_server,  # noqa: F401
+                              tiny_store)
+
+OCTET = {"content-type": "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_store):
+    from pyapp.numpy_backend import NumpyBackend
+
+    return NumpyBackend.load(tiny_store / TINY_LLAMA)
+
+
+def open_session(srv, split, model=TINY_LLAMA, **kw):
+    r = httpx.post(f"{srv.url}/v1/sessions", json={"model": model, "split": split, **kw})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def fwd(srv, sid, ids, **headers):
+    return httpx.post(f"{srv.url}/v1/sessions/{sid}/forward", content=ids_bytes(ids),
+                      headers={**OCTET, **headers})
+
+
+def ref_hidden(ref, split, steps):
+    cache = ref.new_cache(128, 0, split)
+    return [ref.forward(ids=s, cache=cache, start=0, stop=split, head=False) for s in steps]
+
+
+STEPS = [[5, 17, 33, 8, 90], [41], [7], [64, 3]]
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_forward_equals_numpy_http(tiny_server, ref, split):
+    s = open_session(tiny_server, split)
+    assert s["split"] == split and s["n_layers"] == 3 and s["hidden"] == 72
+    assert s["ws"] == f"/v1/sessions/{s['id']}/ws"
+    want = ref_hidden(ref, split, STEPS)
+    pos = 0
+    for step, w in zip(STEPS, want):
+        r = fwd(tiny_server, s["id"], step)
+        assert r.status_code == 200, r.text
+        pos += len(step)
+        assert r.headers["x-shape"] == f"{len(step)},72"
+        assert r.headers["x-dtype"] == "f32" and r.headers["x-position"] == str(pos)
+        got = np.frombuffer(r.content, "<f4").reshape(len(step), 72)
+        assert np.array_equal(got, w)
+    httpx.delete(f"{tiny_server.url}/v1/sessions/{s['id']}")
+
+
+def test_forward_f16_and_split0(tiny_server, ref):
+    s = open_session(tiny_server, 2, dtype="f16")
+    r = fwd(tiny_server, s["id"], STEPS[0])
+    assert r.headers["x-dtype"] == "f16"
+    got = np.frombuffer(r.content, "<f2").reshape(5, 72)
+    assert np.array_equal(got, ref_hidden(ref, 2, STEPS[:1])[0].astype(np.float16))
+    s0 = open_session(tiny_server, 0)
+    assert s0["bytes"] == 0
+    r = fwd(tiny_server, s0["id"], [1, 2, 3])
+    assert r.status_code == 200 and r.content == b"" and r.headers["x-position"] == "3"
+    assert r.headers["x-shape"] == "0,72"
+
+
+def test_session_memory_accounted(tiny_server):
+    s = open_session(tiny_server, 2)
+    # K and V, 2 layers, 2 kv heads, 128 positions, head_dim 12, f32
+    assert s["bytes"] == 2 * 2 * 2 * 128 * 12 * 4
+    s2 = open_session(tiny_server, 2, context=16)
+    assert s2["bytes"] == 2 * 2 * 2 * 16 * 12 * 4 and s2["context"] == 16
+    listing = httpx.get(f"{tiny_server.url}/v1/sessions").json()
+    assert listing["bytes"] == sum(x["bytes"] for x in listing["data"])
+    for x in (s, s2):
+        assert httpx.delete(f"{tiny_server.url}/v1/sessions/{x['id']}").status_code == 200
+
+
+def test_reset_and_truncate_http(tiny_server, ref):
+    s = open_session(tiny_server, 3)
+    sid = s["id"]
+    a = [fwd(tiny_server, sid, st).content for st in STEPS]
+    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/truncate", json={"length": 5})
+    assert r.status_code == 200 and r.json()["position"] == 5
+    assert [fwd(tiny_server, sid, st).content for st in STEPS[1:]] == a[1:]
+    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/reset")
+    assert r.json()["position"] == 0
+    assert [fwd(tiny_server, sid, st).content for st in STEPS] == a
+    assert httpx.get(f"{tiny_server.url}/v1/sessions/{sid}").json()["position"] == 9
+
+
+def test_expect_position_409_and_http_ordering(tiny_server, ref):
+    s = open_session(tiny_server, 2)
+    r = fwd(tiny_server, s["id"], [4], **{"x-expect-position": "3"})
+    assert r.status_code == 409 and "error" in r.json()
+    r = fwd(tiny_server, s["id"], [4], **{"x-expect-position": "0"})
+    assert r.status_code == 200
+
+    async def many():
+        async with httpx.AsyncClient(base_url=tiny_server.url) as c:
+            rs = await asyncio.gather(*[
+                c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes([9]), headers=OCTET)
+                for _ in range(12)])
+        return sorted(int(r.headers["x-position"]) for r in rs)
+
+    assert asyncio.run(many()) == list(range(2, 14))
+
+
+# --------------------------------------------------------------------------- WebSocket decode loop
+
+
+def local_tail(tiny_store, split):
+    from pyapp.numpy_backend import NumpyBackend
+
+    return NumpyBackend.load(tiny_store / TINY_LLAMA, start=split, embed=False, head=True)
+
+
+def ref_greedy(ref, prompt, n):
+    from pyapp.generate import generate
+
+    cache = ref.new_cache(128)
+    res = generate(lambda ids, i: int(np.argmax(ref.forward(ids=ids, cache=cache)[-1])), prompt, n)
+    return res.ids
+
+
+async def ws_decode(srv, split, prompt, n, tail, model_hidden=72):
+    s = await asyncio.to_thread(open_session, srv, split)
+    cache = tail.new_cache(128, split, tail.model.n_layers)
+    out = []
+    async with connect(srv.ws_url + s["ws"], max_size=None) as ws:
+        ids = prompt
+        for _ in range(n):
+            await ws.send(ids_bytes(ids))
+            x = np.frombuffer(await ws.recv(), "<f4").reshape(len(ids), model_hidden)
+            logits = tail.forward(x=x, cache=cache, start=split)
+            tok = int(np.argmax(logits[-1]))
+            out.append(tok)
+            ids = [tok]
+    async with httpx.AsyncClient() as c:
+        await c.delete(f"{srv.url}/v1/sessions/{s['id']}")
+    return s["id"], out
+
+
+def test_ws_decode_plus_local_tail_equals_numpy(tiny_server, tiny_store, ref):
+    prompt = [5, 17, 33, 8]
+    want = ref_greedy(ref, prompt, 12)
+    for split in (1, 2, 3):
+        _, got = asyncio.run(ws_decode(tiny_server, split, prompt, 12, local_tail(tiny_store, split)))
+        assert got == want, split
+
+
+def test_ws_ops_and_errors(tiny_server, ref):
+    s = open_session(tiny_server, 2)
+
+    async def go():
+        async with connect(tiny_server.ws_url + s["ws"]) as ws:
+            await ws.send(ids_bytes(STEPS[0]))
+            a = await ws.recv()
+            await ws.send(json.dumps({"op": "truncate", "length": 2}))
+            assert json.loads(await ws.recv()) == {"ok": True, "op": "truncate", "position": 2}
+            await ws.send(json.dumps({"op": "info"}))
+            assert json.loads(await ws.recv())["position"] == 2
+            await ws.send(json.dumps({"op": "reset"}))
+            assert json.loads(await ws.recv())["position"] == 0
+            await ws.send(ids_bytes(STEPS[0]))
+            assert await ws.recv() == a
+            # errors come back as JSON text frames and the socket keeps working
+            for bad in (b"\x01\x02\x03", ids_bytes([101]), ids_bytes([-1]), b"",
+                        json.dumps({"op": "truncate", "length": 99}), "not json",
+                        json.dumps({"op": "jump"})):
+                await ws.send(bad)
+                e = json.loads(await ws.recv())
+                assert "error" in e and e["error"]["code"] == 400, (bad, e)
+            await ws.send(ids_bytes([7]))
+            assert len(await ws.recv()) == 72 * 4
+        try:
+            async with connect(tiny_server.ws_url + "/v1/sessions/nope/ws") as ws:
+                await ws.recv()
+            raise AssertionError("connected to an unknown session")
+        except Exception as e:  # rejected handshake or close
+            assert "4404" in str(e) or "403" in str(e) or "HTTP" in str(e), e
+
+    asyncio.run(go())
+
+
+# --------------------------------------------------------------------------- isolation + eviction
+
+
+def test_16_sessions_interleaved_equal_alone(tiny_server, tiny_store):
+    rng = np.random.default_rng(0)
+    prompts = [[int(x) for x in rng.integers(3, 100, size=int(rng.integers(1, 9)))] for _ in range(16)]
+    splits = [1 + i % 3 for i in range(16)]
+    tails = {sp: local_tail(tiny_store, sp) for sp in (1, 2, 3)}
+    alone = [asyncio.run(ws_decode(tiny_server, sp, p, 10, tails[sp]))[1] for sp, p in zip(splits, prompts)]
+
+    async def together():
+        return await asyncio.gather(*[ws_decode(tiny_server, sp, p, 10, tails[sp])
+                                      for sp, p in zip(splits, prompts)])
+
+    got = asyncio.run(together())
+    assert [g[1] for g in got] == alone
+
+
+def test_idle_eviction_frees_memory(tiny_store):
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, preload=True,
+                      limits={"session_ttl": 600, "evict_interval": 0.1}) as srv:
+        ids = [open_session(srv, 3)["id"] for _ in range(16)]
+        for sid in ids:
+            assert fwd(srv, sid, [5, 6]).status_code == 200
+        mgr = srv.state.sessions
+        caches = [weakref.ref(mgr.sessions[sid].cache) for sid in ids]
+        assert mgr.total_bytes == 16 * 2 * 3 * 2 * 128 * 12 * 4
+        srv.state.limits.session_ttl = 0.3  # now let them go idle
+        t0 = time.time()
+        while mgr.sessions and time.time() - t0 < 10:
+            time.sleep(0.1)
+        assert not mgr.sessions and mgr.total_bytes == 0 and mgr.evicted == 16
+        gc.collect()
+        assert all(c() is None for c in caches)
+        r = fwd(srv, ids[0], [1])
+        assert r.status_code == 404 and "error" in r.json()
+        assert httpx.get(f"{srv.url}/v1/sessions").json()["bytes"] == 0
+
+
+def test_busy_session_is_not_evicted(tiny_store):
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, preload=True,
+                      limits={"session_ttl": 0.6, "evict_interval": 0.1}) as srv:
+        sid = open_session(srv, 2)["id"]
+        for _ in range(10):  # keep using it past the TTL
+            assert fwd(srv, sid, [5]).status_code == 200
+            time.sleep(0.2)
+        assert sid in srv.state.sessions.sessions
+
+
+def test_max_sessions_and_memory_limits(tiny_store):
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None,
+                      limits={"max_sessions": 3, "max_total_bytes": 200_000,
+                              "max_session_bytes": 100_000}) as srv:
+        a = open_session(srv, 1)
+        open_session(srv, 1)
+        open_session(srv, 0)
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1})
+        assert r.status_code == 429 and "error" in r.json()
+        httpx.delete(f"{srv.url}/v1/sessions/{a['id']}")
+        # 3 layers x 128 positions = 73728 bytes each; two fit in 200 kB, the per-session cap holds
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
+        assert r.status_code == 201
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
+        assert r.status_code == 429
+        big = start_server  # noqa: F841
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None,
+                      limits={"max_session_bytes": 50_000}) as srv:
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
+        assert r.status_code == 400 and "context" in r.json()["error"]["message"]
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3, "context": 64})
+        assert r.status_code == 201
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def test_bad_session_requests(tiny_server, ref):
+    u = tiny_server.url
+    good = open_session(tiny_server, 2)
+    want = ref_hidden(ref, 2, STEPS)
+    i = 0
+
+    def still_serving():
+        nonlocal i
+        if i < len(STEPS):
+            r = fwd(tiny_server, good["id"], STEPS[i])
+            assert np.array_equal(np.frombuffer(r.content, "<f4").reshape(-1, 72), want[i])
+            i += 1
+
+    cases = [
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": "nope", "split": 1}), 404),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": -1}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 4}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": "2"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": True}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "dtype": "f64"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "bogus": 1}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "context": 10**6}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"{not json"), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"[1, 2]"), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"x" * (65 << 10)), 413),
+        (lambda: fwd(tiny_server, "nope", [1]), 404),
+        (lambda: httpx.delete(f"{u}/v1/sessions/nope"), 404),
+        (lambda: httpx.get(f"{u}/v1/sessions/nope"), 404),
+        (lambda: httpx.post(f"{u}/v1/sessions/nope/reset"), 404),
+        (lambda: fwd(tiny_server, good["id"], [101]), 400),
+        (lambda: fwd(tiny_server, good["id"], [5, -3]), 400),
+        (lambda: fwd(tiny_server, good["id"], []), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", content=b"\x00" * 7, headers=OCTET), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", content=b"\x00" * 8,
+                            headers={**OCTET, "x-dtype": "f32"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", json=[1, 2]), 415),
+        (lambda: fwd(tiny_server, good["id"], [5] * 200), 413),          # over 4 * context bytes
+        (lambda: fwd(tiny_server, good["id"], [5] * 127), 400),          # context overflow
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": 1000}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": "1"}), 400),
+        (lambda: httpx.put(f"{u}/v1/sessions"), 405),
+        (lambda: httpx.get(f"{u}/v1/nothing"), 404),
+    ]
+    for call, status in cases:
+        r = call()
+        assert r.status_code == status, (r.status_code, r.text)
+        body = r.json()
+        assert "error" in body and body["error"]["message"], body
+        still_serving()
+    # the good session was never disturbed
+    assert httpx.get(f"{u}/v1/sessions/{good['id']}").json()["position"] == sum(map(len, STEPS))
+
+
+def test_bearer_token_and_cors(tiny_store):
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, token="s3cret") as srv:
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1})
+        assert r.status_code == 401 and "error" in r.json()
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1},
+                       headers={"authorization": "Bearer wrong"})
+        assert r.status_code == 401
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1},
+                       headers={"authorization": "Bearer s3cret"})
+        assert r.status_code == 201
+        s = r.json()
+        r = httpx.post(f"{srv.url}/v1/completions", json={"model": TINY_LLAMA, "prompt": [5]})
+        assert r.status_code == 401
+        # static and model files stay open
+        assert httpx.get(f"{srv.url}/v1/models").status_code == 200
+        assert httpx.get(f"{srv.url}/models/{TINY_LLAMA}/manifest.json").status_code == 200
+        assert "access-control-allow-origin" not in httpx.get(
+            f"{srv.url}/v1/models", headers={"origin": "http://evil.example"}).headers
+
+        async def go():
+            with pytest.raises(Exception):
+                async with connect(srv.ws_url + s["ws"]) as ws:
+                    await ws.send(ids_bytes([5]))
+                    await ws.recv()
+            async with connect(srv.ws_url + s["ws"] + "?token=s3cret") as ws:
+                await ws.send(ids_bytes([5]))
+                assert len(await ws.recv()) == 72 * 4
+            async with connect(srv.ws_url + s["ws"], additional_headers={"authorization": "Bearer s3cret"}) as ws:
+                await ws.send(ids_bytes([6]))
+                assert len(await ws.recv()) == 72 * 4
+
+        asyncio.run(go())
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, cors_origins=["http://app.example"]) as srv:
+        r = httpx.get(f"{srv.url}/v1/models", headers={"origin": "http://app.example"})
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        r = httpx.options(f"{srv.url}/v1/sessions", headers={
+            "origin": "http://app.example", "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type"})
+        assert r.status_code == 200
+
+
+def test_openapi_document(tiny_server):
+    d = httpx.get(f"{tiny_server.url}/openapi.json").json()
+    assert d["openapi"].startswith("3.")
+    for p in ("/v1/sessions", "/v1/sessions/{sid}/forward", "/v1/completions", "/v1/chat/completions",
+              "/v1/embeddings", "/v1/models", "/models/{name}/manifest.json"):
+        assert p in d["paths"], p
