@@ -236,12 +236,26 @@ def _text_fixup_for(normalizer: dict | None) -> Callable[[str], str] | None:
     return fixup
 
 
-def _patch_js_pre_tokenizer(node) -> int:
-    """Make Tokenizers.js's ``Digits`` pre-tokenizer split on what ``tokenizers`` calls a digit.
+# Oniguruma's ``\s`` (what ``tokenizers`` compiles its patterns with) is Unicode White_Space: it has
+# U+0085 and not U+FEFF; JavaScript's ``\s`` is the other way round.
+_ONIG_SPACE = "\\t\\n\\v\\f\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+# The GPT-2 pattern of the ByteLevel pre-tokenizer, with ``\s``/``\S`` spelled out the Oniguruma way.
+_BYTELEVEL_PATTERN = (
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^%(s)s\\p{L}\\p{N}]+|[%(s)s]+(?![^%(s)s])|[%(s)s]+"
+    % {"s": _ONIG_SPACE}
+)
 
-    ``tokenizers`` uses ``char::is_numeric`` (Unicode Nd/Nl/No: "½", "Ⅻ", "٣", "１"...), Tokenizers.js
-    0.2.0 uses JS ``\\d`` (ASCII only), so SmolLM2's ``Digits(individual_digits=True)`` splits " ½"
-    differently.  The fix swaps the regex on the JS object in place; returns how many were patched."""
+
+def _patch_js_pre_tokenizer(node) -> int:
+    """Make Tokenizers.js's pre-tokenizers split where ``tokenizers``' do; returns how many were patched.
+
+    * ``Digits``: ``tokenizers`` uses ``char::is_numeric`` (Unicode Nd/Nl/No: "½", "Ⅻ", "٣", "１"...),
+      Tokenizers.js 0.2.0 JS ``\\d`` (ASCII only), so SmolLM2's ``Digits(individual_digits=True)``
+      splits " ½" differently.
+    * ``ByteLevel``: its GPT-2 regex uses ``\\s``, which differs between JS and Oniguruma on U+0085
+      and U+FEFF ("\\r\\n\\x85", "\\ufeff'll").
+
+    The regexes are swapped in place on the JS objects, at load; encoding costs nothing more."""
     import js  # type: ignore[import-not-found]
 
     if node is None:
@@ -250,9 +264,15 @@ def _patch_js_pre_tokenizer(node) -> int:
     if children is not None and js.Array.isArray(children):
         return sum(_patch_js_pre_tokenizer(child) for child in children)
     config = getattr(node, "config", None)
-    if config is not None and getattr(config, "type", None) == "Digits" and hasattr(node, "pattern"):
+    kind = getattr(config, "type", None) if config is not None else None
+    if not hasattr(node, "pattern"):
+        return 0
+    if kind == "Digits":
         individual = bool(getattr(config, "individual_digits", False))
         node.pattern = js.RegExp.new("[^\\p{N}]+|\\p{N}" + ("" if individual else "+"), "gu")
+        return 1
+    if kind == "ByteLevel" and str(getattr(node.pattern, "source", "")).startswith("'s|'t|'re|'ve|'m|'ll|'d"):
+        node.pattern = js.RegExp.new(_BYTELEVEL_PATTERN, "gu")
         return 1
     return 0
 

@@ -60,6 +60,7 @@ CORPUS = [
     "a      1234   56    7890 x\t\t42\n\n\n   99",
     "version 3.14.159 costs $1,234.56 on 2024-01-31 at 23:59",
     "numerals: ½ ¾ x² Ⅻ ① ٣٤٥ ३४ １２３ 〇 ⁴² and\u00a0 9",
+    "white space kinds:\r\n\x85 x \x85y \ufeff'll \u2028\u2029\u3000\u202f\u180e\u200b|\x0b\x0c end",
     "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|><|endoftext|>",
     "[CLS] masked [MASK] text [SEP] [PAD] [UNK]",
     "Arabic: مرحبا بالعالم. Hebrew: שלום עולם. Hindi: नमस्ते दुनिया. Thai: สวัสดีชาวโลก",
@@ -91,6 +92,21 @@ CHATS = [
     [{"role": "user", "content": "No system message here."}],
     [{"role": "user", "content": "extra keys", "name": None}, {"role": "assistant", "content": "ok", "meta": 1}],
 ]
+
+def fuzz_corpus(n: int = 400, seed: int = 5) -> list[str]:
+    """Random strings over characters where JS and Oniguruma/Rust Unicode handling tends to differ."""
+    import random
+
+    rng = random.Random(seed)
+    pool = list("abcXYZ019 .,;'\"!?-_()[]{}<>/\\@#$%^&*+=~`|")
+    pool += list("\t\n\r\x0b\x0c\x85\xa0\u1680\u2000\u2003\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\u180e\u200b\u200c\u200d\u2060")
+    pool += list("éÉçñüßÆøåłŁİıǅǈ") + ["e\u0301", "\u0308", "\u093f", "\u0e31"]
+    pool += list("½²³¹⁰₂Ⅻⅻ①٣۴३১๓１〇〡") + list("你好世界日本語한국어ㄱァアｱαβγΩЖжשלוםمرحبا")
+    pool += ["😀", "👨‍👩‍👧", "🇫🇷", "👍🏽", "1️⃣", "\U00020000", "\U0001d400", "\ue000", "\U000f0000", "\u0378",
+             "\ufffd", "\x00", "\x07", "\x7f", "\u00ad", "'s", "'ll", "'S", "’s", " 's", "n't", "  ", "   1", "\r\n",
+             "<|im_start|>", "<|im_end|>", "[CLS]", "[MASK]", "don't", "DON'T"]
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(0, 30))) for _ in range(n)]
+
 
 PROBE_TOKENS = ["hello", "Hello", "[CLS]", "[PAD]", "<|im_start|>", "<|endoftext|>", "Ġthe", "##ing", "not-a-token-xyz"]
 
@@ -186,6 +202,7 @@ def make_spec(dirs: dict[str, Path], **extra) -> dict:
         "corpus": CORPUS,
         "chats": CHATS,
         "probe_tokens": PROBE_TOKENS,
+        "fuzz": fuzz_corpus(),
     }
     spec.update(extra)
     return spec

@@ -86,6 +86,10 @@ def run_one(tok, spec, make_stream):
             rows.append([stream(i) for i in ids])
         streams[f"skip{int(skip)}"] = rows
     out["stream"] = streams
+    # A seeded random corpus of awkward characters: ids and decoded text only.
+    tok.no_padding()
+    tok.no_truncation()
+    out["fuzz"] = [[e.ids, tok.decode(e.ids, skip_special_tokens=False)] for e in tok.encode_batch(spec.get("fuzz", []))]
     if tok.chat_template is not None:
         chats = {}
         for gen in (True, False):
