@@ -44,11 +44,18 @@ def enc_dict(e):
     }
 
 
+def vocab_crc(vocab):
+    import zlib
+
+    return [len(vocab), zlib.crc32(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode("utf-8"))]
+
+
 def run_one(tok, spec, make_stream):
     corpus = spec["corpus"]
     out = {
         "vocab_size": tok.get_vocab_size(),
         "vocab_size_model": tok.get_vocab_size(with_added_tokens=False),
+        "vocab_crc": [vocab_crc(tok.get_vocab(with_added_tokens=w)) for w in (True, False)],
         "padding": tok.padding,
         "truncation": tok.truncation,
         "token_to_id": {t: tok.token_to_id(t) for t in spec["probe_tokens"]},
