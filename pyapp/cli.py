@@ -146,6 +146,7 @@ def _eos_ids(model_dir, model):
 def cmd_embed(a):
     d = _model_dir(a.model)
     tok = load_tokenizer(d)
+    tok.no_padding()   # one sentence at a time: padding (MiniLM's tokenizer.json has it) would be pooled
     runner = Runner(d, a.backend, a.split, a.dtype)
     if runner.model.causal:
         raise PyappError(f"{a.model} is a decoder ({runner.model.arch}); use `pyapp generate`")
