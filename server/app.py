@@ -97,7 +97,7 @@ async def model_file_plain(request: Request):
 async def create_session(request: Request):
     st = request.app.state.pyapp
     body = await read_json(request, st.limits.max_body)
-    s = st.sessions.create(body)
+    s = await st.sessions.create(body)
     return JSONResponse(s.info(), status_code=201)
 
 

@@ -44,7 +44,7 @@ class Session:
         self.last_used = time.monotonic()
         self.busy = 0
         self.closed = False
-        self.nbytes = cache.nbytes
+        self.nbytes = getattr(cache, "nbytes", 0)
         self.steps = 0
 
     @property
@@ -65,7 +65,8 @@ class SessionManager:
         self.registry = registry
         self.limits = limits
         self.sessions: dict[str, Session] = {}
-        self.limiter = anyio.CapacityLimiter(limits.threads)
+        # one GPU queue: serialise its work; numpy releases the GIL in BLAS, so use threads
+        self.limiter = anyio.CapacityLimiter(1 if registry.backend_kind == 'wgpu' else limits.threads)
         self.evicted = 0
 
     # ------------------------------------------------------------------ bookkeeping
@@ -108,7 +109,7 @@ class SessionManager:
         return s
 
     # ------------------------------------------------------------------ lifecycle
-    def create(self, body: dict) -> Session:
+    def _validate(self, body):
         if not isinstance(body, dict):
             raise ApiError(400, "body must be a JSON object {model, split, dtype?}")
         unknown = set(body) - {"model", "split", "dtype", "weights", "context"}
@@ -128,12 +129,15 @@ class SessionManager:
         ctx = body.get("context", entry.context)
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= entry.context:
             raise ApiError(400, f"context must be an integer in 1..{entry.context}", param="context")
-        # memory: preallocated K and V for layers [0, split)
+        # memory: preallocated K and V (f32) for layers [0, split)
         need = (2 * split * m.n_kv_heads * ctx * m.head_dim * 4) if (m.causal and split) else 0
         if need > self.limits.max_session_bytes:
             raise ApiError(400, f"a session of {ctx} tokens at split {split} needs {need} bytes of "
                                 f"KV cache, over the per-session limit of {self.limits.max_session_bytes}; "
                                 "ask for a smaller context")
+        return entry, split, dtype, weights, ctx, need
+
+    def _check_room(self, need):
         if len(self.sessions) >= self.limits.max_sessions or self.total_bytes + need > self.limits.max_total_bytes:
             self.evict_idle()
         if len(self.sessions) >= self.limits.max_sessions:
@@ -142,14 +146,22 @@ class SessionManager:
         if self.total_bytes + need > self.limits.max_total_bytes:
             raise ApiError(429, "the server's KV-cache memory is full; try later or a smaller context",
                            "rate_limit_error")
+
+    async def create(self, body: dict) -> Session:
+        entry, split, dtype, weights, ctx, need = self._validate(body)
+        self._check_room(need)
+        m = entry.model
         if split == 0 or not m.causal:
             cache = PositionOnly(ctx)
         else:
-            from pyapp.numpy_backend import KVCache
+            def make():
+                return entry.backend(weights).new_cache(ctx, 0, split)
 
-            cache = KVCache(m, 0, split, ctx)
+            cache = await anyio.to_thread.run_sync(make, limiter=self.limiter)
+            self._check_room(need)  # others may have taken the room meanwhile
         sid = secrets.token_urlsafe(12)
         s = Session(sid, entry, split, dtype, weights, cache)
+        s.nbytes = int(getattr(cache, "nbytes", 0) or need)
         self.sessions[sid] = s
         return s
 
