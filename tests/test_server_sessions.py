@@ -373,3 +373,41 @@ def test_openapi_document(tiny_server):
     for p in ("/v1/sessions", "/v1/sessions/{sid}/forward", "/v1/completions", "/v1/chat/completions",
               "/v1/embeddings", "/v1/models", "/models/{name}/manifest.json"):
         assert p in d["paths"], p
+
+
+def test_slow_session_does_not_stall_others(tiny_store, ref):
+    """Compute runs in worker threads: a session stuck in a 2 s forward leaves the rest served."""
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, preload=True) as srv:
+        entry = srv.state.registry.get(TINY_LLAMA)
+        real = entry.backend("f32")
+
+        class Slow:
+            def __getattr__(self, k):
+                return getattr(real, k)
+
+            def forward(self, ids=None, **kw):
+                if ids is not None and int(ids[0]) == 99:
+                    time.sleep(2.0)
+                return real.forward(ids=ids, **kw)
+
+        entry._backends["f32"] = Slow()
+        slow, fast = open_session(srv, 2), open_session(srv, 2)
+
+        async def go():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
+                t0 = time.perf_counter()
+                slow_task = asyncio.ensure_future(c.post(f"/v1/sessions/{slow['id']}/forward",
+                                                         content=ids_bytes([99, 5]), headers=OCTET))
+                await asyncio.sleep(0.2)
+                for step in STEPS:
+                    r = await c.post(f"/v1/sessions/{fast['id']}/forward", content=ids_bytes(step), headers=OCTET)
+                    assert r.status_code == 200
+                assert (await c.get("/healthz")).status_code == 200
+                t_fast = time.perf_counter() - t0
+                assert not slow_task.done()
+                r = await slow_task
+                assert r.status_code == 200
+                return t_fast, time.perf_counter() - t0
+
+        t_fast, t_slow = asyncio.run(go())
+        assert t_fast < 1.5 and t_slow >= 2.0

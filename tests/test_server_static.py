@@ -256,3 +256,39 @@ def test_placeholder_index_lists_models(tiny_server):
     assert r.status_code == 200 and TINY_LLAMA in r.text and TINY_BERT in r.text
     r = httpx.get(tiny_server.url + "/nothing-here.js")
     assert r.status_code == 404 and "error" in r.json()
+
+
+def test_f16_manifest_and_session(tiny_store, tmp_path):
+    import shutil
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    store = tmp_path / "store16"
+    shutil.copytree(tiny_store / TINY_LLAMA, store / TINY_LLAMA,
+                    ignore=shutil.ignore_patterns(".*", "notes.txt", "link.txt"))
+    t = load_file(str(store / TINY_LLAMA / "model.safetensors"))
+    save_file({k: v.astype(np.float16) for k, v in t.items()}, str(store / TINY_LLAMA / "model.f16.safetensors"))
+    data = (store / TINY_LLAMA / "model.f16.safetensors").read_bytes()
+    with start_server([TINY_LLAMA], store, web_dir=None) as srv:
+        m = httpx.get(f"{srv.url}/models/{TINY_LLAMA}/manifest.json?dtype=f16").json()
+        assert m["dtype"] == "f16" and "model.f16.safetensors" in m["files"]
+        assert "model.safetensors" not in m["files"]
+        for c in m["chunks"]:
+            assert c["file"] == "model.f16.safetensors"
+            assert all(x["dtype"] == "f16" for x in c["tensors"])
+            assert hashlib.sha256(b"".join(data[o:o + n] for o, n in c["ranges"])).hexdigest() == c["sha256"]
+        r = httpx.get(srv.url + m["files"]["model.f16.safetensors"]["url"], headers={"Range": "bytes=8-15"})
+        assert r.status_code == 206 and r.content == data[8:16]
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 2, "weights": "f16",
+                                                        "dtype": "f16"})
+        assert r.status_code == 201
+        sid = r.json()["id"]
+        r = httpx.post(f"{srv.url}/v1/sessions/{sid}/forward", content=np.asarray([5, 6], "<i4").tobytes(),
+                       headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200 and r.headers["x-dtype"] == "f16" and len(r.content) == 2 * 72 * 2
+        from pyapp.numpy_backend import NumpyBackend
+
+        be = NumpyBackend.load(store / TINY_LLAMA, "f16")
+        want = be.forward(ids=[5, 6], cache=be.new_cache(128, 0, 2), stop=2, head=False).astype(np.float16)
+        assert np.array_equal(np.frombuffer(r.content, "<f2").reshape(2, 72), want)
