@@ -90,8 +90,8 @@ def activation_widths(model: Model, width: dict):
     return acts
 
 
-def _widths_from_shapes(model, shapes):
-    width = {}
+def _widths_from_shapes(model, shapes, extra=None):
+    width = dict(extra or {})
     for o in model.ops():
         if o.kind == "linear":
             s = shapes[o.weights["w"]]
@@ -167,7 +167,7 @@ class GpuBackend:
 
     def __init__(self, device, model: Model, start=0, stop=None, embed=None, head=None,
                  dtype="f32", shapes=None, dtypes=None, max_tokens=None, max_positions=None,
-                 variants=None, max_binding=None):
+                 variants=None, max_binding=None, widths=None):
         self.device = device
         self.model = model
         self.start = start
@@ -177,7 +177,7 @@ class GpuBackend:
         self.ops = model.ops(self.start, self.stop, embed=self.embed, head=self.head)
         self.dtype = dtype
         shapes = dict(shapes) if shapes is not None else infer_shapes(model)
-        self.widths = _widths_from_shapes(model, shapes)
+        self.widths = _widths_from_shapes(model, shapes, widths or {})
         self.max_positions = max_positions or min(model.max_context, 2048)
         self.max_tokens = max_tokens or min(self.max_positions, 512)
         self.max_binding = min(max_binding or 1 << 62, device.limits["max_storage_binding"],

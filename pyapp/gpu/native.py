@@ -129,8 +129,8 @@ class NativeDevice:
                 ps.set_bind_group(0, group)
                 ps.dispatch_workgroups(gx, gy, gz)
             ps.end()
-            if copy is not None:
-                src, soff, dst, doff, size = copy
+            for src, soff, dst, doff, size in ([] if copy is None else
+                                               [copy] if isinstance(copy, tuple) else copy):
                 enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
             self.device.queue.submit([enc.finish()])
         except GpuError:

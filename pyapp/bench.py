@@ -1,0 +1,341 @@
+"""`pyapp bench kernels|decode`: WebGPU kernel and decode benchmarks (native binding).
+
+    pyapp bench kernels [--model NAME] [--out PATH] [--big]
+    pyapp bench decode  [--model NAME] [--out PATH] [--random] [--prompt-tokens P] [--new-tokens N]
+
+Prints a table and writes JSON (default bench-results/<what>-<model>.json).
+Kernel shapes come from the model's config (the store's, or SmolLM2-135M's
+built in); `decode` uses the store's weights, or random weights of the model's
+shape with --random or when the model is not in the store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+SMOLLM2_CONFIG = {
+    "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 64,
+}
+
+
+def llama_names(cfg):
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    for i in range(cfg["num_hidden_layers"]):
+        L = f"model.layers.{i}."
+        names += [L + "input_layernorm.weight", L + "post_attention_layernorm.weight"]
+        names += [L + f"self_attn.{p}_proj.weight" for p in "qkvo"]
+        names += [L + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    return names
+
+
+def model_for(name):
+    """(Model, model_dir or None): the store's model, else SmolLM2's shape."""
+    from .models import build_model, load_model_dir
+    d = Path(os.path.expanduser("~/.cache/pyapp/models")) / name
+    try:
+        from .store import model_path  # type: ignore
+        d = Path(model_path(name))
+    except Exception:  # noqa: BLE001
+        pass
+    if (d / "config.json").exists():
+        try:
+            return load_model_dir(d), d
+        except Exception:  # noqa: BLE001
+            cfg = json.loads((d / "config.json").read_text())
+            if cfg.get("model_type") == "llama":
+                return build_model(cfg, llama_names(cfg)), None
+    return build_model(SMOLLM2_CONFIG, llama_names(SMOLLM2_CONFIG)), None
+
+
+def device_info(dev):
+    return {"binding": dev.kind, **dev.info, "features": sorted(dev.features), "limits": dev.limits,
+            "host": platform.node()}
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_recording(dev, rec_list, writes, reps, sync_buf, rounds=3):
+    """Seconds per replay of `rec_list` (a list of dispatches), `reps` replays in
+    one submit, minus the cost of an empty submit + 4-byte readback."""
+    rec = dev.record(list(rec_list) * reps)
+    empty = dev.record([])
+
+    def once(r):
+        t0 = time.perf_counter()
+        dev.submit(r, writes)
+        dev.read(sync_buf, 0, 4)
+        return time.perf_counter() - t0
+    once(rec)
+    base = min(once(empty) for _ in range(rounds))
+    best = min(once(rec) for _ in range(rounds))
+    return max(best - base, 1e-9) / reps, base
+
+
+def copy_bandwidth(dev, nbytes=256 << 20, reps=10):
+    """queue copyBufferToBuffer GB/s (bytes read + written)."""
+    nbytes = min(nbytes, dev.limits["max_buffer"] // 2 // 4 * 4)
+    a, b = dev.create_buffer(nbytes), dev.create_buffer(nbytes)
+    sync = dev.create_buffer(16)
+    copies = [(a, 0, b, 0, nbytes)] * reps
+
+    def once():
+        t0 = time.perf_counter()
+        dev.submit(dev.record([]), (), copy=copies)
+        dev.read(sync, 0, 4)
+        return time.perf_counter() - t0
+    once()
+    dt = min(once() for _ in range(3)) / reps
+    return {"bytes": nbytes, "seconds": dt, "GBps": 2 * nbytes / dt / 1e9}
+
+
+def _one_op_backend(dev, layer, shapes, hidden, variants, T, n_heads=1, n_kv_heads=1, head_dim=None,
+                    causal=False, dtype="f32", embed=None, vocab=1, head=None, max_pos=64, widths=None):
+    from .gpu.backend import GpuBackend
+    from .models import Model
+    m = Model(arch="bench", config={}, hidden=hidden, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads,
+              head_dim=head_dim or hidden, vocab=vocab, max_context=max_pos, causal=causal,
+              embed=embed or [], layers=[layer], head=head or [])
+    return GpuBackend(dev, m, 0, 1, embed=bool(embed), head=bool(head), dtype=dtype, shapes=shapes,
+                      max_tokens=max(T, 1), max_positions=max_pos, variants=variants, widths=widths)
+
+
+def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
+    from .gpu.backend import candidate_variants
+    from .models import op
+    rows = []
+    D = model.hidden
+    c = model.config
+    inter = c.get("intermediate_size", 4 * D)
+    H, Hkv, hd, V = model.n_heads, model.n_kv_heads, model.head_dim, model.vocab
+    item = 4 if dtype == "f32" else 2
+    sync = dev.create_buffer(16)
+
+    def run(name, b, T, nbytes, flops=0, pos0=0, variant=""):
+        rec, _ = b._plan(T, getattr(b, "_bench_cache", None), 0, 1, b.embed, b.head, False,
+                         getattr(b, "_bench_sample", False))
+        if getattr(b, "_bench_cache", None) is not None:
+            b._bench_cache.length = pos0
+        writes = [(b.params, 0, b._params(T, pos0))]
+        if b.embed:
+            from array import array
+            writes.append((b.ids_buf, 0, array("I", [i % max(model.vocab, 1) for i in range(T)])))
+        disp = rec if isinstance(rec, list) else None
+        if disp is None:
+            raise RuntimeError("kernel bench needs the native binding")
+        dt, base = time_recording(dev, disp, writes, reps, sync)
+        rows.append({"kernel": name, "variant": variant, "T": T, "us": dt * 1e6,
+                     "GBps": nbytes / dt / 1e9, "GFLOPs": flops / dt / 1e9 if flops else None,
+                     "dispatches": len(disp), "submit_readback_us": base * 1e6})
+
+    # GEMV / GEMM over every linear shape of the model (+ the lm head), every variant
+    shapes = [(H * hd, D, "q/o"), (Hkv * hd, D, "k/v"), (inter, D, "gate/up"), (D, inter, "down"),
+              (V, D, "lm_head")]
+    if big:
+        shapes += [(8192, 8192, "big"), (16384, 16384, "big")]
+    for N, K, what in shapes:
+        for v in candidate_variants(dev):
+            for T in ((1,) if what == "big" else (1, 32)):
+                try:
+                    b = _one_op_backend(dev, [op("linear", "x", "y", {"w": "w", "b": None})],
+                                        {"w": (N, K)}, K, v, T, dtype=dtype, widths={"y": N})
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"], "error": str(e)[:200]})
+                    continue
+                run(f"linear {N}x{K} ({what})", b, T, N * K * item + T * (K + N) * 4, 2 * N * K * T,
+                    variant=v["linear"])
+                del b
+    # norms
+    for wg in (1, 64):
+        b = _one_op_backend(dev, [op("rms_norm", "x", "h", {"w": "w"}, eps=1e-5)], {"w": (D,)}, D,
+                            {"norm_wg": wg}, 1)
+        run(f"rms_norm {D}", b, 1, 3 * D * 4, variant=f"wg{wg}")
+    # rope + attention with a KV cache at two context lengths
+    for ctx in (128, 1024):
+        layer = [op("rope", ("q", "k"), ("q", "k"), n_heads=H, n_kv_heads=Hkv, head_dim=hd, theta=10000.0),
+                 op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
+                    causal=True, scale=hd ** -0.5)]
+        b = _one_op_backend(dev, layer, {}, D, None, 1, H, Hkv, hd, causal=True, max_pos=ctx + 8,
+                            widths={"q": H * hd, "k": Hkv * hd, "v": Hkv * hd})
+        b._bench_cache = b.new_cache(ctx + 8)
+        run(f"rope+kv_write+attention ctx {ctx}", b, 1, 2 * ctx * Hkv * hd * 4, 4 * ctx * H * hd, pos0=ctx)
+    # elementwise
+    layer = [op("silu_mul", ("g", "u"), "m")]
+    b = _one_op_backend(dev, layer, {}, D, None, 1, widths={"g": inter, "u": inter, "m": inter})
+    run(f"silu_mul {inter}", b, 1, 3 * inter * 4)
+    b = _one_op_backend(dev, [op("add", ("x", "x2"), "x")], {}, D, None, 1, widths={"x2": D})
+    run(f"add {D}", b, 1, 3 * D * 4)
+    # embedding gather
+    b = _one_op_backend(dev, [], {"tok": (V, D)}, D, None, 1, embed=[op("embed", "ids", "x", {"tokens": "tok"})],
+                        vocab=V)
+    run(f"embed {V}x{D}", b, 1, 2 * D * 4)
+    # sampler (argmax over the vocabulary)
+    b = _one_op_backend(dev, [], {"w": (V, D)}, D, None, 1, causal=True, vocab=V,
+                        head=[op("linear", "x", "logits", {"w": "w", "b": None})])
+    from .gpu import backend as be
+    from . import kernels
+    src = kernels.render("sample", V=V, KMAX=be.KMAX)
+    disp = [b._d(src, {1: b.logits, 2: b.tok_buf}, 1, head=True)]
+    dt, _ = time_recording(dev, disp, [(b.params, 0, b._params(1, 0))], reps, sync)
+    rows.append({"kernel": f"sample argmax V={V}", "variant": "", "T": 1, "us": dt * 1e6,
+                 "GBps": V * 4 / dt / 1e9, "dispatches": 1})
+    return rows
+
+
+# ----------------------------------------------------------------------------- decode
+
+def random_backend(dev, model, dtype="f32", seed=0, **kw):
+    import numpy as np
+
+    from .gpu import GpuBackend
+    b = GpuBackend(dev, model, 0, None, None, None, dtype, **kw)
+    rng = np.random.default_rng(seed)
+    for name, nbytes in b.weight_layout():
+        shape = b.tensors[name].shape
+        if len(shape) == 1:
+            a = (1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32))
+        else:
+            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(shape[-1] ** -0.5)
+        data = a.astype(np.float16) if dtype == "f16" else a
+        b.write_weight(name, 0, data)
+    return b
+
+
+def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
+                 variants=None):
+    from .gpu import GpuBackend
+    from .gpu.backend import autotune_variants, infer_shapes
+    from .sampling import SamplingParams
+    t0 = time.perf_counter()
+    if model_dir is not None and not random:
+        b = GpuBackend.load(model_dir, dtype, device=dev, **({"variants": variants} if variants else {}))
+        source = str(model_dir)
+    else:
+        v = variants or autotune_variants(dev, model, infer_shapes(model), {})
+        b = random_backend(dev, model, dtype, variants=v)
+        source = "random weights of the model's shape"
+    load_s = time.perf_counter() - t0
+    sp = SamplingParams()
+    prompt = [1 + (i * 7919) % (model.vocab - 1) for i in range(prompt_tokens)]
+    res = {"weights": source, "variants": b.variants, "load_seconds": load_s,
+           "prompt_tokens": prompt_tokens, "new_tokens": new_tokens}
+    # warm-up (pipelines, plans)
+    c = b.new_cache(prompt_tokens + new_tokens + 8)
+    tok = b.step(ids=prompt, cache=c, params=sp)
+    tok = b.step(ids=[tok], cache=c, params=sp, n=1)
+    # prefill
+    c = b.new_cache(prompt_tokens + new_tokens + 8)
+    x0 = dev.crossings
+    t = time.perf_counter()
+    tok = b.step(ids=prompt, cache=c, params=sp)
+    prefill = time.perf_counter() - t
+    # decode
+    d0, s0, x1 = b.stats["dispatches"], b.stats["steps"], dev.crossings
+    t = time.perf_counter()
+    toks = []
+    for n in range(1, new_tokens + 1):
+        tok = b.step(ids=[tok], cache=c, params=sp, n=n)
+        toks.append(tok)
+    dec = time.perf_counter() - t
+    steps = b.stats["steps"] - s0
+    res.update({
+        "prefill_seconds": prefill, "prefill_tokens_per_s": prompt_tokens / prefill,
+        "prefill_crossings": x1 - x0,
+        "decode_seconds": dec, "decode_tokens_per_s": new_tokens / dec,
+        "ms_per_token": dec / new_tokens * 1e3,
+        "dispatches_per_token": (b.stats["dispatches"] - d0) / steps,
+        "submits_per_token": 1, "readbacks_per_token": 1, "readback_bytes_per_token": 4,
+        "ffi_crossings_per_token": (dev.crossings - x1) / new_tokens,
+        "ffi_note": "0 on the native binding (no JS); the browser figure comes from tests/browser",
+        "host_api_calls_per_token": 3 * (b.stats["dispatches"] - d0) / steps + 6,
+        "tokens": toks[:8],
+    })
+    # host encode cost alone: record + encode without waiting
+    rec, nd = b._plan(1, c, 0, model.n_layers, True, True, False, True)
+    t = time.perf_counter()
+    for _ in range(5):
+        enc = dev.device.create_command_encoder() if hasattr(dev, "device") else None
+        if enc is None:
+            break
+        ps = enc.begin_compute_pass()
+        for pipe, group, gx, gy, gz in rec:
+            ps.set_pipeline(pipe)
+            ps.set_bind_group(0, group)
+            ps.dispatch_workgroups(gx, gy, gz)
+        ps.end()
+        enc.finish()
+    res["host_encode_ms_per_token"] = (time.perf_counter() - t) / 5 * 1e3
+    return res
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def _table(rows, cols):
+    w = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    out = ["  ".join(c.ljust(w[c]) for c in cols)]
+    for r in rows:
+        out.append("  ".join(_fmt(r.get(c)).ljust(w[c]) for c in cols))
+    return "\n".join(out)
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="pyapp bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["kernels", "decode"])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--out")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    ap.add_argument("--random", action="store_true", help="random weights of the model's shape")
+    ap.add_argument("--big", action="store_true", help="also 8192^2 and 16384^2 GEMVs")
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--linear", choices=["row", "wg", "sg"], help="force the GEMV variant")
+    a = ap.parse_args(argv)
+    from .gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    model, model_dir = model_for(a.model)
+    result = {"what": a.what, "model": a.model, "dtype": a.dtype, "device": device_info(dev),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if a.what == "kernels":
+        result["copy"] = copy_bandwidth(dev)
+        rows = bench_kernels(dev, model, big=a.big, reps=a.reps, dtype=a.dtype)
+        result["kernels"] = rows
+        print(f"device: {dev.info.get('device') or dev.info.get('description')}  "
+              f"copyBufferToBuffer {result['copy']['GBps']:.1f} GB/s (read+write)")
+        print(_table(rows, ["kernel", "variant", "T", "us", "GBps", "GFLOPs", "dispatches"]))
+    else:
+        variants = None
+        if a.linear:
+            variants = {"linear": a.linear, "norm_wg": 1 if a.linear == "row" else 64}
+        r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
+                         variants)
+        result["decode"] = r
+        keys = ["weights", "variants", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
+                "dispatches_per_token", "host_encode_ms_per_token", "ffi_crossings_per_token",
+                "submits_per_token", "readback_bytes_per_token"]
+        for k in keys:
+            print(f"{k:28s} {_fmt(r[k])}")
+    out = Path(a.out or f"bench-results/{a.what}-{a.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
