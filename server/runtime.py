@@ -78,6 +78,10 @@ class TokenizerAdapter:
             from tokenizers import Tokenizer as HFTokenizer
 
             self.impl = HFTokenizer.from_file(str(self.dir / "tokenizer.json"))
+        # one sequence at a time: padding (MiniLM's tokenizer.json asks for it) would be pooled,
+        # exactly as `pyapp embed` avoids
+        if hasattr(self.impl, "no_padding"):
+            self.impl.no_padding()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.impl.encode(text, add_special_tokens=add_special_tokens).ids)
