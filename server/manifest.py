@@ -21,6 +21,7 @@ ST_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16", "I64": "i
              "I16": "i16", "I8": "i8", "U8": "u8", "BOOL": "bool"}
 
 _locks: dict = {}
+_memory: dict = {}  # (folder, dtype) -> manifest, while its _stamp holds
 _locks_guard = threading.Lock()
 
 
@@ -159,9 +160,13 @@ def get_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
         cache = model_dir / f".pyapp-manifest-{dtype}.json"
         files = model_files(model_dir, dtype)
         stamp = _stamp(files)
+        m = _memory.get((str(model_dir), dtype))
+        if m is not None and m["_stamp"] == stamp and m["name"] == name:
+            return m
         try:
             m = json.loads(cache.read_text())
             if m.get("_stamp") == stamp and m.get("version") == MANIFEST_VERSION and m.get("name") == name:
+                _memory[(str(model_dir), dtype)] = m
                 return m
         except (OSError, ValueError):
             pass
@@ -172,6 +177,7 @@ def get_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
             os.replace(tmp, cache)
         except OSError:
             pass  # read-only store: recompute next start
+        _memory[(str(model_dir), dtype)] = m
         return m
 
 
