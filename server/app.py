@@ -180,6 +180,7 @@ async def session_ws(ws: WebSocket):
         await ws.close(code=4404)
         return
     await ws.accept()
+    s.sockets.add(ws)
     limit = min(st.limits.max_body, 4 * s.entry.context)
     try:
         while True:
@@ -215,10 +216,14 @@ async def session_ws(ws: WebSocket):
             except ApiError as e:
                 await ws.send_text(json.dumps(e.body()))
                 if e.status == 404:  # the session is gone
+                    if s.closed:
+                        return
                     await ws.close(code=4404)
                     return
-    except WebSocketDisconnect:
-        pass
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # client went away, or the session ended and closed this socket
+    finally:
+        s.sockets.discard(ws)
 
 
 # --------------------------------------------------------------------------- site

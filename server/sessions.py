@@ -17,6 +17,13 @@ from .runtime import ApiError, Limits, ModelEntry, Registry
 WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
 
 
+async def _close_quietly(ws, code):
+    try:
+        await ws.close(code=code)
+    except Exception:  # noqa: BLE001 - already closed / disconnected
+        pass
+
+
 class PositionOnly:
     """The 'cache' of a split-0 session: the server runs nothing, it only tracks the position."""
 
@@ -46,6 +53,7 @@ class Session:
         self.closed = False
         self.nbytes = getattr(cache, "nbytes", 0)
         self.steps = 0
+        self.sockets: set = set()   # open WebSockets, closed when the session ends
 
     @property
     def position(self) -> int:
@@ -79,11 +87,14 @@ class SessionManager:
                 "evicted": self.evicted, "max_sessions": self.limits.max_sessions,
                 "max_total_bytes": self.limits.max_total_bytes}
 
-    def _drop(self, s: Session):
+    def _drop(self, s: Session, code: int = 4404):
         self.sessions.pop(s.id, None)
         s.closed = True
         s.cache = None
         s.nbytes = 0
+        for ws in list(s.sockets):
+            asyncio.ensure_future(_close_quietly(ws, code))
+        s.sockets.clear()
 
     def evict_idle(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now
@@ -91,7 +102,7 @@ class SessionManager:
         n = 0
         for s in list(self.sessions.values()):
             if s.busy == 0 and not s.lock.locked() and now - s.last_used > ttl:
-                self._drop(s)
+                self._drop(s, 4408)
                 n += 1
         self.evicted += n
         return n

@@ -161,3 +161,31 @@ def test_real_manifest_covers_every_layer(real_server):
     (off, n), = c["ranges"]
     r = httpx.get(real_server.url + url, headers={"Range": f"bytes={off}-{off + n - 1}"}, timeout=60)
     assert r.status_code == 206 and hashlib.sha256(r.content).hexdigest() == c["sha256"]
+
+
+def test_16_real_sessions_interleaved_equal_alone(real_server):
+    """16 SmolLM2 sessions at different splits, interleaved: byte-identical to each run alone."""
+    rng = np.random.default_rng(1)
+    plans = [(int(rng.integers(1, 30)), [int(x) for x in rng.integers(100, 40000, int(rng.integers(2, 7)))],
+              [int(x) for x in rng.integers(100, 40000, 3)]) for _ in range(16)]
+
+    async def run(split, prompt, steps):
+        async with httpx.AsyncClient(base_url=real_server.url, timeout=120) as c:
+            s = (await c.post("/v1/sessions", json={"model": SMOL, "split": split, "context": 64})).json()
+        out = []
+        async with connect(real_server.ws_url + s["ws"], max_size=None) as ws:
+            for ids in [prompt] + [[t] for t in steps]:
+                await ws.send(ids_bytes(ids))
+                out.append(await ws.recv())
+                await asyncio.sleep(0)
+        async with httpx.AsyncClient(base_url=real_server.url) as c:
+            await c.delete(f"/v1/sessions/{s['id']}")
+        return out
+
+    alone = [asyncio.run(run(*p)) for p in plans]
+
+    async def together():
+        return await asyncio.gather(*[run(*p) for p in plans])
+
+    assert asyncio.run(together()) == alone
+    assert httpx.get(f"{real_server.url}/v1/sessions").json()["bytes"] == 0

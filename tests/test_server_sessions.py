@@ -411,3 +411,28 @@ def test_slow_session_does_not_stall_others(tiny_store, ref):
 
         t_fast, t_slow = asyncio.run(go())
         assert t_fast < 1.5 and t_slow >= 2.0
+
+
+def test_ending_a_session_closes_its_websocket(tiny_store):
+    from websockets.exceptions import ConnectionClosed
+
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, preload=True,
+                      limits={"session_ttl": 600, "evict_interval": 0.1}) as srv:
+        a, b = open_session(srv, 2), open_session(srv, 2)
+
+        async def go():
+            async with connect(srv.ws_url + a["ws"]) as wa, connect(srv.ws_url + b["ws"]) as wb:
+                await wa.send(ids_bytes([5]))
+                await wa.recv()
+                async with httpx.AsyncClient() as c:
+                    assert (await c.delete(f"{srv.url}/v1/sessions/{a['id']}")).status_code == 200
+                with pytest.raises(ConnectionClosed) as ei:
+                    await asyncio.wait_for(wa.recv(), 5)
+                assert ei.value.rcvd.code == 4404
+                srv.state.limits.session_ttl = 0.2     # b goes idle -> evicted -> 4408
+                with pytest.raises(ConnectionClosed) as ei:
+                    await asyncio.wait_for(wb.recv(), 5)
+                assert ei.value.rcvd.code == 4408
+
+        asyncio.run(go())
+        assert not srv.state.sessions.sessions
