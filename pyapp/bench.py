@@ -148,8 +148,12 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                 except Exception as e:  # noqa: BLE001
                     rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"], "error": str(e)[:200]})
                     continue
-                run(f"linear {N}x{K} ({what})", b, T, N * K * item + T * (K + N) * 4, 2 * N * K * T,
-                    variant=v["linear"])
+                try:
+                    run(f"linear {N}x{K} ({what})", b, T, N * K * item + T * (K + N) * 4, 2 * N * K * T,
+                        variant=v["linear"])
+                except Exception as e:  # noqa: BLE001
+                    rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"],
+                                 "error": str(e)[:200]})
                 del b
     # norms
     for wg in (1, 64):
@@ -304,7 +308,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--linear", choices=["row", "wg", "sg"], help="force the GEMV variant")
+    ap.add_argument("--linear", choices=["row", "wg", "sg", "sg4"], help="force the GEMV variant")
     a = ap.parse_args(argv)
     from .gpu.native import NativeDevice
     dev = NativeDevice.create()

@@ -91,11 +91,11 @@ def run_layer(device, layer, weights, T, hidden, check, steps=1, causal=False, n
 
 # ----------------------------------------------------------------------------- linear
 
-@pytest.mark.parametrize("variant", ["row", "wg", "sg"])
+@pytest.mark.parametrize("variant", ["row", "wg", "sg", "sg4"])
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 @pytest.mark.parametrize("T", [1, 7])
 def test_linear(device, variant, dtype, T):
-    if variant == "sg" and "subgroups" not in device.features:
+    if variant.startswith("sg") and "subgroups" not in device.features:
         pytest.skip("no subgroups")
     rng = np.random.default_rng(1)
     D, N = 76, 135          # K % 4 == 0 (vec4 path), N odd

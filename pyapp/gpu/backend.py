@@ -439,7 +439,7 @@ class GpuBackend:
         NF, K = wt.shape
         vec = 4 if K % 4 == 0 else 1
         variant = self.variants["linear"]
-        if variant == "sg" and "subgroups" not in self.device.features:
+        if variant.startswith("sg") and "subgroups" not in self.device.features:
             variant = "wg"
         out = []
         for buf, r0, rows, _b0, _nb in wt.chunks:
@@ -452,7 +452,8 @@ class GpuBackend:
                 src = kernels.render("linear_wg", PART=64 * TB, **subs)
                 gx = rows
             else:
-                src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable, **subs)
+                src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable,
+                                     UNROLL=4 if variant == "sg4" else 2, **subs)
                 gx = _ceil(rows, 4)        # 4 columns per workgroup on 32-wide subgroups
             out.append(self._d(src, {**ent0, 1: buf}, gx, _ceil(T, TB), head=hp))
         return out
@@ -670,6 +671,7 @@ def candidate_variants(device):
     out = [{"linear": "row", "norm_wg": 1}, {"linear": "wg", "norm_wg": 64}]
     if "subgroups" in device.features:
         out.append({"linear": "sg", "norm_wg": 64})
+        out.append({"linear": "sg4", "norm_wg": 64})
     return out
 
 

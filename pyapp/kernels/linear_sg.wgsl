@@ -1,6 +1,6 @@
 // Same contract as linear_row: one subgroup per output column (4 columns per
 // workgroup of 128 on a 32-wide subgroup), two independent accumulators per
-// lane for more loads in flight, subgroupAdd reduction.  Needs `subgroups`.
+// lane (UNROLL) for more loads in flight, subgroupAdd reduction.  Needs `subgroups`.
 // Any subgroup size works: columns are walked in uniform rounds over the grid.
 ${ENABLE}
 ${WDECL}
@@ -12,6 +12,7 @@ const K: u32 = ${KV}u;
 const YS: u32 = ${YS}u;
 const N0: u32 = ${N0}u;
 const TB: u32 = ${TB}u;
+const UNROLL: u32 = ${UNROLL}u;
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
         @builtin(num_workgroups) nwg: vec3u,
@@ -25,18 +26,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let live = n < N;
   let nn = min(n, N - 1u);
   var acc: array<f32, ${TB}>;
-  var acc2: array<f32, ${TB}>;
   var k = lane;
-  for (; k + sgs < K; k += 2u * sgs) {
-    let w0 = ldw(nn * K + k);
-    let w1 = ldw(nn * K + k + sgs);
-    for (var j = 0u; j < TB; j++) {
-      let t = min(t0 + j, p.T - 1u);
-      acc[j] += mulv(w0, a[t * K + k]);
-      acc2[j] += mulv(w1, a[t * K + k + sgs]);
+  // UNROLL independent loads per lane per trip: more bytes in flight
+  for (; k + (UNROLL - 1u) * sgs < K; k += UNROLL * sgs) {
+    for (var u = 0u; u < UNROLL; u++) {
+      let kk = k + u * sgs;
+      let w0 = ldw(nn * K + kk);
+      for (var j = 0u; j < TB; j++) {
+        let t = min(t0 + j, p.T - 1u);
+        acc[j] += mulv(w0, a[t * K + kk]);
+      }
     }
   }
-  if (k < K) {
+  for (; k < K; k += sgs) {
     let w0 = ldw(nn * K + k);
     for (var j = 0u; j < TB; j++) {
       let t = min(t0 + j, p.T - 1u);
@@ -45,7 +47,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   }
   let bv = ldb(N0 + nn);
   for (var j = 0u; j < TB; j++) {
-    let s = subgroupAdd(acc[j] + acc2[j]);
+    let s = subgroupAdd(acc[j]);
     if (live && lane == 0u && t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = s + bv; }
   }
   }
