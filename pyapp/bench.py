@@ -161,14 +161,16 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                             {"norm_wg": wg}, 1)
         run(f"rms_norm {D}", b, 1, 3 * D * 4, variant=f"wg{wg}")
     # rope + attention with a KV cache at two context lengths
-    for ctx in (128, 1024):
-        layer = [op("rope", ("q", "k"), ("q", "k"), n_heads=H, n_kv_heads=Hkv, head_dim=hd, theta=10000.0),
-                 op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
-                    causal=True, scale=hd ** -0.5)]
-        b = _one_op_backend(dev, layer, {}, D, None, 1, H, Hkv, hd, causal=True, max_pos=ctx + 8,
-                            widths={"q": H * hd, "k": Hkv * hd, "v": Hkv * hd})
-        b._bench_cache = b.new_cache(ctx + 8)
-        run(f"rope+kv_write+attention ctx {ctx}", b, 1, 2 * ctx * Hkv * hd * 4, 4 * ctx * H * hd, pos0=ctx)
+    for av in ("row", "wg"):
+        for ctx in (128, 1024):
+            layer = [op("rope", ("q", "k"), ("q", "k"), n_heads=H, n_kv_heads=Hkv, head_dim=hd, theta=10000.0),
+                     op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
+                        causal=True, scale=hd ** -0.5)]
+            b = _one_op_backend(dev, layer, {}, D, {"attention": av}, 1, H, Hkv, hd, causal=True,
+                                max_pos=ctx + 8, widths={"q": H * hd, "k": Hkv * hd, "v": Hkv * hd})
+            b._bench_cache = b.new_cache(ctx + 8)
+            run(f"rope+kv_write+attention ctx {ctx}", b, 1, 2 * ctx * Hkv * hd * 4, 4 * ctx * H * hd,
+                pos0=ctx, variant=av)
     # elementwise
     layer = [op("silu_mul", ("g", "u"), "m")]
     b = _one_op_backend(dev, layer, {}, D, None, 1, widths={"g": inter, "u": inter, "m": inter})

@@ -178,8 +178,9 @@ def test_split(device):
 
 # ----------------------------------------------------------------------------- attention
 
+@pytest.mark.parametrize("variant", ["row", "wg"])
 @pytest.mark.parametrize("H,Hkv", [(6, 2), (3, 3), (5, 1)])
-def test_rope_attention_causal(device, H, Hkv):
+def test_rope_attention_causal(device, H, Hkv, variant):
     rng = np.random.default_rng(8)
     hd, D = 10, 30
     w = {"wq": rng.standard_normal((H * hd, D)) * 0.3, "wk": rng.standard_normal((Hkv * hd, D)) * 0.3,
@@ -192,10 +193,11 @@ def test_rope_attention_causal(device, H, Hkv):
                 causal=True, scale=hd ** -0.5)]
     # prefill of 11 tokens, then 4 single-token decode steps against the cache
     run_layer(device, layer, w, 11, D, ["q", "k", "a"], steps=5, causal=True, n_heads=H,
-              n_kv_heads=Hkv, head_dim=hd)
+              n_kv_heads=Hkv, head_dim=hd, variants={"attention": variant})
 
 
-def test_attention_bidirectional(device):
+@pytest.mark.parametrize("variant", ["row", "wg"])
+def test_attention_bidirectional(device, variant):
     rng = np.random.default_rng(9)
     H, hd = 3, 7
     D = H * hd
@@ -206,7 +208,7 @@ def test_attention_bidirectional(device):
              op("linear", "x", "v", {"w": "wv", "b": None}),
              op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=H, head_dim=hd,
                 causal=False, scale=hd ** -0.5)]
-    run_layer(device, layer, w, 13, D, ["a"], n_heads=H, head_dim=hd)
+    run_layer(device, layer, w, 13, D, ["a"], n_heads=H, head_dim=hd, variants={"attention": variant})
 
 
 # ----------------------------------------------------------------------------- embedding
