@@ -297,6 +297,8 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
         if preload:
             for e in registry.entries.values():
                 await anyio.to_thread.run_sync(e.backend, "f32")
+                for dt in e.dtypes():  # hash once now rather than on the first browser's request
+                    await anyio.to_thread.run_sync(mf.get_manifest, e.name, e.dir, dt)
         try:
             yield
         finally:

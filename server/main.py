@@ -105,15 +105,25 @@ def main(argv=None) -> int:
         return 1
     st = app.state.pyapp
     url = f"http://{a.host}:{a.port}"
-    _log(f"loading weights for {', '.join(models)} ..." if not a.no_preload else "ready")
-    for e in st.registry.entries.values():
-        m = e.model
-        _log(f"model {e.name}: {m.arch}, {m.n_layers} layers, hidden {m.hidden}, context {e.context}, "
-             f"manifest {url}/models/{e.name}/manifest.json")
-    _log(f"backend {a.backend}; auth {'bearer token' if a.token else 'off'}; "
-         f"CORS {', '.join(a.cors) if a.cors else 'off'}; max {a.max_sessions} sessions, idle TTL {a.session_ttl:g} s")
-    _log(f"site {url}/   OpenAI API {url}/v1   OpenAPI {url}/openapi.json")
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, ws="websockets-sansio")
+    if not a.no_preload:
+        _log(f"loading weights for {', '.join(models)} ...")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.should_exit:
+                return
+            for e in st.registry.entries.values():
+                m = e.model
+                _log(f"model {e.name}: {m.arch}, {m.n_layers} layers, hidden {m.hidden}, "
+                     f"context {e.context}, manifest {url}/models/{e.name}/manifest.json")
+            _log(f"backend {a.backend}; auth {'bearer token' if a.token else 'off'}; "
+                 f"CORS {', '.join(a.cors) if a.cors else 'off'}; max {a.max_sessions} sessions, "
+                 f"idle TTL {a.session_ttl:g} s")
+            _log(f"listening: site {url}/   OpenAI API {url}/v1   OpenAPI {url}/openapi.json")
+
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, ws="websockets-sansio")
+    Server(config).run()
     return 0
 
 
