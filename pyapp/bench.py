@@ -327,7 +327,8 @@ def main(argv=None):
     else:
         variants = None
         if a.linear:
-            variants = {"linear": a.linear, "norm_wg": 1 if a.linear == "row" else 64}
+            row = a.linear == "row"
+            variants = {"linear": a.linear, "norm_wg": 1 if row else 64, "attention": "row" if row else "wg"}
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
                          variants)
         result["decode"] = r
