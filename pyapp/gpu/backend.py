@@ -196,7 +196,7 @@ class GpuBackend:
             elif o.kind == "linear" and not o.attrs.get("transposed"):
                 splittable.add(o.weights["w"])
         for n in model.tensors(self.ops):
-            dt = (dtypes or {}).get(n, dtype)
+            dt = _dtype_name((dtypes or {}).get(n, dtype))
             t = self.tensors[n] = Tensor(n, shapes[n], dt)
             self._alloc(t, n in splittable)
         # activations, ids, params, rope table, output token
@@ -573,6 +573,51 @@ class GpuBackend:
         emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
         return np.frombuffer(self.device.read(self.acts[emb], 0, D * 4), np.float32).reshape(1, D).copy()
 
+    async def forward_async(self, ids=None, x=None, cache=None, start=None, stop=None, head=None,
+                            all_logits=False):
+        """forward() for the browser: returns (array('f') flat, (rows, width)) after
+        awaiting the readback of the hidden state / logits / pooled embedding."""
+        m = self.model
+        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
+        self.device.submit(rec, writes)
+        if m.causal and cache is not None:
+            cache.length = pos0 + T
+        self.stats["readbacks"] += 1
+        if not head:
+            buf, rows, w = self.acts["x"], T, m.hidden
+        elif m.causal:
+            buf, rows, w = self.logits, (T if all_logits else 1), m.vocab
+        else:
+            emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
+            buf, rows, w = self.acts[emb], 1, m.hidden
+        raw = await self.device.read_async(buf, 0, rows * w * 4)
+        return array("f", bytes(raw)), (rows, w)
+
+    async def read_activation_async(self, name, rows):
+        w = self.model.vocab if name == "logits" else self.widths[name]
+        return array("f", bytes(await self.device.read_async(self._act(name), 0, rows * w * 4)))
+
+    @property
+    def gpu_bytes(self):
+        n = sum(c[4] for t in self.tensors.values() for c in t.chunks)
+        n += sum(self.max_tokens * self.widths[k] * 4 for k in self.acts)
+        n += self.logit_rows * self.model.vocab * 4
+        return n
+
+    def destroy(self):
+        """Free the GPU buffers now (the browser keeps them until GC otherwise)."""
+        bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
+        bufs += [b for b in (self.logits, self.rope_buf, self.ids_buf, self.params, self.tok_buf,
+                             self.readback) if b is not None]
+        for b in bufs:
+            try:
+                b.destroy()
+            except Exception:  # noqa: BLE001
+                pass
+        self.tensors, self.acts = {}, {}
+        self._groups.clear()
+        self._enc_plans.clear()
+
     def _step_submit(self, ids, x, cache, params, n, start, stop):
         from ..sampling import SamplingParams
 
@@ -782,6 +827,14 @@ def _run_sync(coro):
 
 
 # ----------------------------------------------------------------------------- data helpers
+
+def _dtype_name(d):
+    d = str(d).lower()
+    out = {"f32": "f32", "float32": "f32", "f16": "f16", "float16": "f16"}.get(d)
+    if out is None:
+        raise GpuError(f"weight dtype {d!r} is not supported (f32, f16)")
+    return out
+
 
 def _nbytes(data):
     nb = getattr(data, "byteLength", None)
