@@ -20,7 +20,11 @@ def source(name: str) -> str:
 def render(name: str, prelude: str = "", **subs) -> str:
     """common.wgsl + prelude + the template `name` with `subs` substituted."""
     body = Template(source(name)).substitute({k: str(v) for k, v in subs.items()})
-    return prelude + source("common") + "\n" + body
+    # directives (`enable subgroups;`) must precede every declaration
+    lines = body.split("\n")
+    enables = [ln for ln in lines if ln.strip().startswith("enable ")]
+    body = "\n".join(ln for ln in lines if not ln.strip().startswith("enable "))
+    return "\n".join(enables + [prelude + source("common"), body])
 
 
 def names():
