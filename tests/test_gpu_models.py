@@ -152,8 +152,24 @@ def test_errors_surface(tiny_dir, device):
     with pytest.raises(ValueError, match="out of range"):
         gb.step(ids=[10 ** 6], cache=c)
     with pytest.raises(ValueError, match="max_tokens"):
-        gb.step(ids=list(range(9)), cache=c)
+        gb.forward(ids=list(range(9)), cache=c)          # step() would prefill in chunks
     gb.step(ids=list(range(8)), cache=c)
     gb.step(ids=[1] * 8, cache=c)
     with pytest.raises(ValueError, match="overflow"):
         gb.step(ids=[1], cache=c)
+
+
+def test_long_prompt_prefilled_in_chunks(tiny_dir, device):
+    from pyapp.gpu import GpuBackend
+    d, _ = tiny_dir("llama")
+    nb = NumpyBackend.load(d)
+    gb = GpuBackend.load(d, device=device, max_tokens=8)
+    prompt = [(i * 37) % 100 + 1 for i in range(27)]
+    sp = SamplingParams()
+    ref = generate(numpy_step(nb, nb.new_cache(64), sp), prompt, 8)
+    got = generate(gpu_step(gb, gb.new_cache(64), sp), prompt, 8)
+    assert got.ids == ref.ids
+    # and with a hidden state from a numpy head part (split 1)
+    gs = GpuBackend.load(d, start=1, device=device, max_tokens=8)
+    got = generate(numpy_step(nb, nb.new_cache(64, 0, 1), sp, 1, gs, gs.new_cache(64, 1, 3)), prompt, 8)
+    assert got.ids == ref.ids

@@ -624,10 +624,37 @@ class GpuBackend:
         params = params or SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
+        # a prompt longer than the activation buffers is prefilled in chunks
+        ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
         self.device.submit(rec, writes, copy=(self.tok_buf, 0, self.readback, 0, 4))
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
+
+    def _prefill_chunks(self, ids, x, cache, start, stop):
+        """Run all but the last `max_tokens` rows (KV cache only); return the rest."""
+        mt = self.max_tokens
+        if ids is not None:
+            ids = [int(i) for i in _tolist(ids)]
+            while len(ids) > mt:
+                rec, T, pos0, _h, writes = self._prepare(ids[:mt], None, cache, start, stop, False, False, False)
+                self.device.submit(rec, writes)
+                cache.length = pos0 + T
+                ids = ids[mt:]
+            return ids, None
+        data, T = _rows(x, self.model.hidden)
+        D = self.model.hidden
+        while T > mt:
+            head_rows = data.subarray(0, mt * D) if hasattr(data, "subarray") else data[:mt]
+            if isinstance(data, array):
+                head_rows = data[:mt * D]
+            rec, t, pos0, _h, writes = self._prepare(None, head_rows, cache, start, stop, False, False, False)
+            self.device.submit(rec, writes)
+            cache.length = pos0 + t
+            data = data.subarray(mt * D) if hasattr(data, "subarray") else (
+                data[mt * D:] if isinstance(data, array) else data[mt:])
+            T -= mt
+        return None, data
 
     def step(self, ids=None, x=None, cache=None, params=None, n=0, start=None, stop=None):
         """Forward + head + GPU sampling; reads back one u32 (native binding)."""
@@ -873,6 +900,8 @@ def _rows(x, D):
         return a, a.shape[0]
     if hasattr(x, "byteLength"):             # JS Float32Array proxy
         return x, int(x.length) // D
+    if isinstance(x, array):
+        return x, len(x) // D
     a = array("f")
     for r in x:
         if isinstance(r, (list, tuple)):
