@@ -345,7 +345,7 @@ def test_smollm2_greedy_in_chromium(site):
             os.symlink(SMOL / f, link / f)
     # "The capital of France is" in SmolLM2's tokenizer; ids only (no tokenizer in this check)
     prompt = [504, 3575, 282, 4649, 314]
-    n = int(os.environ.get("PYAPP_BROWSER_SMOL_TOKENS", "6"))
+    n = int(os.environ.get("PYAPP_BROWSER_SMOL_TOKENS", "12"))
     ref = _numpy_generate(SMOL, prompt, n)
     spec = {"name": "smollm2-135m", "url": f"{site['url']}/data/smollm2-135m", "prompt": prompt,
             "new_tokens": n, "variants": {"linear": "row", "norm_wg": 1, "attention": "row"}}
