@@ -575,8 +575,8 @@ class GpuBackend:
 
     async def forward_async(self, ids=None, x=None, cache=None, start=None, stop=None, head=None,
                             all_logits=False):
-        """forward() for the browser: returns (array('f') flat, (rows, width)) after
-        awaiting the readback of the hidden state / logits / pooled embedding."""
+        """forward() for the browser: the hidden state [T, D] / logits [rows, V] / pooled
+        embedding [1, D], row-major in one flat array('f'), after awaiting the readback."""
         m = self.model
         rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
         self.device.submit(rec, writes)
@@ -591,7 +591,7 @@ class GpuBackend:
             emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
             buf, rows, w = self.acts[emb], 1, m.hidden
         raw = await self.device.read_async(buf, 0, rows * w * 4)
-        return array("f", bytes(raw)), (rows, w)
+        return array("f", bytes(raw))
 
     async def read_activation_async(self, name, rows):
         w = self.model.vocab if name == "logits" else self.widths[name]

@@ -91,6 +91,9 @@ async def load_model(dev, base, dtype="f32", **kw):
     model = build_model(cfg, header.keys())
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
     dtypes = {k: v["dtype"] for k, v in header.items()}
+    if kw.get("variants") == "auto":            # the per-adapter measured autotune, in the page
+        from pyapp.gpu.backend import autotune_async
+        kw["variants"] = await autotune_async(dev, model, shapes, dtypes)
     be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, **kw)
     nbytes = 0
     for name, size in be.weight_layout():
@@ -112,7 +115,7 @@ async def generate(dev, spec):
     load_s = time.perf_counter() - t0
     out = {"name": spec["name"], "load_seconds": load_s, "weight_bytes": nbytes, "variants": be.variants}
     if not be.model.causal:
-        vec, shape = await be.forward_async(ids=spec["prompt"])
+        vec = await be.forward_async(ids=spec["prompt"])
         out["embedding"] = list(vec)
         return out
     sp = SamplingParams(**spec.get("params", {}))
