@@ -311,6 +311,7 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--linear", choices=["row", "wg", "sg", "sg4"], help="force the GEMV variant")
+    ap.add_argument("--no-fuse", action="store_true", help="one dispatch per linear (no q/k/v, gate/up fusion)")
     a = ap.parse_args(argv)
     from .gpu.native import NativeDevice
     dev = NativeDevice.create()
@@ -326,9 +327,13 @@ def main(argv=None):
         print(_table(rows, ["kernel", "variant", "T", "us", "GBps", "GFLOPs", "dispatches"]))
     else:
         variants = None
+        if a.no_fuse and not a.linear:
+            a.linear = "row" if "llvmpipe" in str(dev.info) or "swiftshader" in str(dev.info) else "sg"
         if a.linear:
             row = a.linear == "row"
             variants = {"linear": a.linear, "norm_wg": 1 if row else 64, "attention": "row" if row else "wg"}
+            if a.no_fuse:
+                variants["fuse"] = False
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
                          variants)
         result["decode"] = r

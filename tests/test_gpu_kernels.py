@@ -142,7 +142,9 @@ def test_norms(device, wg, dtype):
 
 # ----------------------------------------------------------------------------- activations
 
-def test_elementwise(device):
+@pytest.mark.parametrize("variant,fuse", [("row", True), ("row", False), ("wg", True), ("sg", True)])
+def test_elementwise(device, variant, fuse):
+    """(also the fused GEMVs: g and u read the same input: one dispatch when fuse)"""
     rng = np.random.default_rng(5)
     D, N = 45, 77
     w = {"wg": rng.standard_normal((N, D)) * 0.5, "wu": rng.standard_normal((N, D)) * 0.5,
@@ -152,7 +154,9 @@ def test_elementwise(device):
              op("silu_mul", ("g", "u"), "m"),
              op("linear", "m", "d", {"w": "wd", "b": None}),
              op("add", ("x", "d"), "x")]
-    run_layer(device, layer, w, 6, D, ["m", "d", "x"])
+    g = run_layer(device, layer, w, 6, D, ["g", "u", "m", "d", "x"], variants={"linear": variant, "fuse": fuse})
+    rec, n = g._plan(1, g.new_cache(8), 0, 1, False, False, False, False)
+    assert n == (4 if fuse else 5)
 
 
 @pytest.mark.parametrize("kind", ["gelu", "gelu_tanh"])

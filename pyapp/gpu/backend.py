@@ -432,7 +432,7 @@ class GpuBackend:
         x, y = self._act(o.ins[0]), self._act(o.outs[0])
         TB = 1 if T == 1 else 4
         bdecl = "fn ldb(i: u32) -> f32 { return 0.0; }"
-        ent0 = {3: x, 4: y}
+        ent0 = {3: x}
         if bt is not None:
             bdecl = wdecl(2, "b", bt.dtype, 1)
             ent0[2] = bt.chunks[0][0]
@@ -441,28 +441,88 @@ class GpuBackend:
             if len(wt.chunks) != 1:
                 raise GpuError(f"{wt.name}: transposed weights larger than one binding are not supported")
             src = kernels.render("linear_t", WDECL=wdecl(1, "w", wt.dtype, 1), BDECL=bdecl, N=N, K=K, TB=TB)
-            return [self._d(src, {**ent0, 1: wt.chunks[0][0]}, _ceil(N, 64), _ceil(T, TB), head=hp)]
+            return [self._d(src, {**ent0, 4: y, 1: wt.chunks[0][0]}, _ceil(N, 64), _ceil(T, TB), head=hp)]
         NF, K = wt.shape
         vec = 4 if K % 4 == 0 else 1
+        ydecl = ("@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n"
+                 "fn store(t: u32, n: u32, v: f32) { y[t * YS + N0 + n] = v + ldb(N0 + n); }")
+        out = []
+        for buf, r0, rows, _b0, _nb in wt.chunks:
+            wd = (wdecl(1, "w", wt.dtype, vec) + "\n" + _mulv(vec) +
+                  "\nfn ldw_at(n: u32, k: u32) -> " + ("vec4f" if vec == 4 else "f32") +
+                  " { return ldw(n * K + k); }")
+            out.append(self._linear_dispatch(wd, bdecl, ydecl, vec, rows, K // vec, NF, r0, T, TB,
+                                             {**ent0, 4: y, 1: buf}, hp))
+        return out
+
+    def _linear_dispatch(self, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, T, TB, ent, hp):
         variant = self.variants["linear"]
         if variant.startswith("sg") and "subgroups" not in self.device.features:
             variant = "wg"
-        out = []
-        for buf, r0, rows, _b0, _nb in wt.chunks:
-            subs = dict(WDECL=wdecl(1, "w", wt.dtype, vec) + "\n" + _mulv(vec), BDECL=bdecl,
-                        VT="vec4f" if vec == 4 else "f32", N=rows, KV=K // vec, YS=NF, N0=r0, TB=TB)
-            if variant == "row":
-                src = kernels.render("linear_row", **subs)
-                gx = _ceil(rows, 64)
-            elif variant == "wg":
-                src = kernels.render("linear_wg", PART=64 * TB, **subs)
-                gx = rows
+        subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT="vec4f" if vec == 4 else "f32",
+                    N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
+        if variant == "row":
+            src = kernels.render("linear_row", **subs)
+            gx = _ceil(rows, 64)
+        elif variant == "wg":
+            src = kernels.render("linear_wg", PART=64 * TB, **subs)
+            gx = rows
+        else:
+            src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable,
+                                 UNROLL=4 if variant == "sg4" else 2, **subs)
+            gx = _ceil(rows, 4)        # 4 columns per workgroup on 32-wide subgroups
+        return self._d(src, ent, gx, _ceil(T, TB), head=hp)
+
+    def _linear_multi(self, group, T, hp):
+        """Several GEMVs over one input (q/k/v, gate/up) in one dispatch."""
+        TB = 1 if T == 1 else 4
+        K = self.tensors[group[0].weights["w"]].shape[1]
+        vec = 4 if K % 4 == 0 else 1
+        vt = "vec4f" if vec == 4 else "f32"
+        ent = {3: self._act(group[0].ins[0])}
+        decl, load, store, ends, e = [_mulv(vec)], [], [], [], 0
+        for i, o in enumerate(group):
+            wt = self.tensors[o.weights["w"]]
+            bt = self.tensors[o.weights["b"]] if o.weights.get("b") else None
+            n = wt.shape[0]
+            decl.append(wdecl(10 + i, f"w{i}", wt.dtype, vec))
+            ent[10 + i] = wt.chunks[0][0]
+            if bt is not None:
+                decl.append(wdecl(20 + i, f"b{i}", bt.dtype, 1))
+                ent[20 + i] = bt.chunks[0][0]
+                bias = f" + ldb{i}(n - {e}u)"
             else:
-                src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable,
-                                     UNROLL=4 if variant == "sg4" else 2, **subs)
-                gx = _ceil(rows, 4)        # 4 columns per workgroup on 32-wide subgroups
-            out.append(self._d(src, {**ent0, 1: buf}, gx, _ceil(T, TB), head=hp))
-        return out
+                bias = ""
+            decl.append(f"@group(0) @binding({30 + i}) var<storage, read_write> y{i}: array<f32>;")
+            ent[30 + i] = self._act(o.outs[0])
+            cond = f"if (n < {e + n}u) " if i < len(group) - 1 else ""
+            load.append(f"{cond}{{ return ldw{i}((n - {e}u) * K + k); }}")
+            store.append(f"{cond}{{ y{i}[t * {n}u + n - {e}u] = v{bias}; return; }}")
+            e += n
+        wd = "\n".join(decl) + f"\nfn ldw_at(n: u32, k: u32) -> {vt} {{\n  " + "\n  ".join(load) + "\n}"
+        yd = "fn store(t: u32, n: u32, v: f32) {\n  " + "\n  ".join(store) + "\n}"
+        return self._linear_dispatch(wd, "", yd, vec, e, K // vec, e, 0, T, TB, ent, hp)
+
+    def _fusable(self, ops, i):
+        """The run of linears from ops[i] that can share one dispatch (same input, one
+        chunk each, at most 8 storage bindings), or None."""
+        # fusing costs a branch per weight load: measured slower with `row` on lavapipe
+        # (5.4 -> 4.9 tok/s), so by default only the reduction variants fuse
+        if not self.variants.get("fuse", self.variants["linear"] != "row"):
+            return None
+        o = ops[i]
+        if o.kind != "linear" or o.attrs.get("transposed"):
+            return None
+        grp = []
+        for p in ops[i:]:
+            if (p.kind != "linear" or p.attrs.get("transposed") or p.ins[0] != o.ins[0]
+                    or p.outs[0] == o.ins[0] or len(self.tensors[p.weights["w"]].chunks) != 1
+                    or self.tensors[p.weights["w"]].shape[1] != self.tensors[o.weights["w"]].shape[1]):
+                break
+            grp.append(p)
+        while grp and 1 + sum(2 if p.weights.get("b") else 1 for p in grp) + len(grp) > 8:
+            grp.pop()
+        return grp if len(grp) > 1 else None
 
     def _plan(self, T, cache, start, stop, embed, head, all_logits, sample):
         """The recorded dispatch list of one step; built once per key, replayed."""
@@ -473,8 +533,16 @@ class GpuBackend:
             return rec
         m = self.model
         disp = []
-        for o in m.ops(start, stop, embed=embed, head=False):
-            disp += self._compile(o, T, cache, False, False)
+        body = m.ops(start, stop, embed=embed, head=False)
+        i = 0
+        while i < len(body):
+            grp = self._fusable(body, i)
+            if grp:
+                disp.append(self._linear_multi(grp, T, False))
+                i += len(grp)
+                continue
+            disp += self._compile(body[i], T, cache, False, False)
+            i += 1
         if head:
             hops = list(m.head)
             last = m.causal and not all_logits

@@ -1,10 +1,12 @@
 // y[t, N0 + n] = sum_k a[t, k] * W[n, k] (+ b[N0 + n]); one output column per
+// (ldw_at / store come from the host: one weight, or several fused GEMVs over one input)
+//
 // invocation, TB rows of t per invocation (weights read once per TB rows).
 // Fast where invocations are cheap and barriers are not (SwiftShader, lavapipe).
 ${WDECL}
 ${BDECL}
 @group(0) @binding(3) var<storage, read> a: array<${VT}>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${YDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;
 const YS: u32 = ${YS}u;
@@ -17,14 +19,13 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   if (n >= N || t0 >= p.T) { return; }
   var acc: array<f32, ${TB}>;
   for (var k = 0u; k < K; k++) {
-    let wv = ldw(n * K + k);
+    let wv = ldw_at(n, k);
     for (var j = 0u; j < TB; j++) {
       let t = min(t0 + j, p.T - 1u);
       acc[j] += mulv(wv, a[t * K + k]);
     }
   }
-  let bv = ldb(N0 + n);
   for (var j = 0u; j < TB; j++) {
-    if (t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = acc[j] + bv; }
+    if (t0 + j < p.T) { store(t0 + j, n, acc[j]); }
   }
 }

@@ -6,7 +6,7 @@ ${ENABLE}
 ${WDECL}
 ${BDECL}
 @group(0) @binding(3) var<storage, read> a: array<${VT}>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${YDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;
 const YS: u32 = ${YS}u;
@@ -31,7 +31,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   for (; k + (UNROLL - 1u) * sgs < K; k += UNROLL * sgs) {
     for (var u = 0u; u < UNROLL; u++) {
       let kk = k + u * sgs;
-      let w0 = ldw(nn * K + kk);
+      let w0 = ldw_at(nn, kk);
       for (var j = 0u; j < TB; j++) {
         let t = min(t0 + j, p.T - 1u);
         acc[j] += mulv(w0, a[t * K + kk]);
@@ -39,16 +39,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     }
   }
   for (; k < K; k += sgs) {
-    let w0 = ldw(nn * K + k);
+    let w0 = ldw_at(nn, k);
     for (var j = 0u; j < TB; j++) {
       let t = min(t0 + j, p.T - 1u);
       acc[j] += mulv(w0, a[t * K + k]);
     }
   }
-  let bv = ldb(N0 + nn);
   for (var j = 0u; j < TB; j++) {
     let s = subgroupAdd(acc[j]);
-    if (live && lane == 0u && t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = s + bv; }
+    if (live && lane == 0u && t0 + j < p.T) { store(t0 + j, n, s); }
   }
   }
 }

@@ -3,7 +3,7 @@
 ${WDECL}
 ${BDECL}
 @group(0) @binding(3) var<storage, read> a: array<${VT}>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+${YDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;
 const YS: u32 = ${YS}u;
@@ -16,7 +16,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let t0 = wg.y * TB;
   var acc: array<f32, ${TB}>;
   for (var k = l; k < K; k += 64u) {
-    let wv = ldw(n * K + k);
+    let wv = ldw_at(n, k);
     for (var j = 0u; j < TB; j++) {
       let t = min(t0 + j, p.T - 1u);
       acc[j] += mulv(wv, a[t * K + k]);
@@ -31,9 +31,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     workgroupBarrier();
   }
   if (l == 0u) {
-    let bv = ldb(N0 + n);
     for (var j = 0u; j < TB; j++) {
-      if (t0 + j < p.T) { y[(t0 + j) * YS + N0 + n] = part[j * 64u] + bv; }
+      if (t0 + j < p.T) { store(t0 + j, n, part[j * 64u]); }
     }
   }
 }
