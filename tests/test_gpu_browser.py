@@ -240,11 +240,13 @@ def make_cases():
     D, N = 45, 77
     ew = {"wg": rng.standard_normal((N, D)) * 0.5, "wu": rng.standard_normal((N, D)) * 0.5,
           "wd": rng.standard_normal((D, N)) * 0.2}
-    cs.append(case("silu_mul-add", [op("linear", "x", "g", {"w": "wg", "b": None}),
-                                    op("linear", "x", "u", {"w": "wu", "b": None}),
-                                    op("silu_mul", ("g", "u"), "m"),
-                                    op("linear", "m", "d", {"w": "wd", "b": None}),
-                                    op("add", ("x", "d"), "x")], ew, 6, D, ["m", "x"]))
+    mlp = [op("linear", "x", "g", {"w": "wg", "b": None}), op("linear", "x", "u", {"w": "wu", "b": None}),
+           op("silu_mul", ("g", "u"), "m"), op("linear", "m", "d", {"w": "wd", "b": None}),
+           op("add", ("x", "d"), "x")]
+    cs.append(case("silu_mul-add", mlp, ew, 6, D, ["m", "x"]))
+    for v in ("wg", "sg", "row"):      # g and u fused into one dispatch
+        cs.append(case(f"fused-gemv-{v}", mlp, ew, 6, D, ["g", "u", "m", "x"],
+                       variants={"linear": v, "fuse": True}))
     gw = {"w": rng.standard_normal((131, 45)) * 0.6, "w2": rng.standard_normal((131, 45)) * 0.6}
     for kind in ("gelu", "gelu_tanh"):
         cs.append(case(kind, [op("linear", "x", "f", {"w": "w", "b": None}), op(kind, "f", "f"),
