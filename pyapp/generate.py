@@ -32,14 +32,13 @@ def check_context(n_prompt, max_new_tokens, context):
     return min(max_new_tokens, context - n_prompt)
 
 
-def generate(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None, should_stop=None):
-    """Greedy/sampled decode. `on_token(id)` is called for each new token as it
-    arrives; `should_stop()` is polled between tokens."""
-    res = GenerationResult(prompt_ids=list(prompt_ids))
+def _decode(res, max_new_tokens, eos_ids, on_token, should_stop):
+    """The loop itself, as a generator: yields (ids, n) and is sent back token n.
+    The sync and async drivers below feed it, so there is one loop for both."""
     if max_new_tokens <= 0:
-        return res
+        return
     t0 = time.perf_counter()
-    tok = step(list(prompt_ids), 0)
+    tok = yield list(res.prompt_ids), 0
     t1 = time.perf_counter()
     res.time_to_first_token = t1 - t0
     eos = set(eos_ids)
@@ -55,6 +54,31 @@ def generate(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None, should
         if should_stop is not None and should_stop():
             res.finish_reason = "cancelled"
             break
-        tok = step([tok], len(res.ids))
+        tok = yield [tok], len(res.ids)
     res.decode_seconds = time.perf_counter() - t1
-    return res
+
+
+def generate(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None, should_stop=None):
+    """Greedy/sampled decode. `on_token(id)` is called for each new token as it
+    arrives; `should_stop()` is polled between tokens."""
+    res = GenerationResult(prompt_ids=list(prompt_ids))
+    loop = _decode(res, max_new_tokens, eos_ids, on_token, should_stop)
+    try:
+        req = next(loop)
+        while True:
+            req = loop.send(step(*req))
+    except StopIteration:
+        return res
+
+
+async def generate_async(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None,
+                         should_stop=None):
+    """`generate` with `await step(ids, n)`: the edge's decode loop in Pyodide."""
+    res = GenerationResult(prompt_ids=list(prompt_ids))
+    loop = _decode(res, max_new_tokens, eos_ids, on_token, should_stop)
+    try:
+        req = next(loop)
+        while True:
+            req = loop.send(await step(*req))
+    except StopIteration:
+        return res

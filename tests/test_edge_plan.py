@@ -9,7 +9,7 @@ import pytest
 
 from pyapp.edge import split as sp
 from pyapp.edge import stream
-from pyapp.edge.session import generate_async
+from pyapp.generate import generate_async
 from pyapp.generate import generate
 
 

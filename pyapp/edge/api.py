@@ -280,7 +280,7 @@ async def generate(prompt, **opts):
             ffi[0] += 1
         _emit("token", {"text": piece, "id": t})
 
-    from .session import generate_async
+    from ..generate import generate_async
     crossings0 = runner.server.crossings if runner.server else 0
     res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
                                em.eos_ids, on_tok, lambda: state.stop_requested)

@@ -9,43 +9,11 @@ generation resets both (``{"op": "reset"}`` to the server, a fresh cache here).
 Split 0: no server compute at all (the edge embeds).  Split N: the server runs every layer and
 the edge only the final norm and head.
 
-:func:`generate_async` is the async twin of :func:`pyapp.generate.generate`.
+The decode loop is :func:`pyapp.generate.generate_async`, the async twin of ``generate``.
 """
 from __future__ import annotations
 
 import json
-import time
-
-from ..generate import GenerationResult
-
-# --------------------------------------------------------------------------- decode loop
-
-
-async def generate_async(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=None, should_stop=None):
-    """``await step(ids, n) -> token id``; otherwise exactly :func:`pyapp.generate.generate`."""
-    res = GenerationResult(prompt_ids=list(prompt_ids))
-    if max_new_tokens <= 0:
-        return res
-    t0 = time.perf_counter()
-    tok = await step(list(prompt_ids), 0)
-    t1 = time.perf_counter()
-    res.time_to_first_token = t1 - t0
-    eos = set(eos_ids)
-    while True:
-        res.ids.append(tok)
-        if on_token is not None:
-            on_token(tok)
-        if tok in eos:
-            res.finish_reason = "stop"
-            break
-        if len(res.ids) >= max_new_tokens:
-            break
-        if should_stop is not None and should_stop():
-            res.finish_reason = "cancelled"
-            break
-        tok = await step([tok], len(res.ids))
-    res.decode_seconds = time.perf_counter() - t1
-    return res
 
 
 # --------------------------------------------------------------------------- the WebSocket
