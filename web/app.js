@@ -40,16 +40,31 @@ addEventListener('pyapp:progress', (e) => {
   const pct = d.bytes ? (100 * d.loaded) / d.bytes : 0;
   b.fill.style.width = pct.toFixed(1) + '%';
   const mbs = d.ms > 0 ? d.loaded / 1e3 / d.ms : 0;
-  b.num.textContent = d.done ? `${MB(d.bytes)} ${mbs.toFixed(0)} MB/s` : `${MB(d.loaded)} ${mbs.toFixed(0)} MB/s`;
+  b.num.textContent = `${MB(d.done ? d.bytes : d.loaded)} · ${mbs.toFixed(0)} MB/s`;
   b.el.classList.toggle('done', !!d.done);
 });
 
 let cursor = null;
+let firstAt = null;   // seconds from the start of decoding to the first token (Python's clock)
 addEventListener('pyapp:token', (e) => {
+  const d = e.detail;
   const out = $('out');
   if (!cursor) { cursor = document.createElement('span'); cursor.className = 'cursor'; out.appendChild(cursor); }
-  cursor.before(document.createTextNode(e.detail.text));
+  cursor.before(document.createTextNode(d.text));
   out.scrollTop = out.scrollHeight;
+  // live figures while streaming; the final ones come with pyapp:stats
+  if (d.n === 1 || firstAt === null) { firstAt = d.elapsed; if (d.elapsed !== undefined) $('s-ttft').textContent = fmt(d.elapsed * 1000, 0) + ' ms'; }
+  else if (d.elapsed > firstAt) $('s-tps').textContent = fmt((d.n - 1) / (d.elapsed - firstAt)) + ' …';
+  $('s-tokens').textContent = String(d.n);
+});
+addEventListener('pyapp:start', (e) => {
+  const s = e.detail;
+  firstAt = null;
+  $('s-split').textContent = `${s.split} / ${s.n_layers}`;
+  $('s-tps').textContent = '…'; $('s-ttft').textContent = '…'; $('s-tokens').textContent = '0'; $('s-ffi').textContent = '…';
+  const badge = $('backend-badge');
+  badge.textContent = s.backend === 'server' ? 'server only' : `WebGPU · split ${s.split}`;
+  badge.classList.toggle('server', s.backend === 'server');
 });
 
 function showStats(s) {
@@ -57,6 +72,9 @@ function showStats(s) {
   $('s-tps').textContent = fmt(s.tokens_per_second);
   $('s-ttft').textContent = s.time_to_first_token !== undefined ? fmt(s.time_to_first_token * 1000, 0) + ' ms' : '–';
   $('s-split').textContent = s.split !== undefined ? `${s.split} / ${s.n_layers}` : '–';
+  if (s.tokens !== undefined) $('s-tokens').textContent = `${s.tokens} (${s.finish_reason})`;
+  if (s.ffi_crossings_per_token !== undefined) $('s-ffi').textContent = fmt(s.ffi_crossings_per_token, 1);
+  if (s.js_heap) $('s-js').textContent = MB(s.js_heap);
   if (s.weight_bytes !== undefined) $('s-bytes').textContent = MB(s.weight_bytes);
   if (s.wasm_heap) $('s-wasm').textContent = MB(s.wasm_heap);
   if (s.gpu_bytes !== undefined) $('s-gpu').textContent = MB(s.gpu_bytes);
@@ -70,7 +88,8 @@ addEventListener('pyapp:loaded', (e) => {
   $('s-load').textContent = `${fmt(d.seconds, 1)} s · ${fmt(d.mb_per_s, 0)} MB/s`;
   $('s-bytes').textContent = MB(d.bytes);
   $('s-wasm').textContent = `${MB(d.wasm_heap_after)} (+${MB(d.wasm_heap_growth)})`;
-  $('s-js').textContent = MB(d.peak_js_heap);
+  $('s-js').textContent = MB(d.peak_js_heap) + ' (load peak)';
+  if (d.gpu_bytes) $('s-gpu').textContent = MB(d.gpu_bytes);
 });
 
 function notice(msg) { const n = $('notice'); n.textContent = msg; n.hidden = false; }
@@ -150,7 +169,11 @@ async function main() {
   } catch (e) { /* keep the default list */ }
   const ad = await pyapp.adapter();
   $('s-adapter').textContent = ad.available ? `${ad.vendor || '?'} ${ad.architecture || ''}${ad.is_cpu ? ' (CPU)' : ''}` : 'none';
-  if (!ad.available) notice(`No WebGPU here: ${ad.reason}. Generation and embeddings run on the server (still streamed).`);
+  if (!ad.available) {
+    notice(`No WebGPU here: ${ad.reason}. Generation and embeddings run on the server (still streamed).`);
+    $('split').disabled = true; $('embed-split').disabled = true;
+    $('bars').innerHTML = '<p class="muted">No WebGPU: the server runs every layer, so no weights stream to this page.</p>';
+  }
   await refreshSplit();
   $('go').disabled = false; $('embed-go').disabled = false;
 }

@@ -43,13 +43,19 @@ class _State:
 state = _State()
 
 
+_emit_js = None
+
+
 def _emit(kind, detail):
-    """A ``pyapp:<kind>`` DOM event for the page (status lines, stats)."""
+    """A ``pyapp:<kind>`` DOM event for the page (status lines, stats): one FFI crossing."""
+    global _emit_js
     try:
-        import js  # type: ignore[import-not-found]
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
-        d = to_js({"detail": js.JSON.parse(json.dumps(detail))}, dict_converter=js.Object.fromEntries)
-        js.globalThis.dispatchEvent(js.CustomEvent.new(f"pyapp:{kind}", d))
+        if _emit_js is None:
+            from pyodide.code import run_js  # type: ignore[import-not-found]
+            _emit_js = run_js("((k, s) => { globalThis.dispatchEvent("
+                              "new CustomEvent('pyapp:' + k, { detail: JSON.parse(s) })); })")
+        _emit_js(kind, json.dumps(detail))
+        state.ffi += 1
     except Exception:  # noqa: BLE001 - CPython, or a worker without events
         pass
 
@@ -145,13 +151,16 @@ async def get_device():
 
 
 async def default_split(name):
+    """The split the page starts with: from the adapter (CPU fallback, limits) and a quick
+    GEMV timing on the device (measured once per page, ~50 ms)."""
     em = await get_model(name)
     ad = await adapter_info()
     dev = await get_device()
-    if dev is not None and state.gflops is None and not ad.is_cpu:
+    if dev is not None and state.gflops is None:
         try:
-            state.gflops = await splitmod.measure_gflops(dev)
-        except Exception:  # noqa: BLE001
+            state.gflops = await splitmod.measure_gflops(getattr(dev, "device", dev))
+        except Exception as e:  # noqa: BLE001
+            status(f"kernel timing failed: {e}")
             state.gflops = None
     if dev is None:
         ad = splitmod.AdapterInfo(False, state.device_error or ad.reason)
@@ -187,12 +196,14 @@ async def get_runner(name, split, on_chunk=None):
         be = GpuBackend(dev, em.model, split, n, split == 0, True, dtype)
     needed = [nm for nm, _ in be.weight_layout()]
     chunks, owner = stream.select_chunks(em.manifest, needed=needed)
-    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers "
-           f"{split}..{n - 1} of {name}", phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
+    what = ("the final norm and head" if split >= n else
+            f"layers {split}..{n - 1}" + (" + embedding" if split == 0 else "") + " and the head")
+    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for {what} of {name}",
+           phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
     st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url,
                                     owner=owner, on_chunk=on_chunk)
     state.load_stats[key] = st.as_dict()
-    _emit("loaded", {"model": name, "split": split, **_brief_load(st)})
+    _emit("loaded", {"model": name, "split": split, "gpu_bytes": int(be.gpu_bytes), **_brief_load(st)})
     server = None
     if split > 0:
         server = await ServerSession(name, split, state.base_url).open()
@@ -270,28 +281,50 @@ async def generate(prompt, **opts):
     await runner.reset(len(prompt_ids) + max_new)
     ds = em.tokenizer.decode_stream(skip_special_tokens=True)
     pieces = []
-    ffi = [0]
+
+    def crossings():
+        # (this module's: events + onToken, the WebSocket's, the GPU binding's)
+        return (state.ffi, runner.server.crossings if runner.server else 0,
+                int(getattr(dev, "crossings", 0)))
+
+    marks = [crossings(), None, None]
 
     def on_tok(t):
         piece = ds.step(t)
         pieces.append(piece)
         if on_token is not None:
             on_token(piece, t)
-            ffi[0] += 1
-        _emit("token", {"text": piece, "id": t})
+            state.ffi += 1
+        _emit("token", {"text": piece, "id": t, "n": len(pieces),
+                        "elapsed": round(time.perf_counter() - t_gen, 4)})
+        # after the first token (prefill) and the second (the first decode step builds the
+        # one-token plan): the steady-state decode is counted from there
+        if len(pieces) <= 2:
+            marks[len(pieces)] = crossings()
 
     from ..generate import generate_async
-    crossings0 = runner.server.crossings if runner.server else 0
+    status(f"generating: layers 0..{split - 1} on the server, {split}..{n - 1} + head on this GPU"
+           if 0 < split < n else ("generating: every layer on this GPU" if split == 0 else
+                                  "generating: every layer on the server, the head on this GPU"),
+           phase="generate")
+    _emit("start", {"backend": "webgpu", "model": model, "split": split, "n_layers": n,
+                    "prompt_tokens": len(prompt_ids)})
+    t_gen = time.perf_counter()
     res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
                                em.eos_ids, on_tok, lambda: state.stop_requested)
+    end = crossings()
     tail = ds.flush() if hasattr(ds, "flush") else ""
     if tail and not tail.endswith("\ufffd"):
         pieces.append(tail)
         if on_token is not None:
             on_token(tail, -1)
     text = em.tokenizer.decode(res.ids, skip_special_tokens=True)
-    ntok = max(1, len(res.ids))
-    ws_cross = (runner.server.crossings - crossings0) if runner.server else 0
+    m1 = marks[1] or marks[0]
+    m2 = marks[2] if len(res.ids) > 2 else m1
+    ndec = max(1, len(res.ids) - (2 if len(res.ids) > 2 else 1))
+    per = [round((e - b) / ndec, 2) for e, b in zip(end, m2)]
+    first = [e - b for e, b in zip(m1, marks[0])]
+    second = [e - b for e, b in zip(m2, m1)]
     stats = {
         "backend": "webgpu", "model": model, "split": split, "n_layers": n,
         "prompt_tokens": len(prompt_ids), "tokens": len(res.ids), "finish_reason": res.finish_reason,
@@ -300,17 +333,20 @@ async def generate(prompt, **opts):
         "load_seconds": round(load_s, 3), "weight_bytes": getattr(runner, "weight_bytes", 0),
         "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": _gpu_bytes(runner),
         "adapter": (state.adapter.as_dict() if state.adapter else None),
-        # FFI crossings from this module per token: the step await, the WebSocket send+recv,
-        # the onToken callback (the backend's own crossings are counted by the backend)
-        "ffi_crossings_per_token": round((len(res.ids) + ws_cross + ffi[0]) / ntok, 2),
+        # Python->JS calls per decode token (steady state, from the third token): the page
+        # events + onToken, the WebSocket send + receive, the GPU binding's (writes, submit,
+        # readback); the prefill and the first decode step (which builds the one-token plan
+        # when this runner has not decoded before) separately
+        "ffi_crossings_per_token": round(sum(per), 2),
+        "ffi_per_token": {"events": per[0], "websocket": per[1], "gpu": per[2]},
+        "ffi_first_token": {"events": first[0], "websocket": first[1], "gpu": first[2]},
+        "ffi_second_token": {"events": second[0], "websocket": second[1], "gpu": second[2]},
+        "js_heap": stream.js_heap_bytes(),
         "load": state.load_stats.get((model, split)),
     }
     bs = getattr(runner.backend, "stats", None)
-    if callable(bs):
-        try:
-            stats["gpu"] = bs()
-        except Exception:  # noqa: BLE001
-            pass
+    if isinstance(bs, dict):
+        stats["gpu"] = dict(bs)
     state.last_stats = stats
     _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter")})
     return {"promptIds": list(prompt_ids), "ids": list(res.ids), "text": text, "stats": stats}
@@ -364,11 +400,13 @@ async def _server_generate(em, prompt, prompt_ids, max_new, params, chat, on_tok
     if _sse is None:
         from pyodide.code import run_js  # type: ignore[import-not-found]
         _sse = run_js(JS_SSE)
-    status(f"no WebGPU on this device ({reason}): generating on the server", phase="fallback")
+    status(f"No WebGPU on this device ({reason}): generating on the server", phase="fallback")
     body = {"model": em.name, "prompt": list(prompt_ids), "max_tokens": max_new, "stream": True,
             "temperature": 0 if params.greedy else params.temperature}
     if not params.greedy:
         body.update(top_p=params.top_p, top_k=params.top_k, seed=params.seed)
+    _emit("start", {"backend": "server", "model": em.name, "split": em.model.n_layers,
+                    "n_layers": em.model.n_layers, "prompt_tokens": len(prompt_ids)})
     t0 = time.perf_counter()
     it = await _sse(state.base_url + "/v1/completions", json.dumps(body))
     pieces, ttft, ids, finish, n_events = [], None, None, "length", 0
@@ -399,7 +437,8 @@ async def _server_generate(em, prompt, prompt_ids, max_new, params, chat, on_tok
                     pieces.append(piece)
                     if on_token is not None:
                         on_token(piece, -1)
-                    _emit("token", {"text": piece, "id": -1})
+                    _emit("token", {"text": piece, "id": -1, "n": n_events,
+                                    "elapsed": round(time.perf_counter() - t0, 4)})
                 if c.get("finish_reason"):
                     finish = c["finish_reason"]
     finally:

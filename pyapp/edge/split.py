@@ -106,6 +106,9 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
         ms = ms_per_token(k)
         why = (f"{adapter.architecture or 'fallback'} is a CPU fallback adapter (WebGPU there is ~100x "
                f"slower than wasm): the server runs all {n} layers, the edge the final norm and head")
+        if gflops:
+            why += (f"; measured {gflops:.1f} GFLOP/s here, so all {n} layers would cost about "
+                    f"{ms_per_token(0):.0f} ms a token on this adapter")
         return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
     if gflops is None:
         k = max(min_k, n // 2)
