@@ -1,7 +1,7 @@
 """Choosing the split K: layers [0, K) on the server, [K, N) + final norm + head on the edge.
 
-The default comes from the adapter (a CPU fallback adapter such as SwiftShader is ~100x slower
-than wasm, so it gets the highest split), its limits (the biggest tensor the edge must bind,
+The default comes from the adapter (a CPU fallback adapter such as SwiftShader is slower than
+the server's CPU, so it gets the highest split), its limits (the biggest tensor the edge must bind,
 weight bytes against a memory budget), and a quick measured kernel speed: a GEMV of layer-like
 shape timed on the device, turned into milliseconds per token per layer.  The person sees the
 reason and can move the slider.  :func:`choose_split` is pure and runs on CPython for the tests.
@@ -104,11 +104,11 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
     if adapter.is_cpu:
         k = n
         ms = ms_per_token(k)
-        why = (f"{adapter.architecture or 'fallback'} is a CPU fallback adapter (WebGPU there is ~100x "
-               f"slower than wasm): the server runs all {n} layers, the edge the final norm and head")
+        why = (f"{adapter.architecture or 'fallback'} is a CPU fallback adapter, slower than the "
+               f"server's CPU: the server runs all {n} layers, the edge the final norm and head")
         if gflops:
-            why += (f"; measured {gflops:.1f} GFLOP/s here, so all {n} layers would cost about "
-                    f"{ms_per_token(0):.0f} ms a token on this adapter")
+            why += (f" (measured {gflops:.1f} GFLOP/s here: all {n} layers would cost about "
+                    f"{ms_per_token(0):.0f} ms a token)")
         return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
     if gflops is None:
         k = max(min_k, n // 2)
