@@ -320,11 +320,13 @@ async def generate(prompt, **opts):
             on_token(tail, -1)
     text = em.tokenizer.decode(res.ids, skip_special_tokens=True)
     m1 = marks[1] or marks[0]
-    m2 = marks[2] if len(res.ids) > 2 else m1
-    ndec = max(1, len(res.ids) - (2 if len(res.ids) > 2 else 1))
-    per = [round((e - b) / ndec, 2) for e, b in zip(end, m2)]
+    m2 = marks[2] or m1
     first = [e - b for e, b in zip(m1, marks[0])]
     second = [e - b for e, b in zip(m2, m1)]
+    if len(res.ids) > 2:
+        per = [round((e - b) / (len(res.ids) - 2), 2) for e, b in zip(end, m2)]
+    else:                            # no steady state yet: the one decode step, if any
+        per = [float(x) for x in second]
     stats = {
         "backend": "webgpu", "model": model, "split": split, "n_layers": n,
         "prompt_tokens": len(prompt_ids), "tokens": len(res.ids), "finish_reason": res.finish_reason,
