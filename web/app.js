@@ -73,7 +73,7 @@ function showStats(s) {
   $('s-ttft').textContent = s.time_to_first_token !== undefined ? fmt(s.time_to_first_token * 1000, 0) + ' ms' : '–';
   $('s-split').textContent = s.split !== undefined ? `${s.split} / ${s.n_layers}` : '–';
   if (s.tokens !== undefined) $('s-tokens').textContent = `${s.tokens} (${s.finish_reason})`;
-  if (s.ffi_crossings_per_token !== undefined) $('s-ffi').textContent = fmt(s.ffi_crossings_per_token, 1);
+  $('s-ffi').textContent = s.ffi_crossings_per_token !== undefined ? fmt(s.ffi_crossings_per_token, 1) : '–';
   if (s.js_heap) $('s-js').textContent = MB(s.js_heap);
   if (s.weight_bytes !== undefined) $('s-bytes').textContent = MB(s.weight_bytes);
   if (s.wasm_heap) $('s-wasm').textContent = MB(s.wasm_heap);
