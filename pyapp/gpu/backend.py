@@ -620,44 +620,34 @@ class GpuBackend:
         self.stats["submits"] += 1
         return rec, T, pos0, head, writes
 
+    def _submit_forward(self, ids, x, cache, start, stop, head, all_logits):
+        """Encode and submit one forward step; (buffer, rows, width) of what it produced:
+        the hidden state [T, D], logits [rows, V] or the pooled embedding [1, D]."""
+        m = self.model
+        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
+        self.device.submit(rec, writes)
+        if m.causal and cache is not None:
+            cache.length = pos0 + T
+        self.stats["readbacks"] += 1
+        if not head:
+            return self.acts["x"], T, m.hidden
+        if m.causal:
+            return self.logits, (T if all_logits else 1), m.vocab
+        emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
+        return self.acts[emb], 1, m.hidden
+
     def forward(self, ids=None, x=None, cache=None, start=None, stop=None, head=None, all_logits=False):
         """CPython convenience mirroring NumpyBackend.forward; returns numpy arrays."""
         import numpy as np
 
-        m = self.model
-        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
-        self.device.submit(rec, writes)
-        if m.causal and cache is not None:
-            cache.length = pos0 + T
-        self.stats["readbacks"] += 1
-        if not head:
-            D = m.hidden
-            return np.frombuffer(self.device.read(self.acts["x"], 0, T * D * 4), np.float32).reshape(T, D).copy()
-        if m.causal:
-            rows = T if all_logits else 1
-            V = m.vocab
-            return np.frombuffer(self.device.read(self.logits, 0, rows * V * 4), np.float32).reshape(rows, V).copy()
-        D = m.hidden
-        emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
-        return np.frombuffer(self.device.read(self.acts[emb], 0, D * 4), np.float32).reshape(1, D).copy()
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
+        return np.frombuffer(self.device.read(buf, 0, rows * w * 4), np.float32).reshape(rows, w).copy()
 
     async def forward_async(self, ids=None, x=None, cache=None, start=None, stop=None, head=None,
                             all_logits=False):
-        """forward() for the browser: the hidden state [T, D] / logits [rows, V] / pooled
-        embedding [1, D], row-major in one flat array('f'), after awaiting the readback."""
-        m = self.model
-        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
-        self.device.submit(rec, writes)
-        if m.causal and cache is not None:
-            cache.length = pos0 + T
-        self.stats["readbacks"] += 1
-        if not head:
-            buf, rows, w = self.acts["x"], T, m.hidden
-        elif m.causal:
-            buf, rows, w = self.logits, (T if all_logits else 1), m.vocab
-        else:
-            emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
-            buf, rows, w = self.acts[emb], 1, m.hidden
+        """forward() for the browser: the same result, row-major in one flat array('f'),
+        after awaiting the readback (activations, not weights: small)."""
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
         raw = await self.device.read_async(buf, 0, rows * w * 4)
         return array("f", bytes(raw))
 
