@@ -280,6 +280,71 @@ def test_sample_seeded(sampler, top_k, top_p, temp):
     assert agree == 12
 
 
+def _sampler(device, V):
+    from pyapp.gpu import GpuBackend
+    m = Model(arch="test", config={}, hidden=4, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=4, vocab=V,
+              max_context=8, causal=True, embed=[], layers=[[]],
+              head=[op("linear", "x", "logits", {"w": "w", "b": None})])
+    return GpuBackend(device, m, 0, 1, embed=False, head=True, shapes={"w": (V, 4)}, max_tokens=2)
+
+
+@pytest.fixture(scope="module")
+def sampler_big(device):
+    return _sampler(device, 49152)
+
+
+@pytest.mark.parametrize("temp", [0.7, 1.3])
+@pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5])
+@pytest.mark.parametrize("top_k", [0, 1, 5, 64, 100, 300])
+def test_sample_matches_numpy_grid(sampler, top_k, top_p, temp):
+    """Every (top_k, top_p, temperature): the GPU picks numpy's token for each seed and step."""
+    rng = np.random.default_rng(top_k * 7 + int(top_p * 10) + int(temp * 10))
+    for n in range(6):
+        z = (rng.standard_normal(1001) * rng.choice([1.0, 3.0])).astype(np.float32)
+        sp = SamplingParams(greedy=False, temperature=temp, top_k=top_k, top_p=top_p, seed=77 + 31 * n)
+        for step in (n, 1000 + n):
+            assert sampler.sample_logits(z, sp, step) == sample_numpy(z, sp, step), (n, step)
+
+
+@pytest.mark.parametrize("top_k,top_p,temp", [(0, 1.0, 1.3), (0, 0.9, 0.7), (300, 0.5, 1.3), (64, 0.9, 0.7),
+                                              (5, 1.0, 0.7), (100, 0.9, 1.3)])
+def test_sample_matches_numpy_large_vocab(sampler_big, top_k, top_p, temp):
+    rng = np.random.default_rng(top_k + 3)
+    for n in range(4):
+        z = (rng.standard_normal(49152) * 2).astype(np.float32)
+        sp = SamplingParams(greedy=False, temperature=temp, top_k=top_k, top_p=top_p, seed=5 + n)
+        for step in (n, 99 + n):
+            assert sampler_big.sample_logits(z, sp, step) == sample_numpy(z, sp, step), (n, step)
+
+
+def test_sample_draws_beyond_the_64_most_likely(sampler_big):
+    """Near-flat logits, top_p 0.95: tens of thousands of tokens are kept (the old sampler could only
+    draw from the 64 most likely); the GPU and numpy agree on every draw, and the draws spread wide."""
+    rng = np.random.default_rng(99)
+    z = (rng.standard_normal(49152) * 0.05).astype(np.float32)
+    rank = np.argsort(np.argsort(-z, kind="stable"), kind="stable")
+    sp = SamplingParams(greedy=False, temperature=1.0, top_p=0.95, seed=2024)
+    got = []
+    for n in range(40):
+        t = sampler_big.sample_logits(z, sp, n)
+        assert t == sample_numpy(z, sp, n), n
+        got.append(t)
+    assert max(rank[got]) > 1000 and len(set(got)) > 30
+    flat = np.zeros(1001, np.float32)                   # exactly flat: every id equally likely
+    picks = [sample_numpy(flat, sp, n) for n in range(20)]
+    assert max(picks) > 64
+
+
+def test_sample_ties_and_extremes(sampler):
+    rng = np.random.default_rng(5)
+    z = np.round(rng.standard_normal(1001) * 2).astype(np.float32)   # many exact ties
+    z[[3, 500]] = -np.inf
+    for top_k, top_p in [(1, 1.0), (5, 1.0), (5, 0.5), (0, 0.3), (2000, 1.0), (0, 1.0)]:
+        sp = SamplingParams(greedy=False, temperature=0.9, top_k=top_k, top_p=top_p, seed=8)
+        for n in range(4):
+            assert sampler.sample_logits(z, sp, n) == sample_numpy(z, sp, n), (top_k, top_p, n)
+
+
 def test_validation_error_is_an_exception(device):
     from pyapp.gpu import GpuError
     with pytest.raises(GpuError, match="(?i)error|expected|unknown"):

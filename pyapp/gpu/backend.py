@@ -27,7 +27,6 @@ from .device import GpuError
 
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
-KMAX = 64                    # candidates kept by the GPU sampler (top_k <= KMAX exact)
 ITEM = {"f32": 4, "f16": 2}
 
 
@@ -558,7 +557,7 @@ class GpuBackend:
                 disp += self._compile(o, T, cache, last, last and i == 0)
                 i += 1
             if sample:
-                src = kernels.render("sample", V=m.vocab, KMAX=KMAX)
+                src = kernels.render("sample", V=m.vocab)
                 disp.append(self._d(src, {1: self.logits, 2: self.tok_buf}, 1, head=True))
         rec = (self.device.record(disp), len(disp))
         plans[key] = rec
@@ -743,7 +742,7 @@ class GpuBackend:
     def sample_logits(self, logits, params, n=0):
         """Run only the GPU sampler on a given logits row (tests and benchmarks)."""
         self.device.write(self.logits, 0, array("f", [float(v) for v in logits]))
-        src = kernels.render("sample", V=self.model.vocab, KMAX=KMAX)
+        src = kernels.render("sample", V=self.model.vocab)
         rec = self.device.record([self._d(src, {1: self.logits, 2: self.tok_buf}, 1, head=True)])
         self.device.submit(rec, [(self.params, 0, self._params(1, 0, params, n))],
                            copy=(self.tok_buf, 0, self.readback, 0, 4))

@@ -45,8 +45,7 @@ async def run_case(dev, c):
         g.device.write(g.logits, 0, f32(s["logits"]))
         sp = SamplingParams(**s["params"])
         from pyapp import kernels
-        from pyapp.gpu.backend import KMAX
-        src = kernels.render("sample", V=model.vocab, KMAX=KMAX)
+        src = kernels.render("sample", V=model.vocab)
         rec = dev.record([g._d(src, {1: g.logits, 2: g.tok_buf}, 1, head=True)])
         dev.submit(rec, [(g.params, 0, g._params(1, 0, sp, s["n"]))], copy=(g.tok_buf, 0, g.readback, 0, 4))
         tok = await dev.read_u32(g.readback)
