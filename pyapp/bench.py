@@ -107,7 +107,7 @@ def _one_op_backend(dev, layer, shapes, hidden, variants, T, n_heads=1, n_kv_hea
 
 
 def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
-    from .gpu.backend import candidate_variants
+    from .gpu.backend import LINEAR_VARIANTS, candidate_variants
     from .models import op
     rows = []
     D = model.hidden
@@ -139,8 +139,12 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
               (V, D, "lm_head")]
     if big:
         shapes += [(8192, 8192, "big"), (16384, 16384, "big")]
+    # every GEMV variant (incl. sgrR, which the layer autotune does not try)
+    par = [v for v in candidate_variants(dev) if v["linear"] != "row"][:1] or [{}]
+    lvars = [{**({"norm_wg": 1, "attention": "row"} if n == "row" else par[0]), "linear": n}
+             for n in LINEAR_VARIANTS if n == "row" or n == "wg" or "subgroups" in dev.features]
     for N, K, what in shapes:
-        for v in candidate_variants(dev):
+        for v in lvars:
             for T in ((1,) if what == "big" else (1, 32)):
                 try:
                     b = _one_op_backend(dev, [op("linear", "x", "y", {"w": "w", "b": None})],
@@ -220,7 +224,7 @@ def random_backend(dev, model, dtype="f32", seed=0, **kw):
 
 
 def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
-                 variants=None):
+                 variants=None, linear_head=None):
     from .gpu import GpuBackend
     from .gpu.backend import autotune_variants, infer_shapes
     from .sampling import SamplingParams
@@ -229,7 +233,11 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
         b = GpuBackend.load(model_dir, dtype, device=dev, **({"variants": variants} if variants else {}))
         source = str(model_dir)
     else:
-        v = variants or autotune_variants(dev, model, infer_shapes(model), {})
+        v = dict(variants or autotune_variants(dev, model, infer_shapes(model), {}))
+        if linear_head == "same":
+            v.pop("linear_head", None)
+        elif linear_head:
+            v["linear_head"] = linear_head
         b = random_backend(dev, model, dtype, variants=v)
         source = "random weights of the model's shape"
     load_s = time.perf_counter() - t0
@@ -316,7 +324,11 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--linear", choices=["row", "wg", "sg", "sg4"], help="force the GEMV variant")
+    ap.add_argument("--linear", choices=["row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8"],
+                    help="force the GEMV variant")
+    ap.add_argument("--linear-head", choices=["same", "row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8"],
+                    help="force the lm head's GEMV variant (`same`: the layers' variant, as before "
+                         "`linear_head` existed); default: autotuned (--random only)")
     ap.add_argument("--no-fuse", action="store_true", help="one dispatch per linear (no q/k/v, gate/up fusion)")
     a = ap.parse_args(argv)
     from .gpu.native import NativeDevice
@@ -341,7 +353,7 @@ def main(argv=None):
             if a.no_fuse:
                 variants["fuse"] = False
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
-                         variants)
+                         variants, a.linear_head)
         result["decode"] = r
         keys = ["weights", "variants", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
                 "dispatches_per_token", "host_encode_ms_per_token", "ffi_crossings_per_token",

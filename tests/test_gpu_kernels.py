@@ -91,7 +91,7 @@ def run_layer(device, layer, weights, T, hidden, check, steps=1, causal=False, n
 
 # ----------------------------------------------------------------------------- linear
 
-@pytest.mark.parametrize("variant", ["row", "wg", "sg", "sg4"])
+@pytest.mark.parametrize("variant", ["row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8"])
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
 @pytest.mark.parametrize("T", [1, 7])
 def test_linear(device, variant, dtype, T):
@@ -115,14 +115,49 @@ def test_linear_transposed(device):
     run_layer(device, layer, {"w": w["w"], "b": w["b"][:N]}, 1, D, ["f"], dtype="f16") if N % 2 == 0 else None
 
 
-def test_linear_split_weight(device):
+@pytest.mark.parametrize("variant", ["row", "sgr4"])
+def test_linear_split_weight(device, variant):
     """A weight larger than the binding limit is split by rows into several buffers."""
+    if variant.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups")
     rng = np.random.default_rng(3)
     D, N = 72, 203
     w = {"w": rng.standard_normal((N, D)) * 0.1}
     layer = [op("linear", "x", "f", {"w": "w", "b": None})]
-    g = run_layer(device, layer, w, 3, D, ["f"], max_binding=4096)
+    g = run_layer(device, layer, w, 3, D, ["f"], max_binding=4096, variants={"linear": variant})
     assert len(g.tensors["w"].chunks) > 3
+
+
+@pytest.mark.parametrize("variant,R", [("sgr4", 4), ("sg4", 1)])
+def test_linear_head_variant(device, variant, R):
+    """`linear_head` applies to the GEMV that writes the logits, and only to it."""
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    from pyapp.gpu import GpuBackend
+    rng = np.random.default_rng(8)
+    D, V = 44, 301
+    m = Model(arch="test", config={}, hidden=D, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=D,
+              vocab=V, max_context=16, causal=True, embed=[],
+              layers=[[op("linear", "x", "h", {"w": "wl", "b": None})]],
+              head=[op("rms_norm", "h", "n", {"w": "nw"}, eps=1e-5),
+                    op("linear", "n", "logits", {"w": "wh", "b": None})])
+    w = {"wl": (rng.standard_normal((D, D)) * 0.1).astype(np.float32),
+         "nw": (1 + 0.1 * rng.standard_normal(D)).astype(np.float32),
+         "wh": (rng.standard_normal((V, D)) * 0.1).astype(np.float32)}
+    g = GpuBackend(device, m, 0, 1, embed=False, head=True, shapes={n: a.shape for n, a in w.items()},
+                   max_tokens=8, max_positions=16, variants={"linear": "wg", "linear_head": variant})
+    for n, a in w.items():
+        g.write_weight(n, 0, a)
+    x = rng.standard_normal((5, D)).astype(np.float32)
+    h = (x.astype(np.float64) @ w["wl"].T)[-1:]
+    ref = (h / np.sqrt((h * h).mean(-1, keepdims=True) + 1e-5) * w["nw"]) @ w["wh"].T
+    cache = g.new_cache(16)
+    g.poison()
+    got = g.forward(x=x, cache=cache)
+    assert relerr(got[-1:], ref) <= TOL
+    gx = [d[2] for rec, _n in cache.plans.values() for d in rec]
+    assert D in gx                                        # the layer GEMV: wg, one workgroup per column
+    assert -(-V // (4 * R)) in gx                         # the head GEMV: linear_head
 
 
 # ----------------------------------------------------------------------------- norms
@@ -142,7 +177,8 @@ def test_norms(device, wg, dtype):
 
 # ----------------------------------------------------------------------------- activations
 
-@pytest.mark.parametrize("variant,fuse", [("row", True), ("row", False), ("wg", True), ("sg", True)])
+@pytest.mark.parametrize("variant,fuse", [("row", True), ("row", False), ("wg", True), ("sg", True),
+                                          ("sgr4", True)])
 def test_elementwise(device, variant, fuse):
     """(also the fused GEMVs: g and u read the same input: one dispatch when fuse)"""
     rng = np.random.default_rng(5)

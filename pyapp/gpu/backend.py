@@ -443,6 +443,8 @@ class GpuBackend:
             return [self._d(src, {**ent0, 4: y, 1: wt.chunks[0][0]}, _ceil(N, 64), _ceil(T, TB), head=hp)]
         NF, K = wt.shape
         vec = 4 if K % 4 == 0 else 1
+        # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
+        variant = self.variants.get("linear_head") if o.outs[0] == "logits" else None
         ydecl = ("@group(0) @binding(4) var<storage, read_write> y: array<f32>;\n"
                  "fn store(t: u32, n: u32, v: f32) { y[t * YS + N0 + n] = v + ldb(N0 + n); }")
         out = []
@@ -451,11 +453,11 @@ class GpuBackend:
                   "\nfn ldw_at(n: u32, k: u32) -> " + ("vec4f" if vec == 4 else "f32") +
                   " { return ldw(n * K + k); }")
             out.append(self._linear_dispatch(wd, bdecl, ydecl, vec, rows, K // vec, NF, r0, T, TB,
-                                             {**ent0, 4: y, 1: buf}, hp))
+                                             {**ent0, 4: y, 1: buf}, hp, variant))
         return out
 
-    def _linear_dispatch(self, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, T, TB, ent, hp):
-        variant = self.variants["linear"]
+    def _linear_dispatch(self, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, T, TB, ent, hp, variant=None):
+        variant = variant or self.variants["linear"]
         if variant.startswith("sg") and "subgroups" not in self.device.features:
             variant = "wg"
         subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT="vec4f" if vec == 4 else "f32",
@@ -466,6 +468,10 @@ class GpuBackend:
         elif variant == "wg":
             src = kernels.render("linear_wg", PART=64 * TB, **subs)
             gx = rows
+        elif variant.startswith("sgr"):
+            R = int(variant[3:] or 4)
+            src = kernels.render("linear_sgr", ENABLE=self.device.subgroup_enable, R=R, RTB=R * TB, **subs)
+            gx = _ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
         else:
             src = kernels.render("linear_sg", ENABLE=self.device.subgroup_enable,
                                  UNROLL=4 if variant == "sg4" else 2, **subs)
@@ -813,6 +819,60 @@ def candidate_variants(device):
     return out
 
 
+# every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl)
+LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8")
+
+
+def head_candidates(device, base):
+    """GEMV variants worth measuring on the lm head (vocab x hidden: many short rows),
+    given the layer choice `base`.  Several columns per subgroup only pays where there
+    are enough rows to fill the GPU with R-column groups; on CPU adapters (`row`) the
+    layer choice stands."""
+    if base == "row" or "subgroups" not in device.features:
+        return []
+    return ["sg", "sg4", "sgr2", "sgr4"]
+
+
+async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
+    """{variant: seconds per GEMV [N, K] at T = 1} measured on `device`."""
+    from ..models import Model, op
+
+    m = Model(arch="tune", config={}, hidden=K, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=K,
+              vocab=1, max_context=8, causal=False, embed=[],
+              layers=[[op("linear", "x", "y", {"w": "w", "b": None})]], head=[])
+    res = {}
+    for v in variants:
+        b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes={"w": (N, K)},
+                       max_tokens=1, max_positions=8, variants={"linear": v, "fuse": False},
+                       widths={"y": N})
+        rec, _ = b._plan(1, None, 0, 1, False, False, False, False)
+        if isinstance(rec, list):
+            rec2 = device.record(rec * reps)
+            n = reps
+        else:
+            rec2, n = rec, 1
+        writes = [(b.params, 0, b._params(1, 0))]
+        best = 1e9
+        for _ in range(rounds + 1):
+            t0 = device.now()
+            device.submit(rec2, writes, copy=(b.acts["x"], 0, b.readback, 0, 4))
+            await device.read_async(b.readback, 0, 4)
+            best = min(best, (device.now() - t0) / n)
+        res[v] = best
+        del b
+    return res
+
+
+def _head_shape(model, shapes, dtypes):
+    hl = [o for o in model.head if o.kind == "linear" and not o.attrs.get("transposed")
+          and o.outs[0] == "logits"]
+    if not hl or hl[0].weights["w"] not in shapes:
+        return None
+    w = hl[0].weights["w"]
+    N, K = shapes[w]
+    return N, K, (dtypes or {}).get(w, "f32")
+
+
 async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
     """{variant name: (seconds per layer-like step, variants)} measured on `device`:
     norm + GEMV [N, K] + GEMV [K, N] + causal attention over 64 cached keys."""
@@ -869,12 +929,20 @@ def autotune_variants(device, model, shapes, dtypes):
     except (OSError, ValueError):
         pass
     if key in disk:
-        _TUNE_CACHE[key] = disk[key]["variants"]
-        return disk[key]["variants"]
-    res = _run_sync(measure_variants(device, K, N, dt))
-    best = min(res.values(), key=lambda r: r[0])[1]
+        best = dict(disk[key]["variants"])
+    else:
+        res = _run_sync(measure_variants(device, K, N, dt))
+        best = dict(min(res.values(), key=lambda r: r[0])[1])
+        disk[key] = {"variants": best, "seconds": {k: r[0] for k, r in res.items()}}
+    hs = _head_shape(model, shapes, dtypes)
+    cands = head_candidates(device, best["linear"]) if hs else []
+    if cands:
+        hkey = tune_key(device, hs[1], hs[0], hs[2]) + "|head"
+        if hkey not in disk:
+            hres = _run_sync(measure_linear(device, hs[0], hs[1], cands, hs[2]))
+            disk[hkey] = {"linear_head": min(hres, key=hres.get), "seconds": hres}
+        best["linear_head"] = disk[hkey]["linear_head"]
     _TUNE_CACHE[key] = best
-    disk[key] = {"variants": best, "seconds": {k: r[0] for k, r in res.items()}}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".tmp", "w") as f:
@@ -897,7 +965,13 @@ async def autotune_async(device, model, shapes=None, dtypes=None):
     key = tune_key(device, K, N, dt)
     if key not in _TUNE_CACHE:
         res = await measure_variants(device, K, N, dt)
-        _TUNE_CACHE[key] = min(res.values(), key=lambda r: r[0])[1]
+        best = dict(min(res.values(), key=lambda r: r[0])[1])
+        hs = _head_shape(model, shapes, dtypes)
+        cands = head_candidates(device, best["linear"]) if hs else []
+        if cands:
+            hres = await measure_linear(device, hs[0], hs[1], cands, hs[2])
+            best["linear_head"] = min(hres, key=hres.get)
+        _TUNE_CACHE[key] = best
     return _TUNE_CACHE[key]
 
 
