@@ -1,0 +1,17 @@
+"""pyapp: split transformer inference between a server and the browser's WebGPU.
+
+In the page (Pyodide), ``import pyapp`` gives the edge API: ``await pyapp.generate(...)``,
+``pyapp.embed``, ``pyapp.tokenize``, ``pyapp.run_python``, ``pyapp.stop``, ``pyapp.stats``
+(``pyapp/edge/api.py``), loaded on first use so that CPython users of the store, the
+numpy executor or the server import nothing of the edge.
+"""
+__version__ = "0.1.0"
+
+_EDGE_API = ("generate", "embed", "tokenize", "run_python", "stop", "stats")
+
+
+def __getattr__(name):
+    if name in _EDGE_API:
+        from .edge import api
+        return getattr(api, name)
+    raise AttributeError(f"module 'pyapp' has no attribute {name!r}")

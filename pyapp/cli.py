@@ -87,7 +87,7 @@ class Runner:
 
 
 def cmd_generate(a):
-    from .generate import check_context, generate
+    from .decode import check_context, generate
     from .sampling import SamplingParams
 
     d = _model_dir(a.model)

@@ -14,7 +14,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from pyapp.generate import check_context, generate
+from pyapp.decode import check_context, generate
 from pyapp.sampling import SamplingParams, sample_numpy
 
 from .httputil import compute_route, read_json

@@ -71,6 +71,9 @@ def test_tokenize_matches_cpython(page):
 def test_python_in_the_page_has_the_same_api(page):
     r = py(page, "import json, pyapp\njson.dumps(await pyapp.tokenize('Hello', model='smollm2-135m'))")
     assert r == page.evaluate("() => pyapp.tokenize('Hello', {model: 'smollm2-135m'})")
+    names = py(page, "import json, inspect, pyapp\njson.dumps({n: inspect.iscoroutinefunction(getattr(pyapp, n)) "
+                     "for n in ('generate', 'embed', 'tokenize', 'run_python')})")
+    assert names == {"generate": True, "embed": True, "tokenize": True, "run_python": True}
 
 
 def test_stream_all_tail_weights_wasm_heap_flat(page):

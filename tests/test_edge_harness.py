@@ -176,7 +176,7 @@ def open_page(browser, url, logs=None, timeout_ms=180_000):
 def numpy_generate(model, prompt, max_new, chat=False):
     """The ids `pyapp generate --greedy` gives (numpy backend), computed in-process."""
     from pyapp.cli import Runner, _eos_ids, _model_dir, load_tokenizer
-    from pyapp.generate import check_context, generate
+    from pyapp.decode import check_context, generate
     from pyapp.sampling import SamplingParams
     d = _model_dir(model)
     tok = load_tokenizer(d)

@@ -9,8 +9,8 @@ import pytest
 
 from pyapp.edge import split as sp
 from pyapp.edge import stream
-from pyapp.generate import generate_async
-from pyapp.generate import generate
+from pyapp.decode import generate_async
+from pyapp.decode import generate
 
 
 def _chunk(cid, layer, tensors, file="model.safetensors"):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pyapp.generate import generate
+from pyapp.decode import generate
 from pyapp.models import op
 from pyapp.numpy_backend import KVCache, NumpyBackend
 from pyapp.sampling import SamplingParams, sample_numpy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyapp.generate import generate
+from pyapp.decode import generate
 from pyapp.numpy_backend import NumpyBackend
 from pyapp.sampling import SamplingParams, sample_numpy
 

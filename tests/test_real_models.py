@@ -14,7 +14,7 @@ import torch
 
 from pyapp.numpy_backend import NumpyBackend
 from pyapp.sampling import SamplingParams, sample_numpy
-from pyapp.generate import generate
+from pyapp.decode import generate
 from pyapp.tokenizer import Tokenizer
 
 pytestmark = pytest.mark.real_model

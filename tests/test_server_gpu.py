@@ -41,7 +41,7 @@ def test_gpu_session_forward_close_to_numpy(gpu_server, tiny_store):
 
 
 def test_gpu_greedy_completion_equals_numpy(gpu_server, tiny_store):
-    from pyapp.generate import generate
+    from pyapp.decode import generate
     from pyapp.numpy_backend import NumpyBackend
 
     ref = NumpyBackend.load(tiny_store / TINY_LLAMA)

@@ -18,7 +18,7 @@ def llama_ref(tiny_store):
 
 
 def greedy_ids(be, prompt, n, eos=(2,)):
-    from pyapp.generate import generate
+    from pyapp.decode import generate
 
     cache = be.new_cache(len(prompt) + n)
     return generate(lambda ids, i: int(np.argmax(be.forward(ids=ids, cache=cache)[-1])), prompt, n,

@@ -76,7 +76,7 @@ def test_hidden_states_equal_numpy(real_server, smol_ref, prompt_ids):
 
 
 def _greedy(be, prompt, n, eos):
-    from pyapp.generate import generate
+    from pyapp.decode import generate
 
     cache = be.new_cache(len(prompt) + n)
     return generate(lambda ids, i: int(np.argmax(be.forward(ids=ids, cache=cache)[-1])), prompt, n, eos).ids

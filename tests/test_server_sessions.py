@@ -128,7 +128,7 @@ def local_tail(tiny_store, split):
 
 
 def ref_greedy(ref, prompt, n):
-    from pyapp.generate import generate
+    from pyapp.decode import generate
 
     cache = ref.new_cache(128)
     res = generate(lambda ids, i: int(np.argmax(ref.forward(ids=ids, cache=cache)[-1])), prompt, n)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 
-from ..generate import check_context
+from ..decode import check_context
 from ..sampling import SamplingParams
 from . import split as splitmod
 from . import stream
@@ -302,7 +302,7 @@ async def generate(prompt, **opts):
         if len(pieces) <= 2:
             marks[len(pieces)] = crossings()
 
-    from ..generate import generate_async
+    from ..decode import generate_async
     status(f"generating: layers 0..{split - 1} on the server, {split}..{n - 1} + head on this GPU"
            if 0 < split < n else ("generating: every layer on this GPU" if split == 0 else
                                   "generating: every layer on the server, the head on this GPU"),
@@ -566,10 +566,7 @@ async def models_js():
 
 
 def install(base_url=""):
-    """Called once by the page's boot: expose the API as ``pyapp.*`` in Python too."""
-    import pyapp
+    """Called once by the page's boot with the site's origin (``import pyapp`` reaches this
+    API through ``pyapp.__getattr__``)."""
     state.base_url = base_url.rstrip("/")
-    for name in ("generate", "embed", "tokenize", "run_python", "stop", "stats"):
-        setattr(pyapp, name, globals()[name])
-    pyapp.runPython = run_python
     return True

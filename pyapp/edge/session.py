@@ -9,7 +9,7 @@ generation resets both (``{"op": "reset"}`` to the server, a fresh cache here).
 Split 0: no server compute at all (the edge embeds).  Split N: the server runs every layer and
 the edge only the final norm and head.
 
-The decode loop is :func:`pyapp.generate.generate_async`, the async twin of ``generate``.
+The decode loop is :func:`pyapp.decode.generate_async`, the async twin of ``generate``.
 """
 from __future__ import annotations
 
