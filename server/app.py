@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import html
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 

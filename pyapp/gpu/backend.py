@@ -485,7 +485,7 @@ class GpuBackend:
         vec = 4 if K % 4 == 0 else 1
         vt = "vec4f" if vec == 4 else "f32"
         ent = {3: self._act(group[0].ins[0])}
-        decl, load, store, ends, e = [_mulv(vec)], [], [], [], 0
+        decl, load, store, e = [_mulv(vec)], [], [], 0
         for i, o in enumerate(group):
             wt = self.tensors[o.weights["w"]]
             bt = self.tensors[o.weights["b"]] if o.weights.get("b") else None
@@ -833,6 +833,24 @@ def head_candidates(device, base):
     return ["sg", "sg4", "sgr2", "sgr4"]
 
 
+async def _time_step(device, b, cache, pos0, reps, rounds):
+    """Best seconds per one-token step of backend `b` (its plan replayed `reps` times per
+    submit where the binding records plans), over `rounds` timed submits after a warm-up."""
+    rec, _ = b._plan(1, cache, 0, 1, False, False, False, False)
+    if isinstance(rec, list):
+        rec, n = device.record(rec * reps), reps
+    else:
+        n = 1
+    writes = [(b.params, 0, b._params(1, pos0))]
+    best = 1e9
+    for _ in range(rounds + 1):
+        t0 = device.now()
+        device.submit(rec, writes, copy=(b.acts["x"], 0, b.readback, 0, 4))
+        await device.read_async(b.readback, 0, 4)
+        best = min(best, (device.now() - t0) / n)
+    return best
+
+
 async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
     """{variant: seconds per GEMV [N, K] at T = 1} measured on `device`."""
     from ..models import Model, op
@@ -845,20 +863,7 @@ async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
         b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes={"w": (N, K)},
                        max_tokens=1, max_positions=8, variants={"linear": v, "fuse": False},
                        widths={"y": N})
-        rec, _ = b._plan(1, None, 0, 1, False, False, False, False)
-        if isinstance(rec, list):
-            rec2 = device.record(rec * reps)
-            n = reps
-        else:
-            rec2, n = rec, 1
-        writes = [(b.params, 0, b._params(1, 0))]
-        best = 1e9
-        for _ in range(rounds + 1):
-            t0 = device.now()
-            device.submit(rec2, writes, copy=(b.acts["x"], 0, b.readback, 0, 4))
-            await device.read_async(b.readback, 0, 4)
-            best = min(best, (device.now() - t0) / n)
-        res[v] = best
+        res[v] = await _time_step(device, b, None, 0, reps, rounds)
         del b
     return res
 
@@ -892,20 +897,7 @@ async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
     for v in candidate_variants(device):
         b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes=shapes,
                        max_tokens=1, max_positions=64, variants=v)
-        cache = b.new_cache(64)
-        rec, _ = b._plan(1, cache, 0, 1, False, False, False, False)
-        if isinstance(rec, list):
-            rec2 = device.record(rec * reps)
-            n = reps
-        else:
-            rec2, n = rec, 1
-        writes = [(b.params, 0, b._params(1, 63))]
-        best = 1e9
-        for _ in range(rounds + 1):
-            t0 = device.now()
-            device.submit(rec2, writes, copy=(b.acts["x"], 0, b.readback, 0, 4))
-            await device.read_async(b.readback, 0, 4)
-            best = min(best, (device.now() - t0) / n)
+        best = await _time_step(device, b, b.new_cache(64), 63, reps, rounds)
         res[f"{v['linear']}/{v['norm_wg']}/{v['attention']}"] = (best, v)
     return res
 
