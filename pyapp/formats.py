@@ -177,7 +177,8 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
 GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 
 # formats a whole model's weights are kept in (a weight file per tag); "f32" always exists
-FILE_TAGS = ("f32", "f16", "q4_1", "q8_0")
+# (a K-quant GGUF keeps its mix of block types in one file named after its file type: q4_k_m)
+FILE_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 # the weight files both backends run today, so the server offers them in manifests
 SERVED_TAGS = ("f32", "f16")
 
