@@ -237,6 +237,28 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     return out
 
 
+def gemv_variants(dev, cfg, dtype):
+    """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
+    (measure_linear: 8 GEMVs per submit, best of 3, the submit + 4-byte readback included)."""
+    from pyapp.gpu.backend import LINEAR_VARIANTS, _run_sync, measure_linear
+    D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
+    shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}
+    item = 2 if dtype == "f16" else 4
+    vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)]
+    out = []
+    for N, K in sorted(shapes):
+        row = {"N": N, "K": K, "dtype": dtype}
+        for v in vs:
+            try:
+                t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32))[v]
+                row[v] = {"us": t * 1e6, "GBps": N * K * item / t / 1e9}
+            except Exception as e:  # noqa: BLE001  (e.g. wg: one workgroup per row > 65535 rows)
+                row[v] = {"error": str(e).splitlines()[-1][:200], "GBps": 0.0}
+        out.append(row)
+    return out
+
+
 # ----------------------------------------------------------------------------- pyapp in Deno
 
 def find_deno(arg):
@@ -446,6 +468,7 @@ def main(argv=None):
     ap.add_argument("--deno-shapes", default=None, help="shapes for the Deno row (default: all chosen)")
     ap.add_argument("--pyodide", default=str(ROOT / "node_modules/pyodide"))
     ap.add_argument("--profile", action="store_true", help="per-kernel-class GPU time (timestamp queries)")
+    ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
     ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
@@ -480,6 +503,11 @@ def main(argv=None):
         except Exception as e:  # noqa: BLE001
             row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"{s}: native failed: {row['native']['error']}", flush=True)
+        if a.gemv:
+            row["gemv"] = gemv_variants(dev, cfg, dtype)
+            for g in row["gemv"]:
+                print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
+                    f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)
         if deno and s in deno_shapes:
             row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
             if "tokens" in row["deno"] and "tokens" in row["native"]:

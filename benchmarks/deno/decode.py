@@ -42,10 +42,35 @@ async def run(n_new):
 
 await run(2)                       # warm-up: pipelines, plans
 prefill, dec, nd, nx, toks = await run(N)
+
+
+async def host_costs(reps=10):
+    """ms of one empty submit + 4-byte readback (the round-trip floor), and ms of host time
+    to encode + submit one decode token's pass (JS side, no wait)."""
+    c = be.new_cache(P + 8)
+    await be.step_async(ids=prompt, cache=c, params=sp)
+    empty = dev.record([])
+    t = time.perf_counter()
+    for _ in range(reps):
+        dev.submit(empty, [], copy=(be.tok_buf, 0, be.readback, 0, 4))
+        await dev.read_u32(be.readback)
+    rt = (time.perf_counter() - t) / reps
+    rec, _ = be._plan(1, c, 0, model.n_layers, True, True, False, True)
+    writes = [(be.params, 0, be._params(1, c.length))]
+    t = time.perf_counter()
+    for _ in range(reps):
+        dev.submit(rec, writes)
+    enc = (time.perf_counter() - t) / reps
+    await dev.read_u32(be.readback)
+    return rt * 1e3, enc * 1e3
+
+
+roundtrip_ms, encode_ms = await host_costs()
 json.dumps({
     "binding": "browser (Pyodide FFI over Deno navigator.gpu)", "variants": be.variants,
     "adapter": dev.info, "features": sorted(dev.features), "load_seconds": load_s,
     "prompt_tokens": P, "new_tokens": N, "prefill_seconds": prefill,
     "decode_seconds": dec, "decode_tokens_per_s": N / dec, "ms_per_token": dec / N * 1e3,
-    "dispatches_per_token": nd / N, "ffi_crossings_per_token": nx / N, "tokens": toks,
+    "dispatches_per_token": nd / N,
+    "empty_submit_readback_ms": roundtrip_ms, "host_encode_submit_ms_per_token": encode_ms, "ffi_crossings_per_token": nx / N, "tokens": toks,
 })
