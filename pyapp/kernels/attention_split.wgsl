@@ -84,9 +84,14 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     var e = -3.0e38;
     if (s < k1) {
       e = 0.0;
-      for (var i = 0u; i < HALF; i++) {
-        let r = key_pair(kvh, s, i);
-        e += qs[i] * r.x + qs[i + HALF] * r.y;
+      if (s < p.pos0) {               // cached key: a branch-free loop the compiler unrolls
+        let b = (kvh * CAP + s) * HD;
+        for (var i = 0u; i < HD; i++) { e += qs[i] * kc[b + i]; }
+      } else {
+        for (var i = 0u; i < HALF; i++) {
+          let r = key_pair(kvh, s, i);
+          e += qs[i] * r.x + qs[i + HALF] * r.y;
+        }
       }
     }
     sc[l] = e;
@@ -97,13 +102,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     let corr = exp(m - cm);
     ls *= corr;
     for (var u = 0u; u < DPL; u++) { acc[u] *= corr; }
-    for (var j = 0u; j < n; j++) {
-      let pj = exp(sc[j] - cm);
+    // keys [c0, nc) are cached, [nc, c0 + n) are this step's
+    let nc = clamp(p.pos0, c0, c0 + n);
+    for (var j = c0; j < nc; j++) {
+      let pj = exp(sc[j - c0] - cm);
       ls += pj;
       for (var u = 0u; u < DPL; u++) {
-        let d = l + u * 64u;
-        if (d < HD) { acc[u] += pj * val(kvh, c0 + j, d); }
+        let d = min(l + u * 64u, HD - 1u);
+        acc[u] += pj * vc[(kvh * CAP + j) * HD + d];
       }
+    }
+    for (var j = nc; j < c0 + n; j++) {
+      let pj = exp(sc[j - c0] - cm);
+      ls += pj;
+      for (var u = 0u; u < DPL; u++) { acc[u] += pj * val(kvh, j, min(l + u * 64u, HD - 1u)); }
     }
     m = cm;
     workgroupBarrier();
