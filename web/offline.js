@@ -27,10 +27,13 @@ export async function dropCached(href) {
 
 function emit(detail) { dispatchEvent(new CustomEvent('pyapp:offline', { detail })); }
 
-function quotaError(model, need, est) {
-  const e = new Error(`Not enough storage to save ${model} for offline use: it needs ${MB(need)} more, ` +
-    `and this browser lets the site use ${MB(est.quota || 0)}, of which ${MB(est.usage || 0)} is used.`);
-  Object.assign(e, { name: 'QuotaExceededError', needed: need, usage: est.usage, quota: est.quota });
+// One sentence with the numbers.  `stored`: bytes that went in before the browser refused more
+// (the quota the browser enforces can be below what storage.estimate() reports).
+function quotaError(model, need, est, stored) {
+  const refused = stored === undefined ? '' : `the browser refused more after ${MB(stored)}; `;
+  const e = new Error(`Not enough storage to save ${model} for offline use: it needs ${MB(need)} more; ${refused}` +
+    `storage.estimate() reports ${MB(est.usage || 0)} used of ${MB(est.quota || 0)}.`);
+  Object.assign(e, { name: 'QuotaExceededError', needed: need, stored, usage: est.usage, quota: est.quota });
   return e;
 }
 const estimate = async () => (navigator.storage && navigator.storage.estimate ? navigator.storage.estimate() : { usage: 0, quota: 0 });
@@ -107,8 +110,9 @@ async function save(model, format) {
   const persisted = navigator.storage && navigator.storage.persist ? await navigator.storage.persist().catch(() => false) : false;
   const { source: _s, ...bare } = m;
   const saved = { ...bare, chunks: m.chunks.map(({ source: _x, ...c }) => c) };
-  await put(cache, manifestKey(model), new Response(JSON.stringify(saved), { headers: { 'Content-Type': 'application/json' } }), model, need);
+  await put(cache, manifestKey(model), new Response(JSON.stringify(saved), { headers: { 'Content-Type': 'application/json' } }), model, need, 0);
   emit({ model, phase: 'save', done, total, file: null });
+  let stored = 0;
   for (const f of todo) {
     let bytes = null;
     for (let attempt = 0; attempt < 2 && !bytes; attempt++) {
@@ -117,7 +121,8 @@ async function save(model, format) {
       else { done -= f.size; console.warn(`[pyapp] ${f.url} failed its sha256 check; refetching`); }
     }
     if (!bytes) throw new Error(`cannot save ${model}: ${f.url} failed its sha256 check twice`);
-    await put(cache, url(f.url), new Response(bytes, { headers: { 'Content-Length': String(f.size), 'Content-Type': 'application/octet-stream' } }), model, need);
+    await put(cache, url(f.url), new Response(bytes, { headers: { 'Content-Length': String(f.size), 'Content-Type': 'application/octet-stream' } }), model, need, stored);
+    stored += f.size;
   }
   const st = await offlineStatus();
   const out = { model, ...st.models[model], usage: st.usage, quota: st.quota, persisted: st.persisted || persisted,
@@ -126,9 +131,9 @@ async function save(model, format) {
   return out;
 }
 
-async function put(cache, key, resp, model, need) {
+async function put(cache, key, resp, model, need, stored) {
   try { await cache.put(key, resp); } catch (e) {
-    if (e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message))) throw quotaError(model, need, await estimate());
+    if (e && (e.name === 'QuotaExceededError' || /quota/i.test(e.message))) throw quotaError(model, need, await estimate(), stored);
     throw e;
   }
 }
