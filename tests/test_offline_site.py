@@ -232,6 +232,12 @@ def test_pyapp_serve_passes_the_same_offline_test(expected, tmp_path):
             try:
                 boot(page, srv.url)
                 assert page.evaluate("() => pyapp.site.static") is False
+                r = generate(page)                      # online: Range requests to the server
+                assert r["ids"] == expected, r
+                load = next(iter(r["load"].values()))
+                RESULTS["serve-online"] = {"load_seconds": load["seconds"], "mb_per_s": load["mb_per_s"],
+                                           "requests": load["requests"], "bytes": load["bytes"]}
+                boot(page)
                 offline_cycle(p, page, ctx, srv.url, srv.close, expected, "serve")
                 assert "offline" in page.inner_text("#split-why")
                 msg = page.evaluate("() => pyapp.generate('hi', {split: 15}).catch(e => e.message)")
