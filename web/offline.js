@@ -184,6 +184,8 @@ export function edgeGuard(site, api) {
     const model = o.model || 'smollm2-135m';
     const asked = o.split === undefined || o.split === null ? null : Number(o.split);
     if (site.static) {
+      const ids = (site.models || []).map((m) => m.id);
+      if (!ids.includes(model)) throw new Error(`${model} is not part of this static site (it has: ${ids.join(', ') || 'no models'}); add it with pyapp build-site --model ${model}`);
       if (asked > 0) throw new Error(`split ${asked} needs a pyapp server: this static site runs every layer on this GPU (split 0)`);
       const ad = await adapter();
       if (!ad.available) throw new Error(`This site needs WebGPU: ${ad.reason}. It is a static site, so no server can run the model instead.`);

@@ -10,6 +10,10 @@ it whole.  Chunks whose tensors another chunk already holds (a tied embedding, w
 
 Used by ``pyapp build-site`` (CPython, pyapp/site.py) and by "Save for offline" under
 ``pyapp serve`` (Pyodide, web/offline.js): stdlib only.
+
+For Python in the page, :func:`save_offline`, :func:`offline_status` and :func:`remove_offline`
+are the console's ``pyapp.saveOffline`` / ``offlineStatus`` / ``removeOffline`` (web/offline.js
+does the work: the bytes never enter the wasm heap).
 """
 from __future__ import annotations
 
@@ -51,3 +55,22 @@ def chunked_manifest(manifest: dict, with_source: bool = False) -> dict:
 def chunked_manifest_json(text: str) -> str:
     """JSON in, JSON out: what web/offline.js calls (one FFI crossing, no proxies kept)."""
     return json.dumps(chunked_manifest(json.loads(text), with_source=True))
+
+
+async def save_offline(model: str, format: str | None = None) -> dict:
+    """Store every file of ``model`` (``format``: f32/f16, default the site's) for offline use."""
+    import js  # type: ignore[import-not-found]
+    from pyodide.ffi import to_js  # type: ignore[import-not-found]
+    opts = to_js({"format": format} if format else {}, dict_converter=js.Object.fromEntries)
+    return (await js.pyapp.saveOffline(model, opts)).to_py()
+
+
+async def offline_status() -> dict:
+    """``{models: {name: {bytes, total, complete, ...}}, usage, quota, persisted}``."""
+    import js  # type: ignore[import-not-found]
+    return (await js.pyapp.offlineStatus()).to_py()
+
+
+async def remove_offline(model: str) -> dict:
+    import js  # type: ignore[import-not-found]
+    return (await js.pyapp.removeOffline(model)).to_py()
