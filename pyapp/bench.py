@@ -37,7 +37,8 @@ def llama_names(cfg):
 
 def model_for(name):
     """(Model, model_dir or None): the store's model, else SmolLM2's shape."""
-    from .models import build_model, load_model_dir
+    from .arch import build_model
+    from .weightfile import load_model_dir
     d = Path(os.path.expanduser("~/.cache/pyapp/models")) / name
     try:
         from .store import model_path  # type: ignore

@@ -37,7 +37,7 @@ class Runner:
     """A model on one backend, or split: layers [0, split) on numpy, the rest on `backend`."""
 
     def __init__(self, model_dir, backend="numpy", split=None, dtype="f32"):
-        from .models import load_model_dir
+        from .weightfile import load_model_dir
 
         self.model = m = load_model_dir(model_dir, dtype)
         n = m.n_layers

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .arch import ARCHS
+
 from .store import (
     META_FILE,
     ConversionError,
@@ -74,7 +76,7 @@ KNOWN_MODELS: dict[str, dict] = {
     },
 }
 
-SUPPORTED_HF_TYPES = ("bert", "gpt2", "llama")
+SUPPORTED_HF_TYPES = tuple(sorted(ARCHS))
 SUPPORTED_GGUF_ARCHS = ("llama",)
 
 _DTYPE_CHOICES = {"f32": ("f32",), "f16": ("f32", "f16"), "all": ("f32", "f16")}

@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from .models import Model, load_model_dir, weight_files
+from .models import Model
+from .weightfile import load_model_dir, weight_files
 
 F32 = np.float32
 

@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pyapp import store
-from pyapp.models import load_model_dir
+from pyapp import formats, store
+from pyapp.weightfile import eos_ids, load_model_dir
 
 
 @dataclass
@@ -130,20 +130,11 @@ class ModelEntry:
         self._tok = None
         self._lock = threading.Lock()
         self.context = min(self.model.max_context, limits.max_context)
-        eos = list(self.model.eos_ids)
-        gp = self.dir / "generation_config.json"
-        if gp.is_file():
-            try:
-                g = json.loads(gp.read_text()).get("eos_token_id")
-                if g is not None:
-                    eos += g if isinstance(g, list) else [g]
-            except ValueError:
-                pass
-        self.eos_ids = tuple(dict.fromkeys(int(e) for e in eos))
+        self.eos_ids = eos_ids(self.dir, self.model)
 
     def dtypes(self) -> list[str]:
         return [d for d, fn in store.WEIGHT_FILES.items()
-                if d in ("f32", "f16") and (self.dir / fn).is_file()]
+                if d in formats.SERVED_TAGS and (self.dir / fn).is_file()]
 
     def backend(self, dtype: str = "f32"):
         """Blocking (loads weights on first use): call from a worker thread."""

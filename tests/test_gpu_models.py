@@ -127,7 +127,7 @@ def test_browser_style_construction(tiny_dir, device):
     from safetensors import safe_open
 
     from pyapp.gpu import GpuBackend
-    from pyapp.models import load_model_dir
+    from pyapp.weightfile import load_model_dir
     d, _ = tiny_dir("llama")
     model = load_model_dir(d)
     gb = GpuBackend(device, model, 0, None, None, None, "f32")       # shapes from the config

@@ -22,12 +22,13 @@ import struct
 from array import array
 
 from .. import kernels
+from .. import formats
+from ..arch import widths as arch_widths
 from ..models import Model
 from .device import GpuError
 
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
-ITEM = {"f32": 4, "f16": 2}
 
 
 def _ceil(a, b):
@@ -41,19 +42,7 @@ def infer_shapes(model: Model):
     before any weight byte arrives)."""
     c = model.config
     D, V = model.hidden, model.vocab
-    if model.arch == "llama":
-        inter = c["intermediate_size"]
-        width = {"q": model.n_heads * model.head_dim, "k": model.n_kv_heads * model.head_dim,
-                 "v": model.n_kv_heads * model.head_dim, "o": D, "g": inter, "u": inter, "d": D,
-                 "logits": V}
-    elif model.arch == "bert":
-        inter = c["intermediate_size"]
-        width = {"q": D, "k": D, "v": D, "o": D, "f": inter, "d": D}
-    elif model.arch == "gpt2":
-        inter = c.get("n_inner") or 4 * D
-        width = {"qkv": 3 * D, "o": D, "f": inter, "d": D, "logits": V}
-    else:
-        raise GpuError(f"no shape rules for {model.arch}")
+    width = arch_widths(model)
     acts = activation_widths(model, width)
     shapes = {}
     for o in model.ops():
@@ -133,7 +122,7 @@ class Tensor:
         for s in self.shape:
             n *= s
         self.numel = n
-        self.nbytes = n * ITEM[dtype]
+        self.nbytes = formats.get(dtype).nbytes(self.shape)
         self.chunks = []     # [buffer, row0, rows, byte0, nbytes]
 
 
@@ -759,7 +748,7 @@ class GpuBackend:
     def load(cls, model_dir, dtype="f32", start=0, stop=None, embed=None, head=None, device=None,
              autotune=True, **kw):
         """Read config + safetensors and upload with queue.writeBuffer (native binding)."""
-        from ..models import load_model_dir, read_safetensors_header, weight_files
+        from ..weightfile import load_model_dir, read_safetensors_header, weight_files
 
         model = load_model_dir(model_dir, dtype)
         files = weight_files(model_dir, dtype)
@@ -770,7 +759,7 @@ class GpuBackend:
         for n, f in files.items():
             info = headers[f][0][n]
             shapes[n] = tuple(info["shape"])
-            dtypes[n] = {"F32": "f32", "F16": "f16"}.get(info["dtype"])
+            dtypes[n] = {"F32": "f32", "F16": "f16"}.get(info["dtype"])  # the float formats the kernels run
         if device is None:
             from .native import NativeDevice
             device = NativeDevice.create()

@@ -9,7 +9,9 @@ import js  # type: ignore[import-not-found]
 from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
 from pyapp.gpu import GpuBackend, GpuError, browser
-from pyapp.models import Model, Op, build_model, parse_safetensors_header
+from pyapp.arch import build_model
+from pyapp.models import Model, Op
+from pyapp.weightfile import parse_safetensors_header
 from pyapp.sampling import SamplingParams
 
 
