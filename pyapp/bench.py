@@ -108,7 +108,7 @@ def _one_op_backend(dev, layer, shapes, hidden, variants, T, n_heads=1, n_kv_hea
 
 
 def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
-    from .gpu.backend import LINEAR_VARIANTS, candidate_variants
+    from .gpu.autotune import LINEAR_VARIANTS, candidate_variants
     from .models import op
     rows = []
     D = model.hidden
@@ -191,7 +191,7 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                         head=[op("linear", "x", "logits", {"w": "w", "b": None})])
     from . import kernels
     src = kernels.render("sample", V=V)
-    disp = [b._d(src, {1: b.logits, 2: b.tok_buf}, 1, head=True)]
+    disp = [b.dispatch(src, {1: b.logits, 2: b.tok_buf}, 1, head=True)]
     dt, _ = time_recording(dev, disp, [(b.params, 0, b._params(1, 0))], reps, sync)
     rows.append({"kernel": f"sample argmax V={V}", "variant": "", "T": 1, "us": dt * 1e6,
                  "GBps": V * 4 / dt / 1e9, "dispatches": 1})
@@ -227,7 +227,8 @@ def random_backend(dev, model, dtype="f32", seed=0, **kw):
 def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
                  variants=None, linear_head=None):
     from .gpu import GpuBackend
-    from .gpu.backend import autotune_variants, infer_shapes
+    from .gpu.autotune import autotune_variants
+    from .gpu.shapes import infer_shapes
     from .sampling import SamplingParams
     t0 = time.perf_counter()
     if model_dir is not None and not random:

@@ -85,7 +85,7 @@ def npm_install(root: Path, log=_log_default):
 
 def _newest_source(root: Path) -> float:
     newest = (root / "pyproject.toml").stat().st_mtime
-    for pattern in ("pyapp/**/*.py", "pyapp/**/*.wgsl"):
+    for pattern in ("pyapp/**/*.py", "pyapp/**/*.wgsl", "pyapp/**/*.js"):
         for p in root.glob(pattern):
             newest = max(newest, p.stat().st_mtime)
     return newest
