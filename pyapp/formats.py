@@ -136,8 +136,9 @@ GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 
 # formats a whole model's weights are kept in (a weight file per tag); "f32" always exists
 FILE_TAGS = ("f32", "f16", "q4_1", "q8_0")
-# the weight files both backends run today, so the server offers them in manifests
-SERVED_TAGS = ("f32", "f16")
+# the weight files both backends run (numpy decodes at load, WGSL loaders in kernels/formats/),
+# so the server offers them in manifests
+SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0")
 
 
 def get(name: str) -> WeightFormat:
