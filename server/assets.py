@@ -88,8 +88,8 @@ def npm_install(root: Path, log=_log_default):
 
 
 def _site_wheel_files(root: Path) -> list[Path]:
-    """What the site's pyapp wheel holds: the edge needs pyapp/ only (Python + WGSL kernels)."""
-    files = [p for pat in ("pyapp/**/*.py", "pyapp/**/*.wgsl") for p in root.glob(pat)]
+    """What the site's pyapp wheel holds: the edge needs pyapp/ only (Python, WGSL kernels, the JS its FFI evaluates)."""
+    files = [p for pat in ("pyapp/**/*.py", "pyapp/**/*.wgsl", "pyapp/**/*.js") for p in root.glob(pat)]
     return sorted(p for p in files if "__pycache__" not in p.parts)
 
 
