@@ -1,6 +1,7 @@
 """The numpy executor: the reference every other backend is checked against.
 
-float32 compute on fp32 or fp16 weights (fp16 is widened once at load).
+float32 compute on weights of any format in pyapp.formats (f32, f16, q4_1, q8_0, ...):
+each tensor is decoded once at load by its format's reference decode.
 One sequence at a time; decoder models keep a KV cache per layer.
 """
 from __future__ import annotations
@@ -9,8 +10,9 @@ import math
 
 import numpy as np
 
+from . import formats
 from .models import Model
-from .weightfile import load_model_dir, weight_files
+from .weightfile import load_model_dir, read_safetensors_header, weight_files
 
 F32 = np.float32
 
@@ -79,9 +81,12 @@ def load_weights(model_dir, names, dtype="f32"):
         by_file.setdefault(files[n], []).append(n)
     out = {}
     for path, ns in by_file.items():
+        header, _ = read_safetensors_header(path)
         with safe_open(str(path), framework="numpy") as f:
             for n in ns:
-                out[n] = np.ascontiguousarray(f.get_tensor(n), dtype=F32)
+                raw = f.get_tensor(n)
+                fmt = formats.get(header[n]["format"] or "f32")
+                out[n] = np.ascontiguousarray(fmt.decode(raw, fmt.value_shape(raw.shape)), dtype=F32)
     return out
 
 
