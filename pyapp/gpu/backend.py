@@ -21,7 +21,7 @@ import struct
 from array import array
 
 from .. import formats, kernels
-from ..models import Model
+from ..models import Model, attention_windows, check_rewind
 from . import lower
 from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
 from .device import Device, GpuError
@@ -29,6 +29,9 @@ from .shapes import infer_shapes, widths_from_shapes
 
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
+# rows per weight chunk: a GEMV variant with one output row per workgroup (`wg`) dispatches
+# one workgroup per row, and a dispatch holds at most 65,535 (Gemma's 262,144-row head)
+MAX_CHUNK_ROWS = 65535
 
 
 class Tensor:
@@ -42,26 +45,32 @@ class Tensor:
 
 
 class GpuKVCache:
-    """Per-layer K/V buffers [Hkv, capacity, hd] on the GPU; `length` tokens valid."""
+    """Per-layer K/V buffers [Hkv, slots, hd] on the GPU; `length` tokens valid.
+
+    A sliding-window layer (window W) keeps a ring of min(capacity, W + max(W, max_tokens))
+    slots (position p in slot p mod slots): the W keys a query sees plus room for one step's
+    rows (written before they are read) and, as on numpy, a rewind of up to W + 1 tokens."""
 
     def __init__(self, backend, start, stop, capacity):
         m = backend.model
         self.capacity = capacity
         self.length = 0
         self.k, self.v = {}, {}
-        nb = m.n_kv_heads * capacity * m.head_dim * 4
-        if m.causal:
-            for i in range(start, stop):
-                self.k[i] = backend.device.create_buffer(nb)
-                self.v[i] = backend.device.create_buffer(nb)
-        self.nbytes = 2 * nb * len(self.k)
+        self.windows = {i: w for i, w in attention_windows(m).items() if start <= i < stop}
+        ring = lambda w: min(capacity, w + max(w, backend.max_tokens))  # noqa: E731
+        self.slots = {i: ring(self.windows[i]) if i in self.windows else capacity
+                      for i in range(start, stop)} if m.causal else {}
+        for i, n in self.slots.items():
+            nb = m.n_kv_heads * n * m.head_dim * 4
+            self.k[i] = backend.device.create_buffer(nb)
+            self.v[i] = backend.device.create_buffer(nb)
+        self.nbytes = 2 * m.n_kv_heads * m.head_dim * 4 * sum(self.slots.values())
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
         self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
 
     def truncate(self, n):
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        check_rewind(self.length, n, {i: (self.slots[i], w) for i, w in self.windows.items()})
         self.length = n
 
     def destroy(self):
@@ -87,6 +96,7 @@ class GpuBackend:
         self.embed = (start == 0) if embed is None else embed
         self.head = (self.stop == model.n_layers) if head is None else head
         self.ops = model.ops(self.start, self.stop, embed=self.embed, head=self.head)
+        lower.check_ops(self.ops)
         self.dtype = dtype
         shapes = dict(shapes) if shapes is not None else infer_shapes(model)
         self.widths = widths_from_shapes(model, shapes, widths or {})
@@ -129,21 +139,22 @@ class GpuBackend:
             self._grow_logits(1)
         self.tok_buf = device.create_buffer(16)
         self.readback = device.create_buffer(16, "readback")
-        self.rope_buf = None
-        if any(o.kind == "rope" for o in self.ops):
-            self._upload_rope()
+        self.rope_bufs = {}           # theta -> cos/sin table (Gemma: one per local/global base)
+        for o in self.ops:
+            if o.kind == "rope" and o.attrs["theta"] not in self.rope_bufs:
+                self.rope_bufs[o.attrs["theta"]] = self._upload_rope(o.attrs["head_dim"], o.attrs["theta"])
 
     # ------------------------------------------------------------------ weights
     def _alloc(self, t: Tensor, splittable):
         if not splittable and t.nbytes > self.max_binding:
             raise GpuError(f"{t.name}: {t.nbytes} bytes exceed the device's binding limit "
                            f"{self.max_binding} and cannot be split")
-        if len(t.shape) == 1 or t.nbytes <= self.max_binding:
+        if len(t.shape) == 1 or (t.nbytes <= self.max_binding and t.shape[0] <= MAX_CHUNK_ROWS):
             rows = t.shape[0]
             t.chunks.append([self.device.create_buffer(t.nbytes), 0, rows, 0, t.nbytes])
             return
         rows, rb = t.shape[0], t.nbytes // t.shape[0]
-        per = self.max_binding // rb
+        per = min(self.max_binding // rb, MAX_CHUNK_ROWS)
         while per > 0 and (per * rb) % 4:       # chunks start on 4-byte boundaries
             per -= 1
         if per < 1:
@@ -175,9 +186,8 @@ class GpuBackend:
             part = data if (lo == byte_offset and hi == end) else byte_slice(data, lo - byte_offset, hi - byte_offset)
             self.device.write(buf, lo - b0, part)
 
-    def _upload_rope(self):
-        rope = next(o for o in self.ops if o.kind == "rope")
-        hd, theta = rope.attrs["head_dim"], rope.attrs["theta"]
+    def _upload_rope(self, hd, theta):
+        """The cos/sin table [positions, hd/2, 2] of base `theta`, in float64 like numpy."""
         half = hd // 2
         inv = [1.0 / (theta ** (i * 2 / hd)) for i in range(half)]
         tab = array("f")
@@ -186,8 +196,9 @@ class GpuBackend:
                 a = pos * f
                 tab.append(math.cos(a))
                 tab.append(math.sin(a))
-        self.rope_buf = self.device.create_buffer(len(tab) * 4)
-        self.device.write(self.rope_buf, 0, tab)
+        buf = self.device.create_buffer(len(tab) * 4)
+        self.device.write(buf, 0, tab)
+        return buf
 
     def _grow_logits(self, rows):
         if rows <= self.logit_rows:
@@ -354,7 +365,8 @@ class GpuBackend:
     def destroy(self):
         """Free the GPU buffers now (the browser keeps them until GC otherwise)."""
         bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
-        bufs += [b for b in (self.logits, self.rope_buf, self.ids_buf, self.params, self.tok_buf,
+        bufs += list(self.rope_bufs.values())
+        bufs += [b for b in (self.logits, self.ids_buf, self.params, self.tok_buf,
                              self.readback) if b is not None]
         for b in bufs:
             try:

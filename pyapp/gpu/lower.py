@@ -59,7 +59,7 @@ def _norm(b, o, s: Step):
     inplace = o.ins[0] == o.outs[0]
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1), BDECL=bdecl,
+    src = kernels.render("norm", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")), BDECL=bdecl,
                          XDECL=wgsl.norm_input(inplace), D=b.widths[o.ins[0]],
                          WG=int(b.variants["norm_wg"]), EPS=wgsl.f32lit(o.attrs["eps"]),
                          LAYER="true" if o.kind == "layer_norm" else "false",
@@ -129,7 +129,7 @@ def _rope(b, o, s: Step):
     a = o.attrs
     H, Hkv, hd = a["n_heads"], a["n_kv_heads"], a["head_dim"]
     src = kernels.render("rope", H=H, HKV=Hkv, HD=hd, HALF=hd // 2)
-    return [b.dispatch(src, {1: b.rope_buf, 2: b.acts[o.ins[0]], 3: b.acts[o.ins[1]]},
+    return [b.dispatch(src, {1: b.rope_bufs[a["theta"]], 2: b.acts[o.ins[0]], 3: b.acts[o.ins[1]]},
                        ceil(s.T * (H + Hkv) * (hd // 2), 64))]
 
 
@@ -140,12 +140,12 @@ def _attention(b, o, s: Step):
     out, cap = [], 0
     if a["causal"]:
         i, cache = a["layer"], s.cache
-        kc, vc, cap = cache.k[i], cache.v[i], cache.capacity
+        kc, vc, cap = cache.k[i], cache.v[i], cache.slots[i]   # slots: a ring on window layers
         src = kernels.render("kv_write", HKV=Hkv, HD=hd, CAP=cap)
         out.append(b.dispatch(src, {1: kk, 2: vv, 3: kc, 4: vc}, ceil(s.T * Hkv * hd, 64)))
         kk, vv = kc, vc
     common = dict(H=H, HKV=Hkv, HD=hd, CAP=cap, SCALE=wgsl.f32lit(a["scale"]),
-                  CAUSAL="true" if a["causal"] else "false")
+                  CAUSAL="true" if a["causal"] else "false", WIN=a.get("window") or 0)
     if b.variants.get("attention", "row") == "wg":
         src, gx = kernels.render("attention_wg", **common), s.T * H
     else:
@@ -154,13 +154,37 @@ def _attention(b, o, s: Step):
     return out
 
 
-def _elementwise(b, o, s: Step):
+def _elementwise(b, o, s: Step, prelude: str = ""):
     W = b.widths[o.outs[0]]
     decl, body, bound = wgsl.elementwise(o.kind, [n == o.outs[0] for n in o.ins])
     ent = {j + 1: b.act(o.ins[j]) for j in bound}
     ent[3] = b.act(o.outs[0])
-    src = kernels.render("add" if o.kind == "add" else "unary", DECL=decl, W=W, BODY=body)
+    src = kernels.render("add" if o.kind == "add" else "unary", prelude, DECL=decl, W=W, BODY=body)
     return [b.dispatch(src, ent, ceil(s.rows * W, 64), head=s.head)]
+
+
+def _scale(b, o, s: Step):
+    """y = a * float32(value) (Gemma's sqrt(hidden) on the embedding)."""
+    return _elementwise(b, o, s, f"const VALUE: f32 = {wgsl.f32lit(o.attrs['value'])};\n")
+
+
+def _norm_group(b, o, s: Step):
+    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included."""
+    wt, G = b.tensors[o.weights["w"]], o.attrs["group"]
+    W = b.widths[o.ins[0]]
+    if W % G:
+        raise GpuError(f"rms_norm group {G} does not divide the width {W} of {o.ins[0]!r}")
+    inplace = o.ins[0] == o.outs[0]
+    ent = {1: wt.chunks[0][0], 4: b.act(o.outs[0])}
+    if not inplace:
+        ent[3] = b.act(o.ins[0])
+    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")),
+                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]))
+    return [b.dispatch(src, ent, ceil(s.rows * (W // G), 64), head=s.head)]
+
+
+def _rms_norm(b, o, s: Step):
+    return (_norm_group if o.attrs.get("group") else _norm)(b, o, s)
 
 
 def _pool(b, o, s: Step, out=None, norm=False):
@@ -174,7 +198,7 @@ def _fused_only(b, o, s: Step):
 
 LOWER: dict[str, Callable] = {
     "embed": _embed,
-    "rms_norm": _norm,
+    "rms_norm": _rms_norm,
     "layer_norm": _norm,
     "linear": _linear,
     "split": _split,
@@ -184,6 +208,8 @@ LOWER: dict[str, Callable] = {
     "add": _elementwise,
     "gelu": _elementwise,
     "gelu_tanh": _elementwise,
+    "gelu_tanh_mul": _elementwise,
+    "scale": _scale,
     "mean_pool": _pool,
     "l2_normalize": _fused_only,
 }
@@ -239,6 +265,13 @@ def fuse_pool_normalize(b, ops, i, s: Step):
 
 
 RULES: list[Callable] = [fuse_linears, fuse_pool_normalize]
+
+
+def check_ops(ops) -> None:
+    """Refuse, before any buffer exists, an op kind this backend has no kernel for."""
+    for o in ops:
+        if o.kind not in LOWER:
+            raise GpuError(f"op {o.kind!r} has no WebGPU kernel yet (it runs on the numpy backend)")
 
 
 def lower(b, ops, s: Step, head_first_row: bool = False):

@@ -20,6 +20,13 @@ def wdecl(binding: int, name: str, fmt: str, vec: int) -> str:
     return kernels.snippet(f"formats/{f.wgsl}" + (".vec4" if vec == 4 else ""), B=binding, N=name)
 
 
+def norm_weight(fmt: str, offset=None) -> str:
+    """A norm's weight loader `ldw(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
+    if not offset:
+        return wdecl(1, "w", fmt, 1)
+    return wdecl(1, "w0", fmt, 1) + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}"
+
+
 def mulv(vec: int) -> str:
     if vec == 4:
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
@@ -85,6 +92,8 @@ ELEMENTWISE = {                     # op kind -> (input names, body over index i
     "add": (("a", "b"), "y[i] = a[i] + b[i];"),
     "gelu": (("a",), "y[i] = gelu(a[i]);"),
     "gelu_tanh": (("a",), "y[i] = gelu_tanh(a[i]);"),
+    "gelu_tanh_mul": (("a", "b"), "y[i] = gelu_tanh(a[i]) * b[i];"),
+    "scale": (("a",), "y[i] = a[i] * VALUE;"),     # VALUE: a const the lowering prepends
 }
 
 
