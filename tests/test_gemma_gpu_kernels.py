@@ -330,3 +330,23 @@ def test_sliding_window_attention_ring_and_rope_bases(device, variant):
     for i in (0, 1):
         assert relerr(again[i], want[i][N - 6:]) <= 1e-5, i
     g.destroy()
+
+
+def test_attention_head_dim_256_over_200_keys(device):
+    """Gemma's head size: with the `row` variant chosen, 200 keys of 256 values exceed what one
+    invocation may loop on llvmpipe (65,535 iterations), so the lowering takes `wg` (rows past
+    key 126 came out truncated before)."""
+    H, Hkv, hd, T = 4, 1, 256, 200
+    layer = [op("scale", "x", "x", value=1.0),
+             op("attention", ("q", "k", "v"), "a", layer=0, n_heads=H, n_kv_heads=Hkv, head_dim=hd,
+                causal=True, scale=0.06)]
+    g = op_backend(device, [layer], {}, {"x": 8, "q": H * hd, "k": Hkv * hd, "v": Hkv * hd, "a": H * hd},
+                   causal=True, H=H, Hkv=Hkv, hd=hd, max_tokens=T, max_positions=T)
+    assert g.variants["attention"] == "row"
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((T, n)).astype(np.float32) for n in (H * hd, Hkv * hd, Hkv * hd))
+    for n, a in (("q", q), ("k", k), ("v", v)):
+        g.device.write(g.acts[n], 0, a)
+    g.forward(x=np.zeros((T, 8), np.float32), cache=g.new_cache(T), head=False)
+    assert relerr(g.read_activation("a", T), ref_attention(q, k, v, H, Hkv, hd, 0, 0.06)) <= 1e-5
+    g.destroy()

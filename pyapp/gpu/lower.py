@@ -133,6 +133,16 @@ def _rope(b, o, s: Step):
                        ceil(s.T * (H + Hkv) * (hd // 2), 64))]
 
 
+# llvmpipe (lavapipe) ends a shader invocation after 65,535 loop iterations in all (its loop
+# limiter); the `row` attention runs 2 * HD + 1 of them per key in one invocation
+LOOP_BUDGET = 65535
+
+
+def _row_attention_fits(keys: int, hd: int) -> bool:
+    """One invocation per (row, head) stays inside LOOP_BUDGET for `keys` keys (else `wg`)."""
+    return keys * (2 * hd + 1) + 2 * hd < LOOP_BUDGET
+
+
 def _attention(b, o, s: Step):
     a = o.attrs
     H, Hkv, hd = a["n_heads"], a["n_kv_heads"], a["head_dim"]
@@ -146,7 +156,7 @@ def _attention(b, o, s: Step):
         kk, vv = kc, vc
     common = dict(H=H, HKV=Hkv, HD=hd, CAP=cap, SCALE=wgsl.f32lit(a["scale"]),
                   CAUSAL="true" if a["causal"] else "false", WIN=a.get("window") or 0)
-    if b.variants.get("attention", "row") == "wg":
+    if b.variants.get("attention", "row") == "wg" or not _row_attention_fits(cap or b.max_tokens, hd):
         src, gx = kernels.render("attention_wg", **common), s.T * H
     else:
         src, gx = kernels.render("attention", WG=32, **common), ceil(s.T * H, 32)
