@@ -197,8 +197,8 @@ GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 # (a K-quant GGUF keeps its mix of block types in one file named after its file type: q4_k_m)
 FILE_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 # the weight files both backends run (numpy decodes at load, WGSL loaders in kernels/formats/),
-# so the server offers them in manifests (q4_k_m: numpy only until q5_0/q4_k/q6_k have WGSL loaders)
-SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0")
+# so the server offers them in manifests
+SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 
 
 def get(name: str) -> WeightFormat:
