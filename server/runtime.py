@@ -14,6 +14,8 @@ from pyapp.models import load_model_dir
 @dataclass
 class Limits:
     max_sessions: int = 64           # open split sessions at once
+    max_sessions_per_client: int = 32    # open sessions of one client (address or bearer token)
+    max_inflight_per_client: int = 8     # completions/embeddings of one client running at once
     session_ttl: float = 600.0       # seconds a session may sit idle before it is evicted
     max_context: int = 2048          # tokens per session / request (capped by the model's own)
     max_body: int = 1 << 20          # bytes of any request body

@@ -201,7 +201,9 @@ def test_bad_openai_requests(tiny_server):
         r = post(tiny_server, path, body)
         assert r.status_code == status, (path, body, r.status_code, r.text)
         assert r.json()["error"]["message"]
-    r = httpx.post(tiny_server.url + u, content=b"nonsense")
+    r = httpx.post(tiny_server.url + u, content=b"nonsense", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(tiny_server.url + u, content=b'{"model": "x", "prompt": "y"}')   # no content type
+    assert r.status_code == 415 and "error" in r.json()
     # still serving
     assert post(tiny_server, u, {"model": TINY_LLAMA, "prompt": [5], "max_tokens": 2}).status_code == 200
