@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import html
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,6 +33,7 @@ from .sessions import SessionManager
 from .static import IMMUTABLE, REVALIDATE, file_response, safe_join
 
 ROOT = Path(__file__).resolve().parent.parent
+_warn = logging.getLogger("pyapp.server").warning
 DEFAULT_WEB_DIR = ROOT / "web"
 PLACEHOLDER = Path(__file__).resolve().parent / "index.html"
 
@@ -45,6 +47,9 @@ async def _manifest(st, name: str, dtype: str) -> dict:
         raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
     if dtype not in entry.dtypes():
         raise ApiError(404, f"model {name!r} has no {dtype} weights")
+    # a manifest is only ever built over (and only lists) files that passed their sha256 check
+    names = [p.name for p in mf.model_files(entry.dir, dtype)]
+    await anyio.to_thread.run_sync(entry.verifier.require_all, names)
     return await anyio.to_thread.run_sync(mf.get_manifest, name, entry.dir, dtype)
 
 
@@ -62,16 +67,19 @@ async def _model_file(request: Request, digest: str | None):
     name, fname = request.path_params["name"], request.path_params["fname"]
     try:
         entry = st.registry.get(name)
+        # Only names a manifest lists can be served; the store-relative path is re-checked on disk.
+        found = None
+        for dt in entry.dtypes():
+            if fname not in {p.name for p in mf.model_files(entry.dir, dt)}:
+                continue
+            await anyio.to_thread.run_sync(entry.verifier.require, fname)  # 503 if it failed
+            m = await _manifest(st, name, dt)
+            f = m["files"].get(fname)
+            if f is not None and (digest is None or f["sha256"][:16] == digest):
+                found = f
+                break
     except ApiError as e:
         return JSONResponse(e.body(), status_code=e.status)
-    # Only names a manifest lists can be served; the store-relative path is re-checked on disk.
-    found = None
-    for dt in entry.dtypes():
-        m = await _manifest(st, name, dt)
-        f = m["files"].get(fname)
-        if f is not None and (digest is None or f["sha256"][:16] == digest):
-            found = f
-            break
     if found is None:
         return error_response(404, f"model {name!r} has no file {fname!r}"
                                    + (f" with digest {digest}" if digest else ""))
@@ -308,15 +316,16 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
                web_dir: str | Path | None = DEFAULT_WEB_DIR, limits: Limits | dict | None = None,
                cors_origins: list[str] | None = None, preload: bool = False,
                hosts: list[str] | None = None, admin_token: str | None = None,
-               bind_host: str | None = None) -> Starlette:
+               bind_host: str | None = None, log=None) -> Starlette:
     """``hosts``: Host names served besides the loopback ones ('*' for any); ``admin_token``:
-    the bearer token that may list (and act on) every session."""
+    the bearer token that may list (and act on) every session; ``log``: where weight
+    verification reports (default: the ``pyapp.server`` logger)."""
     limits = Limits.from_dict(limits)
     if backend not in ("numpy", "wgpu"):
         raise ValueError(f"unknown backend {backend!r}: use numpy or wgpu")
     if not models:
         models = [m["name"] for m in store.list_models()]
-    registry = Registry(list(models), backend, limits)
+    registry = Registry(list(models), backend, limits, log)
     state = SimpleNamespace(registry=registry, sessions=SessionManager(registry, limits),
                             limits=limits, token=token or None, admin_token=admin_token or None,
                             store_root=store.models_dir(),
@@ -325,6 +334,10 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
     @contextlib.asynccontextmanager
     async def lifespan(app):
         sweeper = asyncio.ensure_future(state.sessions.sweeper())
+        for e in registry.entries.values():
+            if e.verifier.start() is None:
+                (log or _warn)(f"model {e.name}: no recorded sha256 ({e.dir}/pyapp.json); "
+                                "its files are served unverified")
         if preload:
             for e in registry.entries.values():
                 await anyio.to_thread.run_sync(e.backend, "f32")

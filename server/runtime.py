@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pyapp import store
-from pyapp.models import load_model_dir
+from pyapp.models import load_model_dir, weight_files
 
 
 @dataclass
@@ -122,9 +122,13 @@ def _load_backend(kind: str, model_dir: Path, dtype: str):
 class ModelEntry:
     """One served model: op lists, lazily loaded weights per dtype, tokenizer, eos ids."""
 
-    def __init__(self, name: str, backend: str, limits: Limits):
+    def __init__(self, name: str, backend: str, limits: Limits, log=None):
+        from .verify import Verifier
+
         self.name = name
         self.dir = store.model_path(name)
+        self.verifier = Verifier(name, self.dir, log)
+        self.verifier.check_sizes()      # a truncated/unreadable file stops the start, in one line
         self.model = load_model_dir(self.dir)
         self.backend_kind = backend
         self.limits = limits
@@ -147,8 +151,14 @@ class ModelEntry:
         return [d for d, fn in store.WEIGHT_FILES.items()
                 if d in ("f32", "f16") and (self.dir / fn).is_file()]
 
+    def weight_names(self, dtype: str) -> list[str]:
+        return sorted({p.relative_to(self.dir).as_posix() for p in weight_files(self.dir, dtype).values()})
+
     def backend(self, dtype: str = "f32"):
-        """Blocking (loads weights on first use): call from a worker thread."""
+        """Blocking (loads weights on first use; waits for the weights' sha256 check, 503 if it
+        failed): call from a worker thread."""
+        if dtype in self.dtypes():
+            self.verifier.require_all(self.weight_names(dtype))
         with self._lock:
             b = self._backends.get(dtype)
             if b is None:
@@ -174,15 +184,19 @@ class ModelEntry:
 
 
 class Registry:
-    def __init__(self, names: list[str], backend: str, limits: Limits):
+    def __init__(self, names: list[str], backend: str, limits: Limits, log=None):
         self.limits = limits
         self.backend_kind = backend
         self.entries: dict[str, ModelEntry] = {}
         for n in names:
-            self.entries[n] = ModelEntry(n, backend, limits)
+            self.entries[n] = ModelEntry(n, backend, limits, log)
 
     def get(self, name) -> ModelEntry:
-        if not isinstance(name, str) or name not in self.entries:
+        if not isinstance(name, str):
+            raise ApiError(400, "model must be a string naming a served model (GET /v1/models)",
+                           param="model")
+        if name not in self.entries:
             have = ", ".join(self.entries) or "none"
-            raise ApiError(404, f"unknown model {name!r} (served: {have})", param="model")
+            raise ApiError(404, f"unknown model {name[:100]!r} (served: {have})", param="model",
+                           type_="model_not_found")
         return self.entries[name]

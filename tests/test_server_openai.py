@@ -170,7 +170,7 @@ def test_openai_client(tiny_server, llama_ref, tiny_store):
 def test_bad_openai_requests(tiny_server):
     u = "/v1/completions"
     cases = [
-        (u, {"prompt": "w5"}, 404),
+        (u, {"prompt": "w5"}, 400),
         (u, {"model": "nope", "prompt": "w5"}, 404),
         (u, {"model": TINY_BERT, "prompt": "w5"}, 400),
         (u, {"model": TINY_LLAMA}, 400),
