@@ -28,7 +28,7 @@ from . import openai_api
 from .guard import Guard, allowed_hosts, install_log_redaction
 from .httputil import (bearer_ok, client_id, compute_route, error_response, parse_json, read_body,
                        read_json, require_json_type)
-from .runtime import ApiError, Limits, Registry
+from .runtime import ApiError, ClientSlots, Limits, Registry
 from .sessions import SessionManager
 from .static import IMMUTABLE, REVALIDATE, file_response, safe_join
 
@@ -328,6 +328,7 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
     registry = Registry(list(models), backend, limits, log)
     state = SimpleNamespace(registry=registry, sessions=SessionManager(registry, limits),
                             limits=limits, token=token or None, admin_token=admin_token or None,
+                            inflight=ClientSlots(limits.max_inflight_per_client),
                             store_root=store.models_dir(),
                             web_dir=Path(web_dir) if web_dir else None)
 

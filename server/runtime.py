@@ -54,6 +54,30 @@ class ApiError(Exception):
                           "code": self.status}}
 
 
+class ClientSlots:
+    """At most ``limit`` requests of one client running at once (429 beyond)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used: dict[str, int] = {}
+
+    def acquire(self, client: str):
+        if self.used.get(client, 0) >= self.limit:
+            raise ApiError(429, f"this client already has {self.limit} requests running; wait for "
+                                "one to finish", "rate_limit_error")
+        self.used[client] = self.used.get(client, 0) + 1
+        done = False
+
+        def release():
+            nonlocal done
+            if not done:
+                done = True
+                self.used[client] -= 1
+                if not self.used[client]:
+                    del self.used[client]
+        return release
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 
@@ -84,6 +108,9 @@ class TokenizerAdapter:
         # exactly as `pyapp embed` avoids
         if hasattr(self.impl, "no_padding"):
             self.impl.no_padding()
+        # nor truncation (MiniLM's asks for 128): an over-long input is a 400, never cut silently
+        if hasattr(self.impl, "no_truncation"):
+            self.impl.no_truncation()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.impl.encode(text, add_special_tokens=add_special_tokens).ids)

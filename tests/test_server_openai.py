@@ -111,12 +111,13 @@ def test_chat_completion(tiny_server, llama_ref):
                                                    "temperature": 0}).json()
     assert d["object"] == "chat.completion"
     assert d["pyapp"]["ids"] == want and d["usage"]["prompt_tokens"] == len(prompt)
-    assert d["choices"][0]["message"] == {"role": "assistant", "content": text_of(want)}
+    assert d["choices"][0]["message"] == {"role": "assistant", "content": text_of(want), "refusal": None,
+                                          "annotations": []}
     r = post(tiny_server, "/v1/chat/completions", {"model": TINY_LLAMA, "messages": msgs, "max_tokens": 9,
                                                    "temperature": 0, "stream": True,
                                                    "stream_options": {"include_usage": True}})
     ev = _sse(r)
-    assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in ev if e["choices"]) == text_of(want)
     assert ev[-1]["choices"] == [] and ev[-1]["usage"]["completion_tokens"] == len(want)
 
