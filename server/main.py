@@ -43,6 +43,8 @@ def build_parser():
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a client may take to send a request's headers")
     p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--max-sessions-per-client", type=int, default=32,
+                   help="a client over this recycles its own least recently used idle session")
     p.add_argument("--session-ttl", type=float, default=600.0, help="idle seconds before eviction")
     p.add_argument("--max-context", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=1024)
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
 
     from .app import DEFAULT_WEB_DIR, create_app
 
-    limits = {"max_sessions": a.max_sessions, "session_ttl": a.session_ttl,
+    limits = {"max_sessions": a.max_sessions, "max_sessions_per_client": a.max_sessions_per_client,
+              "session_ttl": a.session_ttl,
               "max_context": a.max_context, "max_new_tokens": a.max_new_tokens,
               "max_body": a.max_body, "threads": a.threads}
     try:

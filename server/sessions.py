@@ -21,6 +21,21 @@ import numpy as np
 from .runtime import ApiError, Limits, ModelEntry, Registry
 
 WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
+MMAP_THRESHOLD = 256 << 10
+
+
+def lazy_large_allocations() -> bool:
+    """Make glibc give every allocation of 256 KiB or more its own mmap (a fixed threshold: by
+    default it rises after the first large free, and KV caches then come from the heap, which is
+    never handed back). Fresh mmap pages are committed only when touched, so a session's KV cache
+    costs memory as its positions fill, and all of it returns to the OS when the session ends."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False   # not glibc: nothing to tune
 
 
 async def _close_quietly(ws, code):
@@ -93,6 +108,7 @@ class SessionManager:
         self.registry = registry
         self.limits = limits
         self.sessions: dict[str, Session] = {}
+        lazy_large_allocations()
         # one GPU queue: serialise its work; numpy releases the GIL in BLAS, so use threads
         self.limiter = anyio.CapacityLimiter(1 if registry.backend_kind == 'wgpu' else limits.threads)
         self.evicted = 0
