@@ -153,6 +153,11 @@ class Verifier:
         if fc.error:
             raise ApiError(503, f"model {self.name!r} is unavailable: {fc.error}", "server_error")
 
+    def sha256(self, rel: str) -> str | None:
+        """The recorded digest of ``rel`` (valid once ``require(rel)`` has passed)."""
+        fc = self.files.get(rel)
+        return fc.sha256 if fc is not None else None
+
     def require_all(self, names) -> None:
         for n in names:
             self.require(n)
