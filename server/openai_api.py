@@ -195,7 +195,7 @@ def logprobs_from(body, chat: bool) -> int | None:
     """How many top alternatives to report per token, or None for no logprobs."""
     if chat:
         if not _flag(body, "logprobs"):
-            if body.get("top_logprobs") is not None:
+            if body.get("top_logprobs") not in (None, 0):
                 raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
             return None
         return _num(body, "top_logprobs", 0, 0, 20, integer=True)
@@ -300,8 +300,8 @@ async def _complete(request: Request, entry: ModelEntry, prompt_ids, body, *, ch
                            or not isinstance(so.get("include_usage", False), bool)):
         raise ApiError(400, "stream_options must be {\"include_usage\": true|false}",
                        param="stream_options")
-    if so is not None and not stream:
-        raise ApiError(400, "stream_options needs stream: true", param="stream_options")
+    if so and so.get("include_usage") and not stream:
+        raise ApiError(400, "stream_options.include_usage needs stream: true", param="stream_options")
     include_usage = bool((so or {}).get("include_usage", False))
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     created = _now()
@@ -544,7 +544,8 @@ async def embeddings(request: Request):
     entry = st.registry.get(body.get("model"))
     if entry.model.causal:
         raise ApiError(400, f"model {entry.name!r} is not an embedding model")
-    fmt = body.get("encoding_format", "float") or "float"
+    fmt = body.get("encoding_format")
+    fmt = "float" if fmt is None else fmt
     if fmt not in ("float", "base64"):
         raise ApiError(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
     dims = body.get("dimensions")

@@ -163,6 +163,7 @@ class ModelEntry:
         self._tok = None
         self._lock = threading.Lock()
         self.context = min(self.model.max_context, limits.max_context)
+        self.created = int(os.stat(self.dir).st_mtime)
         eos = list(self.model.eos_ids)
         gp = self.dir / "generation_config.json"
         if gp.is_file():
@@ -203,7 +204,7 @@ class ModelEntry:
 
     def info(self) -> dict:
         m = self.model
-        return {"id": self.name, "object": "model", "created": int(os.stat(self.dir).st_mtime),
+        return {"id": self.name, "object": "model", "created": self.created,
                 "owned_by": "pyapp", "architecture": m.arch, "kind": m.kind,
                 "n_layers": m.n_layers, "hidden": m.hidden, "vocab": m.vocab,
                 "context": self.context, "dtypes": self.dtypes(),
