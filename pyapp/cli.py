@@ -37,7 +37,7 @@ class Runner:
     """A model on one backend, or split: layers [0, split) on numpy, the rest on `backend`."""
 
     def __init__(self, model_dir, backend="numpy", split=None, dtype="f32"):
-        from .models import load_model_dir
+        from .weightfile import load_model_dir
 
         self.model = m = load_model_dir(model_dir, dtype)
         n = m.n_layers
@@ -184,7 +184,22 @@ def cmd_pull(a):
 
 def cmd_import(a):
     from .convert import import_path
-    import_path(a.path, name=a.name, dtype=a.dtype)
+    import_path(a.path, name=a.name, dtype=a.dtype, quantize=a.quantize)
+
+
+QUANTIZE_TAGS = ("q4_1", "q8_0")
+
+
+def add_format_flag(s):
+    """`--format` (alias `--dtype`): which weight file of the model to run."""
+    from .formats import FILE_TAGS
+    s.add_argument("--format", "--dtype", dest="dtype", default="f32", choices=list(FILE_TAGS),
+                   help="weight file to run: f32, f16, or quantized blocks dequantized in the kernels")
+
+
+def cmd_build_site(a):
+    from .site import DEFAULT_MODELS, build_site
+    build_site(a.out_dir, a.model or DEFAULT_MODELS, a.format)
 
 
 def build_parser():
@@ -201,6 +216,8 @@ def build_parser():
     s.add_argument("path")
     s.add_argument("--name")
     s.add_argument("--dtype", default="f32", choices=["f32", "f16", "all"])
+    s.add_argument("--quantize", choices=list(QUANTIZE_TAGS), action="append",
+                   help="also write model.<tag>.safetensors, quantized as llama.cpp does")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("models", help="list the store")
@@ -211,7 +228,7 @@ def build_parser():
         s.add_argument("--backend", default="numpy", choices=["numpy", "wgpu"])
         s.add_argument("--split", type=int, default=None,
                        help="layers [0, K) on numpy, the rest on --backend")
-        s.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+        add_format_flag(s)
         s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("generate", help="generate text")
@@ -234,6 +251,13 @@ def build_parser():
     s.add_argument("texts", nargs="+")
     common(s)
     s.set_defaults(fn=cmd_embed)
+
+    s = sub.add_parser("build-site", help="write the site as plain files for any static host")
+    s.add_argument("out_dir")
+    s.add_argument("--model", action="append", default=None,
+                   help="a model to include (repeatable); default: smollm2-135m and minilm-l6")
+    s.add_argument("--format", default="f32", choices=["f32", "f16"], help="weight format")
+    s.set_defaults(fn=cmd_build_site)
 
     sub.add_parser("serve", help="run the server (see `pyapp serve --help`)", add_help=False)
     sub.add_parser("bench", help="benchmarks (see `pyapp bench --help`)", add_help=False)

@@ -28,6 +28,9 @@ import re
 import shutil
 from pathlib import Path
 
+from .formats import FILE_TAGS, weight_file_name
+from .errors import ConversionError, PyappError, UnsupportedArchitecture  # re-exported
+
 __all__ = [
     "PyappError",
     "ModelNotFound",
@@ -44,19 +47,11 @@ __all__ = [
 ]
 
 META_FILE = "pyapp.json"
-# dtype tag -> weight file name inside a model folder
-WEIGHT_FILES = {
-    "f32": "model.safetensors",
-    "f16": "model.f16.safetensors",
-    "q4_1": "model.q4_1.safetensors",
-}
+# weight file tag -> file name inside a model folder (the tags are pyapp.formats.FILE_TAGS)
+WEIGHT_FILES = {tag: weight_file_name(tag) for tag in FILE_TAGS}
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class PyappError(Exception):
-    """An error meant for the user: its message is one line, shown without a traceback."""
 
 
 class ModelNotFound(PyappError):
@@ -72,12 +67,6 @@ class ModelNotFound(PyappError):
         )
 
 
-class ConversionError(PyappError):
-    """The input could not be read or converted (corrupt, truncated, inconsistent)."""
-
-
-class UnsupportedArchitecture(PyappError):
-    """The input is readable but describes a model family pyapp does not run."""
 
 
 def models_dir() -> Path:

@@ -44,7 +44,7 @@ PLACEHOLDER = Path(__file__).resolve().parent / "index.html"
 async def _manifest(st, name: str, dtype: str) -> dict:
     entry = st.registry.get(name)
     if dtype not in mf.DTYPES:
-        raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
+        raise ApiError(400, f"dtype must be one of {', '.join(mf.DTYPES)}", param="dtype")
     if dtype not in entry.dtypes():
         raise ApiError(404, f"model {name!r} has no {dtype} weights")
     # a manifest is only ever built over (and only lists) files that passed their sha256 check

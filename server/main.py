@@ -81,8 +81,9 @@ def prepare(models, no_setup=False):
         try:
             info = assets.ensure_assets(log=lambda m: _log(f"assets: {m}"))
             _log(f"assets: web/vendor ready, wheels: {info.get('pyapp')}, {info.get('micropip')}")
-        except Exception as e:  # noqa: BLE001 - the API still works without the browser assets
-            _log(f"warning: browser assets not ready ({e}); the API routes still work")
+        except Exception as e:  # noqa: BLE001 - a page that cannot boot is not worth serving
+            raise SystemExit(f"pyapp serve: error: the site's assets are not ready ({e}); "
+                             "fix that (or pass --no-setup to serve only what is there)") from e
     return list(models)
 
 

@@ -11,12 +11,13 @@ import os
 import threading
 from pathlib import Path
 
-from pyapp.models import load_model_dir, read_safetensors_header, weight_files
+from pyapp import formats
+from pyapp.weightfile import eos_ids, load_model_dir, read_safetensors_header, weight_files
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: tied_embeddings; eos_ids include generation_config.json
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 EXTRA_FILES = ("config.json", "generation_config.json") + TOKENIZER_FILES
-DTYPES = ("f32", "f16")
+DTYPES = formats.SERVED_TAGS
 ST_DTYPES = {"F64": "f64", "F32": "f32", "F16": "f16", "BF16": "bf16", "I64": "i64", "I32": "i32",
              "I16": "i16", "I8": "i8", "U8": "u8", "BOOL": "bool"}
 
@@ -78,8 +79,7 @@ def _stamp(paths) -> dict:
 def model_files(model_dir: Path, dtype: str) -> list[Path]:
     """Every file a manifest of this dtype names (weights + config + tokenizer)."""
     weights = sorted(set(weight_files(model_dir, dtype).values()), key=lambda p: p.name)
-    stem = "model" if dtype == "f32" else f"model.{dtype}"
-    index = model_dir / f"{stem}.safetensors.index.json"
+    index = model_dir / (formats.weight_file_name(dtype) + ".index.json")
     extra = [model_dir / n for n in EXTRA_FILES if (model_dir / n).is_file()]
     if index.is_file():
         extra.append(index)
@@ -107,8 +107,12 @@ def build_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
         header, data_start = headers[p]
         t = header[tname]
         a, b = t["data_offsets"]
+        # dtype: the tensor's weight format (a block file names each tensor's ggml type);
+        # shape: in values, whatever the format (what GpuBackend(shapes=...) takes)
+        fmt = t["format"]
         return p, {"name": tname, "offset": data_start + a, "length": b - a,
-                   "dtype": ST_DTYPES.get(t["dtype"], t["dtype"].lower()), "shape": t["shape"]}
+                   "dtype": fmt or ST_DTYPES.get(t["dtype"], t["dtype"].lower()),
+                   "shape": list(formats.get(fmt).value_shape(t["shape"])) if fmt else t["shape"]}
 
     def chunks_for(cid, layer, names):
         by_file: dict = {}
@@ -134,13 +138,14 @@ def build_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
         "name": name,
         "architecture": model.arch,
         "kind": model.kind,
+        "tied_embeddings": model.tied_embeddings,
         "config": model.config,
         "n_layers": model.n_layers,
         "dtype": dtype,
         "hidden": model.hidden,
         "vocab": model.vocab,
         "max_context": model.max_context,
-        "eos_ids": list(model.eos_ids),
+        "eos_ids": list(eos_ids(model_dir, model)),   # config + generation_config: what the server stops on
         "bos_id": model.bos_id,
         "files": file_entries,
         "tokenizer": tok,

@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from pyapp import store
-from pyapp.models import load_model_dir, weight_files
+from pyapp import formats, store
+from pyapp.weightfile import eos_ids, load_model_dir, weight_files
 
 
 @dataclass
@@ -164,20 +164,11 @@ class ModelEntry:
         self._lock = threading.Lock()
         self.context = min(self.model.max_context, limits.max_context)
         self.created = int(os.stat(self.dir).st_mtime)
-        eos = list(self.model.eos_ids)
-        gp = self.dir / "generation_config.json"
-        if gp.is_file():
-            try:
-                g = json.loads(gp.read_text()).get("eos_token_id")
-                if g is not None:
-                    eos += g if isinstance(g, list) else [g]
-            except ValueError:
-                pass
-        self.eos_ids = tuple(dict.fromkeys(int(e) for e in eos))
+        self.eos_ids = eos_ids(self.dir, self.model)
 
     def dtypes(self) -> list[str]:
         return [d for d, fn in store.WEIGHT_FILES.items()
-                if d in ("f32", "f16") and (self.dir / fn).is_file()]
+                if d in formats.SERVED_TAGS and (self.dir / fn).is_file()]
 
     def weight_names(self, dtype: str) -> list[str]:
         return sorted({p.relative_to(self.dir).as_posix() for p in weight_files(self.dir, dtype).values()})

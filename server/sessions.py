@@ -188,7 +188,7 @@ class SessionManager:
         if dtype not in WIRE_DTYPES:
             raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
         weights = body.get("weights", "f32")
-        if weights not in ("f32", "f16") or weights not in entry.dtypes():
+        if not isinstance(weights, str) or weights not in entry.dtypes():
             raise ApiError(400, f"weights must be one of {entry.dtypes()}", param="weights")
         ctx = body.get("context", entry.context)
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= entry.context:

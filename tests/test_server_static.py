@@ -51,7 +51,7 @@ def test_manifest_schema(manifest, tiny_store):
             assert t["dtype"] == "f32" and t["shape"] == list(arr.shape)
             assert data[t["offset"]:t["offset"] + t["length"]] == arr.tobytes()
             assert any(o <= t["offset"] and t["offset"] + t["length"] <= o + n for o, n in c["ranges"])
-    from pyapp.models import load_model_dir
+    from pyapp.weightfile import load_model_dir
 
     model = load_model_dir(tiny_store / TINY_LLAMA)
     assert [t["name"] for t in m["chunks"][1]["tensors"]] == sorted(

@@ -81,7 +81,7 @@ class EdgeModel:
     async def load(cls, name, base_url=""):
         import js  # type: ignore[import-not-found]
 
-        from ..models import build_model
+        from ..arch import build_model
         from ..tokenizer import Tokenizer, load_js_modules
 
         manifest = await stream.load_manifest(name, base_url)

@@ -87,7 +87,7 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
 
     def edge_bytes(k):
         b = sum(per[k:]) + head
-        if k == 0 and manifest.get("architecture") != "llama":  # llama ties the embedding to the head
+        if k == 0 and not manifest.get("tied_embeddings"):  # a tied embedding is the head's weight
             b += embed
         return b
 

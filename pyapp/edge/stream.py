@@ -559,7 +559,7 @@ async def raw_device():
 
 def tail_tensor_names(manifest, split, embed=None, head=True):
     """The tensor names the edge needs for layers [split, N) (+ embedding at split 0, + head)."""
-    from ..models import build_model
+    from ..arch import build_model
     names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
     model = build_model(manifest["config"], names)
     embed = (split == 0) if embed is None else embed
