@@ -68,7 +68,8 @@ def openapi_document(state=None) -> dict:
     sess = {"type": "object", "properties": {
         "id": text, "model": model_name, "split": integer, "n_layers": integer, "hidden": integer,
         "dtype": {"enum": DTYPES}, "weights": {"enum": DTYPES}, "position": integer,
-        "context": integer, "bytes": integer, "ws": text, "key": text}}
+        "context": integer, "bytes": integer, "ws": text, "key": text,
+        "node": {"type": ["string", "null"]}}}
     octet = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     a_file = {"content": {t: {"schema": {}} for t in ("application/octet-stream", "application/json")}}
     sampling = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
