@@ -173,7 +173,7 @@ class Serve:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"serve-{self.port}.log"
         env = {**os.environ, "PYAPP_MODELS_DIR": str(store), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(ROOT)}
+               "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}   # the log is read live
         cmd = [sys.executable, "-m", "pyapp", "serve", "--no-setup", "--port", str(self.port),
                "--web-dir", str(tmp)]
         for m in models:
