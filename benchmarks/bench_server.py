@@ -90,7 +90,8 @@ async def http_steps(base, model, split, prompt, steps):
     async with httpx.AsyncClient(base_url=base, timeout=120) as c:
         s = await open_session(c, model, split)
         hdr = {"x-session-key": s["key"], "content-type": "application/octet-stream"}
-        (await c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes(prompt), headers=hdr)).raise_for_status()
+        r = await c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes(prompt), headers=hdr)
+        r.raise_for_status()
         for i in range(steps):
             t0 = time.perf_counter()
             r = await c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes([100 + i]), headers=hdr)

@@ -190,7 +190,8 @@ def test_sessions_stay_on_their_server_and_fail_clearly_when_it_dies(cluster):
     # the forward of a session made through the balancer equals one made on its node directly
     s = r.json()
     direct = httpx.post(nodes["a"].url + "/v1/sessions", json={"model": TINY_LLAMA, "split": 2}).json()
+    octet = {"content-type": "application/octet-stream"}
     outs = [httpx.post(base + f"/v1/sessions/{x['id']}/forward", content=ids_bytes([11, 12]),
-                       headers={"x-session-key": x["key"], "content-type": "application/octet-stream"}).content
+                       headers={**octet, "x-session-key": x["key"]}).content
             for base, x in ((live.url, s), (nodes["a"].url, direct))]
     assert np.array_equal(np.frombuffer(outs[0], "<f4"), np.frombuffer(outs[1], "<f4"))
