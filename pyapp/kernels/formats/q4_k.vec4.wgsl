@@ -6,8 +6,8 @@ fn sm${N}(base: u32, j: u32) -> vec2f {          // (scale, min) of sub-block j 
   let k = (j & 3u) * 8u;
   if (j < 4u) { return vec2f(f32((a >> k) & 63u), f32((m >> k) & 63u)); }
   let hi = ${N}[base + 3u] >> k;
-  return vec2f(f32((hi & 15u) | (((a >> k) >> 6u) & 3u) << 4u),
-               f32(((hi >> 4u) & 15u) | (((m >> k) >> 6u) & 3u) << 4u));
+  return vec2f(f32((hi & 15u) | ((((a >> k) >> 6u) & 3u) << 4u)),
+               f32(((hi >> 4u) & 15u) | ((((m >> k) >> 6u) & 3u) << 4u)));
 }
 fn ld${N}(i: u32) -> vec4f {
   let base = (i >> 6u) * 36u;

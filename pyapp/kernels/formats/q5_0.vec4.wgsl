@@ -12,6 +12,6 @@ fn ld${N}(i: u32) -> vec4f {
   let h = (u32at${N}(base + 2u) >> j) & 15u;
   let q = (u32at${N}(base + 6u + (j & 15u)) >> ((j >> 4u) * 4u)) & 0x0F0F0F0Fu;
   let v = vec4u(q & 15u, (q >> 8u) & 15u, (q >> 16u) & 15u, q >> 24u)
-        | ((vec4u(h) >> vec4u(0u, 1u, 2u, 3u)) & vec4u(1u)) << vec4u(4u);
+        | (((vec4u(h) >> vec4u(0u, 1u, 2u, 3u)) & vec4u(1u)) << vec4u(4u));
   return d * (vec4f(v) - 16.0);
 }
