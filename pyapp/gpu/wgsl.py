@@ -20,6 +20,15 @@ def wdecl(binding: int, name: str, fmt: str, vec: int) -> str:
     return kernels.snippet(f"formats/{f.wgsl}" + (".vec4" if vec == 4 else ""), B=binding, N=name)
 
 
+def block_wdecl(binding: int, name: str, fmt: str) -> str | None:
+    """The optional whole-block loader `ld<name>(b) -> array<vec4f, block / 4>` of a block
+    format (`kernels/formats/<fmt>.blk.wgsl`), or None."""
+    f = formats.get(fmt)
+    if not f.quantized or f.wgsl is None or not kernels.exists(f"formats/{f.wgsl}.blk"):
+        return None
+    return kernels.snippet(f"formats/{f.wgsl}.blk", B=binding, N=name)
+
+
 def mulv(vec: int) -> str:
     if vec == 4:
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
