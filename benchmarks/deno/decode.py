@@ -8,7 +8,7 @@ import js
 import pyapp.gpu.browser as gb
 from pyapp.arch import build_model
 from pyapp.gpu import GpuBackend
-from pyapp.gpu.backend import autotune_async
+from pyapp.gpu.autotune import autotune_async
 from pyapp.sampling import SamplingParams
 
 spec = json.loads(js.SPEC)

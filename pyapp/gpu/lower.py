@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import kernels
+from .. import formats, kernels
 from . import wgsl
 from .device import GpuError
 
@@ -87,6 +87,16 @@ def _linear(b, o, s: Step):
     vec = 4 if K % 4 == 0 else 1
     # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
     variant = b.variants.get("linear_head") if o.outs[0] == "logits" else None
+    blk = wgsl.block_wdecl(1, "w", wt.dtype)
+    if blk is not None and (variant or b.variants["linear"]) == "row":
+        # one column per invocation walking whole blocks: scales decoded once per block
+        TB = 1 if T == 1 else 4
+        out = []
+        for buf, r0, rows, _b0, _nb in wt.chunks:
+            src = kernels.render("linear_row_blk", WDECL=blk, BDECL=bdecl, YDECL=wgsl.GEMV_STORE, N=rows,
+                                 KV=K // 4, NB=K // formats.get(wt.dtype).block, YS=NF, N0=r0, TB=TB)
+            out.append(b.dispatch(src, {**ent0, 1: buf}, ceil(rows, 64), ceil(T, TB), head=s.head))
+        return out
     wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
     return [gemv(b, wd, bdecl, wgsl.GEMV_STORE, vec, rows, K // vec, NF, r0, s, {**ent0, 1: buf}, variant)
             for buf, r0, rows, _b0, _nb in wt.chunks]

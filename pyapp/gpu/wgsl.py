@@ -27,6 +27,15 @@ def norm_weight(fmt: str, offset=None) -> str:
     return wdecl(1, "w0", fmt, 1) + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}"
 
 
+def block_wdecl(binding: int, name: str, fmt: str) -> str | None:
+    """The optional whole-block loader `ld<name>(b) -> array<vec4f, block / 4>` of a block
+    format (`kernels/formats/<fmt>.blk.wgsl`), or None."""
+    f = formats.get(fmt)
+    if not f.quantized or f.wgsl is None or not kernels.exists(f"formats/{f.wgsl}.blk"):
+        return None
+    return kernels.snippet(f"formats/{f.wgsl}.blk", B=binding, N=name)
+
+
 def mulv(vec: int) -> str:
     if vec == 4:
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
