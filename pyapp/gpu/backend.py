@@ -21,6 +21,7 @@ import struct
 from array import array
 
 from .. import formats, kernels
+from ..kvwire import check_floors, check_handover, ring_runs, window_start
 from ..models import Model, attention_windows, check_rewind
 from . import lower
 from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
@@ -52,33 +53,107 @@ class GpuKVCache:
     rows (written before they are read) and, as on numpy, a rewind of up to W + 1 tokens."""
 
     def __init__(self, backend, start, stop, capacity):
-        m = backend.model
+        self.device, self.model, self.max_tokens = backend.device, backend.model, backend.max_tokens
         self.capacity = capacity
         self.length = 0
-        self.k, self.v = {}, {}
-        self.windows = {i: w for i, w in attention_windows(m).items() if start <= i < stop}
-        ring = lambda w: min(capacity, w + max(w, backend.max_tokens))  # noqa: E731
-        self.slots = {i: ring(self.windows[i]) if i in self.windows else capacity
-                      for i in range(start, stop)} if m.causal else {}
-        for i, n in self.slots.items():
-            nb = m.n_kv_heads * n * m.head_dim * 4
-            self.k[i] = backend.device.create_buffer(nb)
-            self.v[i] = backend.device.create_buffer(nb)
-        self.nbytes = 2 * m.n_kv_heads * m.head_dim * 4 * sum(self.slots.values())
+        self.k, self.v, self.slots, self.windows = {}, {}, {}, {}
+        self.floors = {}     # layer -> its first valid position, after a hand-over (kvwire)
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
-        self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        self.buffer_ids = set()
+        for i in range(start, stop) if self.model.causal else ():
+            self.add_layer(i)
+
+    @property
+    def nbytes(self):
+        return 2 * self.model.n_kv_heads * self.model.head_dim * 4 * sum(self.slots.values())
 
     def truncate(self, n):
         check_rewind(self.length, n, {i: (self.slots[i], w) for i, w in self.windows.items()})
+        check_floors(n, self.floors, self.windows)
         self.length = n
+        if n == 0:
+            self.floors.clear()
+
+    # ------------------------------------------------------------------ hand-over (pyapp.kvwire)
+    def _changed(self):
+        """Layers came or went: recorded plans and bind groups over the old set are stale."""
+        self.plans.clear()
+        self.groups.clear()
+        self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+
+    def add_layer(self, i):
+        """Allocate layer i's K/V: a ring of min(capacity, W + max(W, max_tokens)) slots on a
+        window layer (the W keys a query sees, plus one step's rows and rewind slack)."""
+        m = self.model
+        w = attention_windows(m).get(i)
+        n = min(self.capacity, w + max(w, self.max_tokens)) if w else self.capacity
+        if w:
+            self.windows[i] = w
+        self.slots[i] = n
+        nb = m.n_kv_heads * n * m.head_dim * 4
+        self.k[i] = self.device.create_buffer(nb)
+        self.v[i] = self.device.create_buffer(nb)
+        self._changed()
+
+    def drop_layer(self, i):
+        for b in (self.k.pop(i, None), self.v.pop(i, None)):
+            if b is not None:
+                b.destroy()
+        for d in (self.slots, self.windows, self.floors):
+            d.pop(i, None)
+        self._changed()
+
+    def _layer_reads(self, i):
+        """(p0, n, [(buffer offset, bytes)] per head and ring run) of what read_layer returns."""
+        m = self.model
+        p0 = window_start(self.length, self.windows.get(i))
+        row = m.head_dim * 4
+        S = self.slots[i]
+        spans = [((h * S + s) * row, cnt * row) for h in range(m.n_kv_heads)
+                 for s, _off, cnt in ring_runs(p0, self.length, S)]
+        return p0, spans
+
+    def read_layer(self, i):
+        """(p0, K bytes, V bytes): layer i's f32 keys/values [Hkv, length - p0, hd] for positions
+        p0..length-1 (native binding: blocking reads)."""
+        p0, spans = self._layer_reads(i)
+        return (p0, b"".join(self.device.read(self.k[i], o, n) for o, n in spans if n),
+                b"".join(self.device.read(self.v[i], o, n) for o, n in spans if n))
+
+    async def read_layer_async(self, i):
+        """read_layer for the browser (mapAsync readbacks)."""
+        p0, spans = self._layer_reads(i)
+        k = [bytes(await self.device.read_async(self.k[i], o, n)) for o, n in spans if n]
+        v = [bytes(await self.device.read_async(self.v[i], o, n)) for o, n in spans if n]
+        return p0, b"".join(k), b"".join(v)
+
+    def write_layer(self, i, p0, k, v):
+        """Store f32 K/V [Hkv, n, hd] (buffer-protocol bytes or JS typed arrays, written as
+        they are) of positions p0..p0+n-1, ending at `length`, into layer i."""
+        m = self.model
+        row = m.head_dim * 4
+        n = data_nbytes(k) // (m.n_kv_heads * row)
+        if data_nbytes(k) != n * m.n_kv_heads * row or data_nbytes(v) != data_nbytes(k):
+            raise ValueError(f"KV of layer {i}: K and V must both be [{m.n_kv_heads}, n, {m.head_dim}] f32")
+        check_handover(i, p0, n, self.length, self.windows.get(i))
+        S = self.slots[i]
+        for h in range(m.n_kv_heads):
+            for s, off, cnt in ring_runs(p0, p0 + n, S):
+                a = (h * n + off) * row
+                for src, dst in ((k, self.k[i]), (v, self.v[i])):
+                    self.device.write(dst, (h * S + s) * row, byte_slice(src, a, a + cnt * row))
+        if p0:
+            self.floors[i] = p0
+        else:
+            self.floors.pop(i, None)
 
     def destroy(self):
         """Free the K/V buffers now (they also go with the cache object: the backend keeps
         no reference to them)."""
         for b in list(self.k.values()) + list(self.v.values()):
             b.destroy()
-        self.k, self.v, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, set()
+        self.k, self.v, self.slots, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, {}, set()
 
 
 # ----------------------------------------------------------------------------- backend
@@ -139,6 +214,7 @@ class GpuBackend:
             self._grow_logits(1)
         self.tok_buf = device.create_buffer(16)
         self.readback = device.create_buffer(16, "readback")
+        self.ready = None             # progressive loading: parts whose weights are on the GPU
         self.rope_bufs = {}           # theta -> cos/sin table (Gemma: one per local/global base)
         for o in self.ops:
             if o.kind == "rope" and o.attrs["theta"] not in self.rope_bufs:
@@ -164,6 +240,38 @@ class GpuBackend:
             n = min(per, rows - r0)
             t.chunks.append([self.device.create_buffer(n * rb), r0, n, r0 * rb, n * rb])
             r0 += n
+
+    # ------------------------------------------------------------------ progressive loading
+    def track_ready(self):
+        """From now on steps only run over parts marked ready (weights streamed and verified):
+        a backend built for [start, stop) runs [K, stop) for any K >= runnable_from()."""
+        self.ready = set()
+
+    def mark_ready(self, part):
+        """`part`: a layer index, "embed" or "head", whose every tensor is written and verified."""
+        if self.ready is not None:
+            self.ready.add(part)
+
+    def runnable_from(self):
+        """The lowest K such that [K, stop) (and the head, if built with one) can run; None
+        while nothing can (stop when only the head is there)."""
+        if self.ready is None:
+            return self.start
+        if self.head and "head" not in self.ready:
+            return None
+        k = self.stop
+        while k > self.start and (k - 1) in self.ready:
+            k -= 1
+        return k
+
+    def _check_ready(self, start, stop, embed, head):
+        if self.ready is None:
+            return
+        missing = [i for i in range(start, stop) if i not in self.ready]
+        missing += [p for p, need in (("embed", embed), ("head", head)) if need and p not in self.ready]
+        if missing:
+            raise ValueError(f"weights of {', '.join(map(str, missing))} have not arrived yet: "
+                             f"this backend runs from layer {self.runnable_from()}")
 
     def weight_layout(self):
         """[(tensor name, nbytes)] in upload order (the dtype's raw little-endian bytes)."""
@@ -299,6 +407,7 @@ class GpuBackend:
         else:
             data, T = hidden_rows(x, m.hidden)
             writes.append((self.acts["x"], 0, data))
+        self._check_ready(start, stop, ids is not None, head)
         if T == 0:
             raise ValueError("empty step")
         if T > self.max_tokens:
