@@ -293,7 +293,7 @@ async def _ws_move(st, s, ws, req: dict):
     """``{"op": "move", ...}``: the handover header, then (to the edge) its KV frames; the
     client answers with commit, or (to the server) with its KV frames."""
     move, frames = await st.sessions.start_move(s, req, owner=ws)
-    await ws.send_text(json.dumps({**move.info(True), "frames": len(frames),
+    await ws.send_text(json.dumps({**move.info(), "frames": len(frames),
                                    "bytes": sum(len(f) for f in frames)}))
     for f in frames:
         await ws.send_bytes(f)

@@ -75,10 +75,10 @@ class Move:
         self.layers = list(range(old - 1, new - 1, -1)) if self.to_edge else list(range(old, new))
         self.frames: dict[int, tuple] = {}   # to_server: layer -> (p0, K, V) f32 [Hkv, n, hd]
 
-    def info(self, with_kv: bool) -> dict:
+    def info(self) -> dict:
         return {"op": "handover", "from": self.old, "split": self.new, "position": self.position,
-                "direction": "to_edge" if self.to_edge else "to_server",
-                "layers": self.layers if with_kv else [], "kv_dtype": self.kv_dtype}
+                "direction": "to_edge" if self.to_edge else "to_server", "layers": self.layers,
+                "kv_dtype": self.kv_dtype}
 
 
 def kv_bytes(m, ctx: int, split: int) -> int:
@@ -353,6 +353,16 @@ class SessionManager:
 
     # ------------------------------------------------------------------ moving the split
     @staticmethod
+    def _pending(s: Session, owner, to_edge: bool, what: str) -> Move:
+        """The session's move of this socket and direction, or the error that says why not."""
+        if s.closed:
+            raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
+        move = s.move
+        if move is None or move.owner is not owner or move.to_edge != to_edge:
+            raise ApiError(409, f"no hand-over {what}")
+        return move
+
+    @staticmethod
     def _no_move(s: Session):
         if s.move is not None:
             raise ApiError(409, f"the split is moving from {s.move.old} to {s.move.new}: finish the "
@@ -476,9 +486,7 @@ class SessionManager:
     async def commit_move(self, s: Session, owner=None) -> Session:
         """The edge has every frame of a move to it: the server drops its copy."""
         async with s.lock:
-            move = s.move
-            if move is None or move.owner is not owner or not move.to_edge:
-                raise ApiError(409, "no hand-over to the edge is waiting for a commit")
+            move = self._pending(s, owner, True, "to the edge is waiting for a commit")
             await anyio.to_thread.run_sync(self._apply, s, move, limiter=self.limiter)
             s.last_used = time.monotonic()
             return s
@@ -487,9 +495,7 @@ class SessionManager:
         """One KV frame of a move to the server; True once the move is done. A bad frame cancels
         the move (the session stays at its old split) and raises."""
         async with s.lock:
-            move = s.move
-            if move is None or move.owner is not owner or move.to_edge:
-                raise ApiError(409, "no hand-over to the server is waiting for KV frames")
+            move = self._pending(s, owner, False, "to the server is waiting for KV frames")
             try:
                 self._take_frame(s, move, data)
             except ApiError:
@@ -504,9 +510,9 @@ class SessionManager:
     async def finish_move(self, s: Session, owner=None):
         """End a move to the server that needs no frames (position 0, or an encoder)."""
         async with s.lock:
-            move = s.move
-            if move is None or move.owner is not owner or move.to_edge or move.layers:
-                raise ApiError(409, "no hand-over to the server is ready to finish")
+            move = self._pending(s, owner, False, "to the server is ready to finish")
+            if move.layers:
+                raise ApiError(409, f"the move waits for the KV of layers {move.layers}")
             await anyio.to_thread.run_sync(self._apply, s, move, limiter=self.limiter)
 
     def _take_frame(self, s: Session, move: Move, data):
