@@ -1,13 +1,15 @@
 """pyapp: split transformer inference between a server and the browser's WebGPU.
 
-In the page (Pyodide), ``import pyapp`` gives the edge API: ``await pyapp.generate(...)``,
-``pyapp.embed``, ``pyapp.tokenize``, ``pyapp.run_python``, ``pyapp.stop``, ``pyapp.stats``
-(``pyapp/edge/api.py``), loaded on first use so that CPython users of the store, the
+In the page (Pyodide), ``import pyapp`` gives the edge API, the same calls as JS's
+``window.pyapp`` with snake_case names: ``await pyapp.generate(...)``, ``embed``, ``tokenize``,
+``default_split``, ``adapter``, ``models``, ``run_python``, ``stop``, ``stats``
+(``pyapp/edge/api.py``, docs/edge.md), loaded on first use so that CPython users of the store, the
 numpy executor or the server import nothing of the edge.
 """
 __version__ = "0.1.0"
 
-_EDGE_API = ("generate", "embed", "tokenize", "run_python", "stop", "stats")
+_EDGE_API = ("generate", "embed", "tokenize", "default_split", "adapter", "models", "run_python",
+             "stop", "stats")
 
 
 def __getattr__(name):

@@ -34,6 +34,7 @@ PYODIDE_FILES = ("pyodide.mjs", "pyodide.js", "pyodide.asm.mjs", "pyodide.asm.wa
 COPIES = {
     "@huggingface/tokenizers/dist/tokenizers.min.mjs": "tokenizers.min.mjs",
     "@huggingface/jinja/dist/index.js": "jinja/index.js",
+    "js-sha256/src/sha256.js": "js-sha256/sha256.js",   # the edge's SHA-256 without crypto.subtle
 }
 
 
@@ -85,7 +86,7 @@ def npm_install(root: Path, log=_log_default):
 
 def _newest_source(root: Path) -> float:
     newest = (root / "pyproject.toml").stat().st_mtime
-    for pattern in ("pyapp/**/*.py", "pyapp/**/*.wgsl"):
+    for pattern in ("pyapp/**/*.py", "pyapp/**/*.wgsl", "pyapp/**/*.js"):
         for p in root.glob(pattern):
             newest = max(newest, p.stat().st_mtime)
     return newest

@@ -82,6 +82,7 @@ class TokenizerAdapter:
         # exactly as `pyapp embed` avoids
         if hasattr(self.impl, "no_padding"):
             self.impl.no_padding()
+            self.impl.no_truncation()   # too long is refused (context overflow), never cut
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.impl.encode(text, add_special_tokens=add_special_tokens).ids)
