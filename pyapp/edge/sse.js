@@ -22,7 +22,7 @@
   const read = () => {
     let timer;
     const stall = new Promise((_, rej) => {
-      timer = setTimeout(() => { ctl.abort(); rej(fail('timeout', `the server sent nothing for ${timeoutMs / 1000} s`)); }, timeoutMs);
+      timer = setTimeout(() => { rej(fail('timeout', `the server sent nothing for ${timeoutMs / 1000} s`)); ctl.abort(); }, timeoutMs);
     });
     return Promise.race([reader.read(), stall]).finally(() => clearTimeout(timer));
   };

@@ -58,7 +58,8 @@
   function readTimed(reader, ctl, ms, url) {
     let timer;
     const stall = new Promise((_, rej) => {
-      timer = setTimeout(() => { ctl.abort(); rej(fail('timeout', `the download of ${url} stalled: no bytes for ${ms / 1000} s`)); }, ms);
+      // reject before aborting, so the race settles with the stall, not the read's AbortError
+      timer = setTimeout(() => { rej(fail('timeout', `the download of ${url} stalled: no bytes for ${ms / 1000} s`)); ctl.abort(); }, ms);
     });
     return Promise.race([reader.read(), stall]).finally(() => clearTimeout(timer));
   }
