@@ -7,7 +7,8 @@ the page) call.  Python names, snake_case options; the JS side takes camelCase t
     await embed(texts, model=..., split=..., wait=True) -> [[float, ...], ...]
     await tokenize(text, model=..., chat=False)         -> [int, ...]
     await default_split(model) -> {split, reason, ...};  await adapter() -> {...}
-    await models() -> [{id, kind, n_layers, ...}];        stats(), stop(), await run_python(code)
+    await list_models() -> [{id, kind, n_layers, ...}]  (JS: models());  stats(), stop(),
+    await run_python(code)
 
 * Every option is checked first (:mod:`.options`): an unknown name, a wrong type or a value out
   of range fails with one sentence naming the option; ``embed`` on a decoder and ``generate`` on
@@ -120,8 +121,9 @@ class EdgeModel:
         return self.tokenizer.encode(prompt).ids
 
 
-async def models():
-    """The server's models: [{id, kind ("causal_lm" | "encoder"), n_layers, context, ...}]."""
+async def list_models():
+    """The server's models: [{id, kind ("causal_lm" | "encoder"), n_layers, context, ...}]
+    (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list module)."""
     if state.server_models is None:
         d = await stream.fetch_json(state.base_url + "/v1/models")
         state.server_models = list(d.get("data") or [])
@@ -130,7 +132,7 @@ async def models():
 
 async def _model_name(name, kind):
     """``name`` checked against the server's list, or its first model of ``kind``."""
-    ms = await models()
+    ms = await list_models()
     if name is None:
         hit = next((m["id"] for m in ms if m.get("kind") == kind), None)
         if hit is None:
@@ -596,7 +598,7 @@ def _args(name):
         "tokenize": lambda t, o=None: tokenize(_py_deep(t), **_js_opts(o)),
         "default_split": lambda m=None: default_split(_py(m)),
         "adapter": lambda: adapter(),
-        "models": lambda: models(),
+        "models": lambda: list_models(),
     }[name]
 
 
