@@ -198,14 +198,14 @@ def test_stop_then_a_second_generate_on_the_same_session(page, references):
     assert r["stats"]["finish_reason"] == "cancelled", r["stats"]
     assert 4 <= len(r["ids"]) < 32 and r["ids"] == ids[:len(r["ids"])]
     sid = py(page, "import json\nfrom pyapp.edge.api import state\n"
-                   "json.dumps(state.runners[('smollm2-135m', 30)].server.id)")
+                   "json.dumps(state.runners[('smollm2-135m', 'f32', 30)].server.id)")
     r2 = page.evaluate("(p) => pyapp.generate(p, {model: 'smollm2-135m', greedy: true, maxNewTokens: 8, split: 30})",
                        PROMPT)
     assert r2["stats"]["finish_reason"] == "length"
     assert r2["ids"] == ids[:8]
     assert r2["stats"]["weight_bytes"] == 0          # the tail stayed on the GPU
     assert sid == py(page, "import json\nfrom pyapp.edge.api import state\n"
-                           "json.dumps(state.runners[('smollm2-135m', 30)].server.id)")   # same session
+                           "json.dumps(state.runners[('smollm2-135m', 'f32', 30)].server.id)")   # same session
     # seeded sampling (temperature, top-p) on the GPU is reproducible
     opts = "{model: 'smollm2-135m', greedy: false, temperature: 0.8, topP: 0.9, seed: 7, maxNewTokens: 6, split: 30}"
     a = page.evaluate(f"(p) => pyapp.generate(p, {opts})", PROMPT)
@@ -294,6 +294,32 @@ def test_minilm_embeddings_match_sentence_transformers(page, st_reference, split
           f"min {min(cos):.7f} (CJK {cos[0]:.7f}, one word {cos[1]:.7f}, paragraph {cos[2]:.7f}); "
           f"one at a time min {min(cos1):.7f}")
     assert min(cos) >= 0.9999 and min(cos1) >= 0.9999, (cos, cos1)
+
+
+def test_edge_tokenizer_is_the_cpython_one_without_padding_or_truncation(page):
+    """The edge's MiniLM ids equal the Rust `tokenizers` package's with tokenizer.json's padding
+    and truncation (128) off: a 250-token paragraph keeps every token, a word gets no padding."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer as RustTokenizer
+
+    from pyapp.store import model_path
+    ref = RustTokenizer.from_file(str(Path(model_path(MINI)) / "tokenizer.json"))
+    ref.no_padding()
+    ref.no_truncation()
+    for t in ODD:
+        assert page.evaluate("(t) => pyapp.tokenize(t, {model: 'minilm-l6'})", t) == ref.encode(t).ids
+    assert len(ref.encode(PARAGRAPH).ids) > 200
+
+
+def test_server_embeddings_refuse_past_context_and_do_not_cut(server, st_reference):
+    """The server, like the edge: a text past the context is a 400 naming it, one under it is
+    embedded whole (not cut at tokenizer.json's 128)."""
+    import httpx
+    r = httpx.post(server.url + "/v1/embeddings", json={"model": MINI, "input": ["word " * 600]}, timeout=60)
+    assert r.status_code == 400 and "512" in r.json()["error"]["message"], r.text
+    r = httpx.post(server.url + "/v1/embeddings", json={"model": MINI, "input": [PARAGRAPH]}, timeout=60)
+    assert cosine(r.json()["data"][0]["embedding"], st_reference[PARAGRAPH]) >= 0.9999
 
 
 def test_embed_warm_call_streams_nothing(page):

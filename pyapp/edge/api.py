@@ -52,6 +52,7 @@ class _State:
         self.models = {}             # name -> EdgeModel
         self.runners = OrderedDict()  # (name, dtype, split) -> session.SplitRunner, LRU order
         self.lock = asyncio.Lock()   # one GPU job at a time
+        self.probe_lock = asyncio.Lock()   # the GEMV timing runs once, whoever asks first
         self.stop_requested = False
         self.last_stats = {}
         self.load_stats = {}         # (name, dtype, split) -> stream.LoadStats dict
@@ -198,7 +199,9 @@ async def _choose_split(em):
     ad = await adapter_info()
     dev = await get_device()
     if dev is not None and state.gflops is None:
-        state.gflops = await splitmod.measure_gflops(dev.device)
+        async with state.probe_lock:
+            if state.gflops is None:
+                state.gflops = await splitmod.measure_gflops(dev.device)
     if dev is None:
         ad = splitmod.AdapterInfo(False, state.device_error or ad.reason)
     return splitmod.choose_split(em.manifest, ad, state.gflops)
