@@ -108,14 +108,15 @@ def _one_op_backend(dev, layer, shapes, hidden, variants, T, n_heads=1, n_kv_hea
 
 
 def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
-    from .gpu.backend import LINEAR_VARIANTS, candidate_variants
+    from .gpu.autotune import LINEAR_VARIANTS, candidate_variants
     from .models import op
     rows = []
     D = model.hidden
     c = model.config
     inter = c.get("intermediate_size", 4 * D)
     H, Hkv, hd, V = model.n_heads, model.n_kv_heads, model.head_dim, model.vocab
-    item = 4 if dtype == "f32" else 2
+    from . import formats
+    wbytes = formats.get(dtype).nbytes
     sync = dev.create_buffer(16)
 
     def run(name, b, T, nbytes, flops=0, pos0=0, variant=""):
@@ -154,7 +155,7 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                     rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"], "error": str(e)[:200]})
                     continue
                 try:
-                    run(f"linear {N}x{K} ({what})", b, T, N * K * item + T * (K + N) * 4, 2 * N * K * T,
+                    run(f"linear {N}x{K} ({what})", b, T, wbytes((N, K)) + T * (K + N) * 4, 2 * N * K * T,
                         variant=v["linear"])
                 except Exception as e:  # noqa: BLE001
                     rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"],
@@ -191,7 +192,7 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                         head=[op("linear", "x", "logits", {"w": "w", "b": None})])
     from . import kernels
     src = kernels.render("sample", V=V)
-    disp = [b._d(src, {1: b.logits, 2: b.tok_buf}, 1, head=True)]
+    disp = [b.dispatch(src, {1: b.logits, 2: b.tok_buf}, 1, head=True)]
     dt, _ = time_recording(dev, disp, [(b.params, 0, b._params(1, 0))], reps, sync)
     rows.append({"kernel": f"sample argmax V={V}", "variant": "", "T": 1, "us": dt * 1e6,
                  "GBps": V * 4 / dt / 1e9, "dispatches": 1})
@@ -208,26 +209,42 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
 # ----------------------------------------------------------------------------- decode
 
 def random_backend(dev, model, dtype="f32", seed=0, **kw):
+    """A GpuBackend of the model's shape with random weights: matrices in format `dtype`
+    (quantized blocks from gguf's quantize, as llama.cpp writes them), vectors in f32."""
     import numpy as np
 
+    from . import formats
     from .gpu import GpuBackend
-    b = GpuBackend(dev, model, 0, None, None, None, dtype, **kw)
+    from .gpu.shapes import infer_shapes
+    shapes = infer_shapes(model)
+    dtypes = {n: (dtype if len(s) == 2 else "f32") for n, s in shapes.items()}
+    b = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, **kw)
     rng = np.random.default_rng(seed)
     for name, nbytes in b.weight_layout():
-        shape = b.tensors[name].shape
-        if len(shape) == 1:
-            a = (1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32))
+        t = b.tensors[name]
+        if len(t.shape) == 1:
+            a = (1.0 + 0.05 * rng.standard_normal(t.shape, dtype=np.float32))
         else:
-            a = rng.standard_normal(shape, dtype=np.float32) * np.float32(shape[-1] ** -0.5)
-        data = a.astype(np.float16) if dtype == "f16" else a
-        b.write_weight(name, 0, data)
+            a = rng.standard_normal(t.shape, dtype=np.float32) * np.float32(t.shape[-1] ** -0.5)
+        b.write_weight(name, 0, encode(a, formats.get(t.dtype)))
     return b
+
+
+def encode(a, fmt):
+    """float32 array -> the stored bytes of format `fmt`."""
+    import numpy as np
+    if fmt.quantized:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+        return quantize(a, GGMLQuantizationType(fmt.ggml_type))
+    return np.ascontiguousarray(a, np.float16 if fmt.name == "f16" else np.float32)
 
 
 def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
                  variants=None, linear_head=None):
     from .gpu import GpuBackend
-    from .gpu.backend import autotune_variants, infer_shapes
+    from .gpu.autotune import autotune_variants
+    from .gpu.shapes import infer_shapes
     from .sampling import SamplingParams
     t0 = time.perf_counter()
     if model_dir is not None and not random:
@@ -319,7 +336,8 @@ def main(argv=None):
     ap.add_argument("what", choices=["kernels", "decode"])
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out")
-    ap.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+    from .cli import add_format_flag
+    add_format_flag(ap)
     ap.add_argument("--random", action="store_true", help="random weights of the model's shape")
     ap.add_argument("--big", action="store_true", help="also 8192^2 and 16384^2 GEMVs")
     ap.add_argument("--reps", type=int, default=50)

@@ -188,7 +188,17 @@ def cmd_pull(a):
 
 def cmd_import(a):
     from .convert import import_path
-    import_path(a.path, name=a.name, dtype=a.dtype)
+    import_path(a.path, name=a.name, dtype=a.dtype, quantize=a.quantize)
+
+
+QUANTIZE_TAGS = ("q4_1", "q8_0")
+
+
+def add_format_flag(s):
+    """`--format` (alias `--dtype`): which weight file of the model to run."""
+    from .formats import FILE_TAGS
+    s.add_argument("--format", "--dtype", dest="dtype", default="f32", choices=list(FILE_TAGS),
+                   help="weight file to run: f32, f16, or quantized blocks dequantized in the kernels")
 
 
 def build_parser():
@@ -205,6 +215,8 @@ def build_parser():
     s.add_argument("path")
     s.add_argument("--name")
     s.add_argument("--dtype", default="f32", choices=["f32", "f16", "all"])
+    s.add_argument("--quantize", choices=list(QUANTIZE_TAGS), action="append",
+                   help="also write model.<tag>.safetensors, quantized as llama.cpp does")
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("models", help="list the store")
@@ -215,7 +227,7 @@ def build_parser():
         s.add_argument("--backend", default="numpy", choices=["numpy", "wgpu"])
         s.add_argument("--split", type=int, default=None,
                        help="layers [0, K) on numpy, the rest on --backend")
-        s.add_argument("--dtype", default="f32", choices=["f32", "f16"])
+        add_format_flag(s)
         s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("generate", help="generate text")

@@ -997,6 +997,67 @@ def convert_hf_folder(folder: Path, out: Path, dtypes=("f32",), source: str | No
 
 
 # --------------------------------------------------------------------------------------------
+# quantize on import
+
+QUANTIZE_TAGS = ("q4_1", "q8_0")
+
+
+def quantize_plan(model, tag: str) -> dict:
+    """{tensor name: format} as llama.cpp's quantize chooses for a whole-model type `tag`: the
+    matrices the GEMVs and the token gather read in `tag`, the output matrix (the lm head, or
+    the token table when tied) in q8_0 (llama.cpp keeps the output at higher precision; Q6_K
+    falls back to Q8_0 on rows that are not whole 256-blocks), and everything else f32 (norms,
+    biases, position tables).  A matrix whose rows are not whole 32-blocks stays f32."""
+    plan = {}
+    for o in model.ops():
+        if o.kind == "linear":
+            plan[o.weights["w"]] = "q8_0" if o.outs[0] == "logits" else tag
+        elif o.kind == "embed" and o.weights["tokens"] not in plan:
+            plan[o.weights["tokens"]] = "q8_0" if model.tied_embeddings else tag
+    return plan
+
+
+def quantize_model(out: Path, tag: str) -> Path:
+    """Write ``model.<tag>.safetensors`` next to the f32 ``model.safetensors`` of folder `out`:
+    blocks from ``gguf.quants.quantize`` as uint8 [rows, bytes_per_row], each tensor's format in
+    the file's metadata (the layout ``convert_gguf`` keeps for GGUF sources)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    from . import formats
+    from .weightfile import load_model_dir
+
+    src = out / "model.safetensors"
+    header, _meta, base = read_safetensors_header(src)
+    plan = quantize_plan(load_model_dir(out), tag)
+    fmts, specs = {}, []
+    for n, info in header.items():
+        f = plan.get(n, "f32")
+        shape = tuple(info["shape"])
+        if info["dtype"] != "F32" or len(shape) != 2 or shape[-1] % 32:
+            f = "f32" if info["dtype"] == "F32" else None
+        fmts[n] = f
+        if f is None:
+            specs.append((n, info["dtype"], shape))
+        else:
+            specs.append((n, formats.get(f).st_dtype, formats.get(f).stored_shape(shape)))
+    meta = {n: f.upper() for n, f in fmts.items() if f is not None}
+    meta["__layout__"] = "ggml blocks as uint8 [rows, bytes_per_row]; value is the ggml type of each tensor"
+    dst = out / formats.weight_file_name(tag)
+    mm = np.memmap(src, dtype=np.uint8, mode="r")
+    with SafetensorsWriter(dst, specs, meta) as w, _bar(len(specs), f"quantize {tag}", unit="tensor") as bar:
+        for n, info in header.items():
+            arr = _st_to_numpy(mm, info, base)
+            f = fmts[n]
+            if f is not None and formats.get(f).quantized:
+                arr = quantize(np.ascontiguousarray(arr, np.float32), GGMLQuantizationType(formats.get(f).ggml_type))
+            w.write(n, arr)
+            bar.update(1)
+    del mm
+    return dst
+
+
+# --------------------------------------------------------------------------------------------
 # public entry points
 
 
@@ -1107,20 +1168,25 @@ def _default_name(path: Path) -> str:
     return stem or "model"
 
 
-def import_path(path, name: str | None = None, dtype="f32") -> Path:
+def import_path(path, name: str | None = None, dtype="f32", quantize=None) -> Path:
     """Import a local GGUF file (llama) or HF folder (bert/gpt2/llama, safetensors) into the store
     as ``name`` (default: derived from the file/folder name), replacing a model of that name.
+    ``quantize``: block format tags (q4_1, q8_0) to also write (``quantize_model``).
     Returns the model folder."""
     path = Path(path).expanduser()
     if not path.exists():
         raise PyappError(f"{path} does not exist")
     name = validate_name(name or _default_name(path))
     want = _parse_dtypes(dtype)
+    quant = tuple(dict.fromkeys([quantize] if isinstance(quantize, str) else (quantize or ())))
+    for q in quant:
+        if q not in QUANTIZE_TAGS:
+            raise PyappError(f"--quantize takes {', '.join(QUANTIZE_TAGS)}, not {q!r}")
     with _model_lock(name), _user_errors(f"import {path}"):
-        return _import_locked(path, name, want)
+        return _import_locked(path, name, want, quant)
 
 
-def _import_locked(path: Path, name: str, want: tuple) -> Path:
+def _import_locked(path: Path, name: str, want: tuple, quant: tuple = ()) -> Path:
     t0 = time.perf_counter()
     _reset_peak_rss()
     if (models_dir() / name).exists():
@@ -1137,6 +1203,10 @@ def _import_locked(path: Path, name: str, want: tuple) -> Path:
                 raise ConversionError(f"{path.name} is not a GGUF file (bad magic {magic!r})")
             else:
                 raise PyappError(f"{path} is neither a GGUF file nor an HF model folder")
+        for q in quant:
+            if q not in meta["dtypes"]:
+                quantize_model(out, q)
+                meta["dtypes"] = list(meta["dtypes"]) + [q]
         meta["name"] = name
         _finish_meta(out, meta, t0)
     dest = models_dir() / name

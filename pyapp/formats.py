@@ -31,6 +31,8 @@ class WeightFormat:
     st_dtype: str             # safetensors dtype of the stored tensor ("F32", "F16", "U8")
     ggml_type: int | None     # GGMLQuantizationType value (GGUF tensor type)
     decode_rows: Callable | None = None   # numpy: uint8 [rows, row_bytes] -> f32 [rows, cols]
+    wgsl: str | None = None   # GPU loaders: pyapp/kernels/formats/<wgsl>.wgsl (value i) and
+    #                           <wgsl>.vec4.wgsl (values 4i..4i+3); None: no GPU kernel
 
     @property
     def quantized(self) -> bool:
@@ -48,6 +50,21 @@ class WeightFormat:
         for s in shape[:-1]:
             rows *= s
         return rows * self.row_bytes(shape[-1] if shape else 1)
+
+    def stored_shape(self, shape) -> tuple:
+        """The safetensors shape of a tensor of `shape` values (uint8 [rows, row_bytes] for blocks)."""
+        shape = tuple(shape)
+        return (*shape[:-1], self.row_bytes(shape[-1])) if self.quantized else shape
+
+    def value_shape(self, stored) -> tuple:
+        """Inverse of `stored_shape`: the shape in values of a stored tensor."""
+        stored = tuple(stored)
+        if not self.quantized:
+            return stored
+        if stored[-1] % self.block_bytes:
+            raise UnsupportedFormat(f"{self.name} rows are whole {self.block_bytes}-byte blocks; "
+                                    f"{stored[-1]} bytes do not divide")
+        return (*stored[:-1], stored[-1] // self.block_bytes * self.block)
 
     def decode(self, raw, shape):
         """The reference decode: stored bytes (numpy uint8 or float array) -> float32 `shape`."""
@@ -107,11 +124,11 @@ def _decode_q4_0(rows):
 
 
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
-    WeightFormat("f32", 1, 4, "F32", 0),
-    WeightFormat("f16", 1, 2, "F16", 1),
+    WeightFormat("f32", 1, 4, "F32", 0, wgsl="f32"),
+    WeightFormat("f16", 1, 2, "F16", 1, wgsl="f16"),
     WeightFormat("q4_0", 32, 18, "U8", 2, _decode_q4_0),
-    WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1),
-    WeightFormat("q8_0", 32, 34, "U8", 8, _decode_q8_0),
+    WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1, wgsl="q4_1"),
+    WeightFormat("q8_0", 32, 34, "U8", 8, _decode_q8_0, wgsl="q8_0"),
 )}
 
 # GGUF tensor type names (gguf.GGMLQuantizationType.name) -> format name
@@ -119,8 +136,9 @@ GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 
 # formats a whole model's weights are kept in (a weight file per tag); "f32" always exists
 FILE_TAGS = ("f32", "f16", "q4_1", "q8_0")
-# the weight files both backends run today, so the server offers them in manifests
-SERVED_TAGS = ("f32", "f16")
+# the weight files both backends run (numpy decodes at load, WGSL loaders in kernels/formats/),
+# so the server offers them in manifests
+SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0")
 
 
 def get(name: str) -> WeightFormat:
@@ -131,6 +149,14 @@ def get(name: str) -> WeightFormat:
         raise UnsupportedFormat(f"weight format {name!r} is not supported "
                                 f"(supported: {', '.join(FORMATS)})")
     return f
+
+
+def tensor_format(st_dtype: str, ggml_name: str | None = None) -> str | None:
+    """The format of a stored tensor: the ggml type a block file's metadata names for it, else
+    its safetensors float dtype (F32/F16); None for anything else (integer buffers)."""
+    if ggml_name and ggml_name.upper() in GGML_NAMES:
+        return GGML_NAMES[ggml_name.upper()]
+    return {"F32": "f32", "F16": "f16"}.get(st_dtype)
 
 
 def weight_file_name(tag: str) -> str:

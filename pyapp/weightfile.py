@@ -17,14 +17,18 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 
 def parse_safetensors_header(raw: bytes):
-    """(header dict, data start offset) from the first bytes of a .safetensors file."""
+    """(header dict, data start offset) from the first bytes of a .safetensors file; each
+    tensor's entry gains "format": its pyapp.formats name (block files name each tensor's
+    ggml type in the metadata), or None."""
     if len(raw) < 8:
         raise ValueError("safetensors file too short")
     n = struct.unpack("<Q", raw[:8])[0]
     if len(raw) < 8 + n:
         raise ValueError(f"need {8 + n} bytes of header, have {len(raw)}")
     header = json.loads(raw[8:8 + n])
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None) or {}
+    for name, info in header.items():   # each tensor's weight format (None: not a weight format)
+        info["format"] = formats.tensor_format(info["dtype"], meta.get(name))
     return header, 8 + n
 
 

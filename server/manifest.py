@@ -107,8 +107,12 @@ def build_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
         header, data_start = headers[p]
         t = header[tname]
         a, b = t["data_offsets"]
+        # dtype: the tensor's weight format (a block file names each tensor's ggml type);
+        # shape: in values, whatever the format (what GpuBackend(shapes=...) takes)
+        fmt = t["format"]
         return p, {"name": tname, "offset": data_start + a, "length": b - a,
-                   "dtype": ST_DTYPES.get(t["dtype"], t["dtype"].lower()), "shape": t["shape"]}
+                   "dtype": fmt or ST_DTYPES.get(t["dtype"], t["dtype"].lower()),
+                   "shape": list(formats.get(fmt).value_shape(t["shape"])) if fmt else t["shape"]}
 
     def chunks_for(cid, layer, names):
         by_file: dict = {}

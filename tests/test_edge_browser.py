@@ -291,8 +291,8 @@ def test_minilm_embeddings_match_sentence_transformers(page, st_reference, split
     one = [page.evaluate("([t, k]) => pyapp.embed(t, {model: 'minilm-l6', split: k})", [t, split])[0] for t in singles]
     cos1 = [cosine(g, st_reference[t]) for g, t in zip(one, singles)]
     print(f"\n[edge] MiniLM split {split}: batch of 32 in {batch_s:.1f} s; cosine vs sentence-transformers "
-          f"min {min(cos):.7f} (CJK {cos[0]:.7f}, one word {cos[1]:.7f}, paragraph {cos[2]:.7f}); "
-          f"one at a time min {min(cos1):.7f}")
+          f"min {min(cos):.7f} = 1 - {1 - min(cos):.1e} (CJK 1 - {1 - cos[0]:.1e}, one word 1 - {1 - cos[1]:.1e}, "
+          f"paragraph 1 - {1 - cos[2]:.1e}); one at a time min 1 - {1 - min(cos1):.1e}")
     assert min(cos) >= 0.9999 and min(cos1) >= 0.9999, (cos, cos1)
 
 

@@ -166,7 +166,13 @@ def case(name, layer, weights, T, hidden, check, steps=1, causal=False, n_heads=
               layers=[layer], head=[])
     ref, up = {}, {}
     for n, a in weights.items():
-        if dtype == "f16":
+        if dtype in ("q4_1", "q8_0"):     # GGUF blocks; the reference is gguf's dequantize
+            from gguf import GGMLQuantizationType
+            from gguf.quants import dequantize, quantize
+            t = GGMLQuantizationType[dtype.upper()]
+            raw = quantize(np.asarray(a, np.float32), t)
+            ref[n], up[n] = dequantize(raw, t), raw.tobytes()
+        elif dtype == "f16":
             h = np.asarray(a, np.float16)
             ref[n], up[n] = h.astype(np.float32), h.tobytes()
         else:
@@ -283,6 +289,19 @@ def make_cases():
                                                                 "token_type": "tt"})],
                    ids=[0, 202, 57, 101, 100, 3, 150], vocab=V, max_binding=10000, dtype="f16", steps=2,
                    causal=True))
+    # quantized blocks read in the kernels (SwiftShader has no shader-f16: u32 words only)
+    qw = {"w": rng.standard_normal((135, 96)) * 0.2}
+    for q in ("q4_1", "q8_0"):
+        for v in ("row", "wg", "sg"):
+            for T in (1, 5):
+                cs.append(case(f"linear-{v}-{q}-T{T}", [op("linear", "x", "f", {"w": "w", "b": None})], qw, T,
+                               96, ["f"], dtype=q, variants={"linear": v}))
+        cs.append(case(f"embed-split-table-{q}", [], {"tok": rng.standard_normal((203, 64))}, 6, 64, ["x"],
+                       embed=[op("embed", "ids", "x", {"tokens": "tok"})], ids=[0, 202, 57, 101, 3, 150],
+                       vocab=203, max_binding=4096, dtype=q, causal=True))
+    fw = {"wg": rng.standard_normal((77, 64)) * 0.5, "wu": rng.standard_normal((77, 64)) * 0.5}
+    cs.append(case("fused-gemv-wg-q4_1", mlp[:3], fw, 6, 64, ["g", "u", "m"], dtype="q4_1",
+                   variants={"linear": "wg", "fuse": True}))
     z = (rng.standard_normal(1001) * 4).astype(np.float32)
     cs.append(sample_case("sample-argmax", z, SamplingParams(), 0))
     for i, sp in enumerate([SamplingParams(greedy=False, temperature=0.8, top_k=40, seed=5),

@@ -173,3 +173,39 @@ def test_long_prompt_prefilled_in_chunks(tiny_dir, device):
     gs = GpuBackend.load(d, start=1, device=device, max_tokens=8)
     got = generate(numpy_step(nb, nb.new_cache(64, 0, 1), sp, 1, gs, gs.new_cache(64, 1, 3)), prompt, 8)
     assert got.ids == ref.ids
+
+
+def _live_buffers():
+    import gc
+
+    from wgpu import diagnostics
+    gc.collect()
+    return diagnostics.object_counts.get_dict()["Buffer"]["count"]
+
+
+@pytest.mark.parametrize("end", ["dropped", "destroyed"])
+def test_kv_cache_buffers_freed_after_generate(tiny_dir, device, end):
+    """Every generate() gets a fresh cache; once it is dropped (or destroyed) its K/V buffers
+    are gone: the live wgpu buffers (wgpu-py's own object count) stay flat over 6 runs."""
+    from pyapp.gpu import GpuBackend
+    d, _ = tiny_dir("llama")
+    gb = GpuBackend.load(d, device=device)
+    sp = SamplingParams()
+    kv = 2 * gb.model.n_layers
+
+    def one():
+        c = gb.new_cache(64)
+        ids = generate(gpu_step(gb, c, sp), PROMPTS[0], 6).ids
+        if end == "destroyed":
+            c.destroy()
+        return ids
+
+    first = one()
+    base = _live_buffers()
+    for _ in range(6):
+        assert one() == first
+    assert _live_buffers() == base
+    c = gb.new_cache(64)
+    assert _live_buffers() == base + kv          # the count does see a cache's buffers
+    del c
+    assert _live_buffers() == base

@@ -502,7 +502,8 @@ def _check_texts(texts):
 
 
 async def embed(texts, **opts):
-    """Pooled, L2-normalised embeddings of ``texts`` (each sequence unpadded, at its own length)."""
+    """Pooled, L2-normalised embeddings of ``texts``: each sequence at its own length, packed
+    with the others into as few GPU steps as fit (no padding; attention and pooling per text)."""
     o = op.check(opts, op.EMBED)
     texts = _check_texts(texts)
     em = await _model_for(o.get("model"), "encoder")
@@ -521,7 +522,7 @@ async def embed(texts, **opts):
             streamed, backend, split = 0, "server", n
         else:
             runner, streamed = await get_runner(em, split)
-            out = [await runner.embed(s) for s in seqs]
+            out = await runner.embed(seqs)
             backend = "webgpu"
         secs = time.perf_counter() - t0
     stats = {"kind": "embed", "backend": backend, "model": em.name, "split": split, "n_layers": n,

@@ -113,9 +113,22 @@ def _server_message(text: str) -> str:
 
 
 def _free(cache):
-    # GpuKVCache.destroy() comes with the gpu branch's fix of the KV-cache leak (issue 10)
-    if cache is not None and hasattr(cache, "destroy"):
+    if cache is not None:
         cache.destroy()
+
+
+def pack(seqs, max_rows):
+    """Consecutive groups of ``seqs`` of at most ``max_rows`` tokens together (order kept)."""
+    groups, cur, n = [], [], 0
+    for s in seqs:
+        if cur and n + len(s) > max_rows:
+            groups.append(cur)
+            cur, n = [], 0
+        cur.append(s)
+        n += len(s)
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 class SplitRunner:
@@ -142,19 +155,33 @@ class SplitRunner:
         x = await self.server.forward(ids)
         return int(await self.backend.step_async(x=x, cache=self.cache, params=params, n=n))
 
-    async def embed(self, ids):
-        """Encoder models: the pooled, normalised embedding of one unpadded sequence."""
-        if self.server is not None:
+    async def embed(self, seqs):
+        """Encoder models: the pooled, normalised embeddings of token sequences, packed into as
+        few GPU steps as fit ``max_tokens`` rows, never padded (``segments``: each sequence
+        attends and pools only within itself)."""
+        out = []
+        for group in pack(seqs, self.backend.max_tokens):
+            lens = [len(s) for s in group]
+            if self.server is None:
+                kw = {"ids": [i for s in group for i in s]}
+            else:
+                kw = {"x": await self._server_hidden(group)}
+            flat = await self.backend.forward_async(segments=lens, **kw)
+            D = len(flat) // len(group)
+            out += [[float(v) for v in flat[i * D:(i + 1) * D]] for i in range(len(group))]
+        return out
+
+    async def _server_hidden(self, group):
+        """Layers [0, split) of each sequence on the server, packed into one JS Float32Array."""
+        import js  # type: ignore[import-not-found]
+        D = self.em.model.hidden
+        packed = js.Float32Array.new(sum(len(s) for s in group) * D)
+        row = 0
+        for ids in group:
             await self.server.reset()
-            kw = {"x": await self.server.forward(ids)}
-            self.server.position = len(ids)       # the next embed resets it
-        else:
-            kw = {"ids": list(ids)}
-        out = await self.backend.forward_async(**kw)
-        vals = out.to_py() if hasattr(out, "to_py") else out    # hidden floats, not weights
-        if len(vals) and isinstance(vals[0], (list, tuple)):
-            vals = vals[0]
-        return [float(v) for v in vals]
+            packed.set(await self.server.forward(ids), row * D)
+            row += len(ids)
+        return packed
 
     def close(self):
         if self.server is not None:

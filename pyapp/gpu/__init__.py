@@ -3,8 +3,9 @@
 * `pyapp.gpu.native`  - wgpu-py (CPython: lavapipe in tests, a server GPU, the H100)
 * `pyapp.gpu.browser` - Pyodide's FFI over `navigator.gpu` (the product)
 
-Everything above the device (`pyapp.gpu.backend.GpuBackend`, the kernels in
-`pyapp/kernels/`) is shared and stdlib-only.
+Both implement `pyapp.gpu.device.Device`.  Everything above it is shared and stdlib-only:
+the executor (`backend.py`), the op lowering (`lower.py`, `wgsl.py`), the autotune
+(`autotune.py`) and the kernels in `pyapp/kernels/` (docs/gpu.md).
 """
 from .backend import GpuBackend, GpuKVCache  # noqa: F401
 from .device import GpuError  # noqa: F401

@@ -5,7 +5,7 @@
     for name, nbytes in be.weight_layout(): be.write_weight(name, off, js_uint8array)
     tok = await be.step_async(ids=[...], cache=cache, params=SamplingParams(), n=0)
 
-Few FFI crossings: everything per step happens inside a small JS helper, so a
+Few FFI crossings: everything per step happens inside the JS helper (browser.js), so a
 decode step is O(1) Python->JS calls whatever the number of layers:
   1 to_js of the step's writes (params + ids/x), 1 `submit` (writes, one
   encoder, one compute pass replaying the recorded dispatch array, the readback
@@ -23,121 +23,19 @@ from __future__ import annotations
 
 import time
 
-from .device import GpuError
-
-_HELPER_JS = r"""
-(() => {
-  const U = () => GPUBufferUsage;
-  const H = {
-    async requestDevice(powerPreference) {
-      if (!globalThis.navigator || !navigator.gpu)
-        throw new Error('navigator.gpu is missing (WebGPU is off or unsupported in this browser)');
-      const adapter = await navigator.gpu.requestAdapter(powerPreference ? {powerPreference} : undefined);
-      if (!adapter) throw new Error('navigator.gpu.requestAdapter() returned null');
-      const want = ['subgroups', 'shader-f16', 'timestamp-query'].filter(f => adapter.features.has(f));
-      const L = adapter.limits;
-      const device = await adapter.requestDevice({requiredFeatures: want, requiredLimits: {
-        maxBufferSize: L.maxBufferSize,
-        maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
-        maxStorageBuffersPerShaderStage: Math.min(L.maxStorageBuffersPerShaderStage, 10),
-        maxComputeWorkgroupStorageSize: L.maxComputeWorkgroupStorageSize}});
-      const info = adapter.info || {};
-      const state = {lost: null, errors: []};
-      device.lost.then(i => { state.lost = `WebGPU device lost (${i.reason}): ${i.message}`; });
-      device.addEventListener('uncapturederror', e => { state.errors.push(e.error.constructor.name + ': ' + e.error.message); });
-      return {device, state,
-        features: [...device.features],
-        limits: {max_storage_binding: device.limits.maxStorageBufferBindingSize,
-                 max_buffer: device.limits.maxBufferSize,
-                 max_workgroups: device.limits.maxComputeWorkgroupsPerDimension},
-        info: {vendor: info.vendor || '', architecture: info.architecture || '', device: info.device || '',
-               description: info.description || '',
-               is_fallback: !!(adapter.isFallbackAdapter || info.isFallbackAdapter),
-               subgroup_min_size: info.subgroupMinSize || 0, subgroup_max_size: info.subgroupMaxSize || 0}};
-    },
-    createBuffer(device, size, kind) {
-      const u = U();
-      const usage = kind === 'uniform' ? (u.UNIFORM | u.COPY_DST)
-                  : kind === 'readback' ? (u.MAP_READ | u.COPY_DST)
-                  : (u.STORAGE | u.COPY_SRC | u.COPY_DST);
-      return device.createBuffer({size, usage});
-    },
-    write(device, buf, off, data) {
-      let v = data;
-      if (v instanceof ArrayBuffer) v = new Uint8Array(v);
-      else if (!(v instanceof Uint8Array)) v = new Uint8Array(v.buffer, v.byteOffset, v.byteLength);
-      if (v.byteLength % 4) { const p = new Uint8Array((v.byteLength + 3) & ~3); p.set(v); v = p; }
-      device.queue.writeBuffer(buf, off, v);
-    },
-    pipeline(device, code) {
-      const module = device.createShaderModule({code});
-      return device.createComputePipeline({layout: 'auto', compute: {module, entryPoint: 'main'}});
-    },
-    async compileErrors(device, code) {
-      const module = device.createShaderModule({code});
-      const info = await module.getCompilationInfo();
-      return info.messages.filter(m => m.type === 'error').map(m => `line ${m.lineNum}:${m.linePos}: ${m.message}`).join('\n');
-    },
-    bindGroup(device, pipeline, entries) {
-      return device.createBindGroup({layout: pipeline.getBindGroupLayout(0),
-        entries: entries.map(([binding, buffer, offset, size]) =>
-          ({binding, resource: size ? {buffer, offset, size} : {buffer}}))});
-    },
-    submit(device, state, rec, writes, copies) {
-      for (const [buf, off, data] of writes) H.write(device, buf, off, data);
-      device.pushErrorScope('out-of-memory');
-      device.pushErrorScope('validation');
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      for (const [p, g, x, y, z] of rec) { pass.setPipeline(p); pass.setBindGroup(0, g); pass.dispatchWorkgroups(x, y, z); }
-      pass.end();
-      for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
-      device.queue.submit([enc.finish()]);
-      for (let i = 0; i < 2; i++)
-        device.popErrorScope().then(e => { if (e) state.errors.push(e.constructor.name + ': ' + e.message); });
-    },
-    async readU32(device, state, buf, off) {
-      await buf.mapAsync(GPUMapMode.READ, off, 4);
-      const v = new Uint32Array(buf.getMappedRange(off, 4))[0];
-      buf.unmap();
-      H.raise(state);
-      return v;
-    },
-    async read(device, state, buf, off, size) {
-      let src = buf, soff = off;
-      if (!(buf.usage & GPUBufferUsage.MAP_READ)) {
-        src = device.createBuffer({size: (size + 3) & ~3, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST});
-        const enc = device.createCommandEncoder();
-        enc.copyBufferToBuffer(buf, off, src, 0, (size + 3) & ~3);
-        device.queue.submit([enc.finish()]);
-        soff = 0;
-      }
-      await src.mapAsync(GPUMapMode.READ, soff, (size + 3) & ~3);
-      const out = new Uint8Array(src.getMappedRange(soff, (size + 3) & ~3).slice(0, size));
-      src.unmap();
-      if (src !== buf) src.destroy();
-      H.raise(state);
-      return out;
-    },
-    async check(device, state) { await device.queue.onSubmittedWorkDone(); H.raise(state); },
-    raise(state) {
-      if (state.lost) throw new Error(state.lost);
-      if (state.errors.length) { const m = state.errors.join('\n'); state.errors.length = 0; throw new Error('WebGPU error: ' + m); }
-    },
-    now() { return performance.now() / 1000; },
-  };
-  return H;
-})()
-"""
+from .device import Device, GpuError
 
 _helper = None
 
 
 def helper():
+    """The JS helper object of browser.js, evaluated once per page."""
     global _helper
     if _helper is None:
+        from importlib import resources
+
         from pyodide.code import run_js  # type: ignore[import-not-found]
-        _helper = run_js(_HELPER_JS)
+        _helper = run_js(resources.files(__package__).joinpath("browser.js").read_text(encoding="utf-8"))
     return _helper
 
 
@@ -151,7 +49,7 @@ async def request_device(power_preference="high-performance"):
     return BrowserDevice(H, r)
 
 
-class BrowserDevice:
+class BrowserDevice(Device):
     kind = "browser"
 
     def __init__(self, H, r):
@@ -162,8 +60,6 @@ class BrowserDevice:
         self.limits = {k: int(v) for k, v in r.limits.to_py().items()}
         self.info = dict(r.info.to_py())
         self.subgroup_enable = "enable subgroups;" if "subgroups" in self.features else ""
-        smin, smax = self.info.get("subgroup_min_size"), self.info.get("subgroup_max_size")
-        self.subgroup_size = smin if smin and smin == smax else None
         self.crossings = 4
         self._pipelines = {}
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
@@ -245,9 +141,6 @@ class BrowserDevice:
             await self.H.check(self.device, self.state)
         except Exception as e:  # noqa: BLE001
             raise GpuError(str(e)) from e
-
-    async def compile_errors(self, wgsl):
-        return str(await self.H.compileErrors(self.device, wgsl))
 
     def now(self):
         return time.perf_counter()

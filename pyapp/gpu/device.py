@@ -1,20 +1,13 @@
-"""The device interface both bindings implement (documented here, duck-typed).
+"""The device interface both bindings implement: `native.NativeDevice` (wgpu-py) and
+`browser.BrowserDevice` (Pyodide FFI over `navigator.gpu`).
 
-    limits            dict: max_storage_binding, max_buffer, max_workgroups
-    features          set of feature names ("subgroups", "shader-f16", ...)
-    info              dict: vendor, architecture, device, description
-    kind              "native" | "browser"
-    crossings         Python->JS calls made so far (0 natively)
-    create_buffer(size, usage) -> buffer      usage: "storage" | "uniform" | "readback"
-    write(buffer, offset, data)               queue.writeBuffer; data as the binding takes it
-    pipeline(wgsl) -> pipeline                compute pipeline, layout "auto", entry "main"
-    bind_group(pipeline, entries) -> group    entries: {binding: buffer | (buffer, offset, size)}
-    record(dispatches) -> recording           dispatches: [(pipeline, group, gx, gy, gz)]
-    submit(recording, writes=(), copy=None)   writes [(buf, off, data)], one encoder,
-                                              one compute pass, optional buffer copy, one submit
-    read(buffer, offset, size) -> bytes       (native, blocking)
-    await read_async(buffer, offset, size)    (both; a promise in the browser)
+Everything the executor (`backend.py`), the lowering (`lower.py`) and the autotune
+(`autotune.py`) call on a device is listed here; nothing else is used.  Buffers,
+pipelines, bind groups and recordings are opaque handles of the binding.
 """
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
 
 
 class GpuError(RuntimeError):
@@ -22,4 +15,44 @@ class GpuError(RuntimeError):
     lost device, carrying the implementation's message."""
 
 
-USAGE_NAMES = ("storage", "uniform", "readback")
+Buffer = Any        # GPUBuffer (a JS proxy in the browser)
+Entries = dict      # {binding: buffer | (buffer, offset, size)}
+Dispatch = tuple    # (pipeline, bind group, gx, gy, gz)
+
+
+@runtime_checkable
+class Device(Protocol):
+    kind: str                    # "native" | "browser"
+    limits: dict                 # max_storage_binding, max_buffer, max_workgroups
+    features: set                # "subgroups", "shader-f16", "timestamp-query"
+    info: dict                   # vendor, architecture, device, description, ...
+    subgroup_enable: str         # the WGSL directive subgroup kernels need ("" if none)
+    crossings: int               # Python->JS calls made so far (0 natively)
+
+    def create_buffer(self, size: int, usage: str = "storage") -> Buffer:
+        """A buffer of `size` bytes (rounded up to 4); usage "storage" | "uniform" | "readback"."""
+
+    def write(self, buf: Buffer, offset: int, data) -> None:
+        """queue.writeBuffer; `data` is buffer-protocol bytes or a JS typed array."""
+
+    def pipeline(self, wgsl: str) -> Any:
+        """The compute pipeline of `wgsl` (layout "auto", entry "main"), cached by source."""
+
+    def bind_group(self, pipeline, entries: Entries) -> Any:
+        """Bind group 0 of `pipeline` over `entries`."""
+
+    def record(self, dispatches: list) -> Any:
+        """A replayable recording of [(pipeline, group, gx, gy, gz)]."""
+
+    def submit(self, recording, writes=(), copy=None) -> None:
+        """Writes [(buf, off, data)], one encoder, one compute pass replaying `recording`,
+        the optional buffer copies (src, soff, dst, doff, n) and one queue.submit."""
+
+    def read(self, buf: Buffer, offset: int, size: int) -> bytes:
+        """Blocking readback (native only; the browser raises GpuError)."""
+
+    async def read_async(self, buf: Buffer, offset: int, size: int) -> bytes:
+        """Readback awaiting mapAsync (both bindings)."""
+
+    def now(self) -> float:
+        """Seconds from a monotonic clock (autotune timing)."""

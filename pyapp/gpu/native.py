@@ -1,16 +1,16 @@
-"""The native binding: wgpu-py (wgpu-native), whose API mirrors WebGPU."""
+"""The native binding: wgpu-py (wgpu-native), whose API mirrors WebGPU (implements device.Device)."""
 from __future__ import annotations
 
 import os
 import time
 
-from .device import GpuError
+from .device import Device, GpuError
 
 
-class NativeDevice:
+class NativeDevice(Device):
     kind = "native"
 
-    def __init__(self, adapter, device, enable_subgroups):
+    def __init__(self, adapter, device):
         import wgpu
 
         self.wgpu = wgpu
@@ -36,9 +36,6 @@ class NativeDevice:
                      "adapter_type": info.get("adapter_type", ""),
                      "backend": info.get("backend_type", "")}
         self.subgroup_enable = ""   # wgpu-native takes subgroup builtins without `enable`
-        smin, smax = info.get("stackgroup_min_size", info.get("subgroup_min_size")), \
-            info.get("stackgroup_max_size", info.get("subgroup_max_size"))
-        self.subgroup_size = smin if (smin and smin == smax) else None
         self.crossings = 0
         self._pipelines = {}
         U = wgpu.BufferUsage
@@ -70,7 +67,7 @@ class NativeDevice:
             req.update(limits)
         feats = [f for f in ("subgroup", "timestamp-query") if f in ad.features]
         dev = ad.request_device_sync(required_features=feats, required_limits=req)
-        return cls(ad, dev, "subgroup" in feats)
+        return cls(ad, dev)
 
     # ------------------------------------------------------------------ resources
     def create_buffer(self, size, usage="storage"):
@@ -146,9 +143,6 @@ class NativeDevice:
 
     async def read_async(self, buf, offset, size):
         return self.read(buf, offset, size)
-
-    def sync(self):
-        self.device.queue.on_submitted_work_done_sync()
 
     def now(self):
         return time.perf_counter()

@@ -3,6 +3,9 @@
 Templates use `${NAME}` placeholders (string.Template; WGSL never uses `$`).
 Every kernel is prefixed with `common.wgsl`: the per-step uniform `p`
 (token count, position, sampling parameters) at @binding(0).
+
+`formats/<name>.wgsl` and `formats/<name>.vec4.wgsl` are the weight loaders of each
+weight format (`pyapp.formats.WeightFormat.wgsl` names them); `snippet` fills them in.
 """
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ from string import Template
 @lru_cache(maxsize=None)
 def source(name: str) -> str:
     """Raw text of `name`.wgsl."""
-    return resources.files(__name__).joinpath(f"{name}.wgsl").read_text(encoding="utf-8")
+    return resources.files(__name__).joinpath(*f"{name}.wgsl".split("/")).read_text(encoding="utf-8")
+
+
+def snippet(name: str, **subs) -> str:
+    """The template `name` with `subs` substituted, without the common prelude."""
+    return Template(source(name)).substitute({k: str(v) for k, v in subs.items()})
 
 
 def render(name: str, prelude: str = "", **subs) -> str:

@@ -48,7 +48,7 @@ async def run_case(dev, c):
         sp = SamplingParams(**s["params"])
         from pyapp import kernels
         src = kernels.render("sample", V=model.vocab)
-        rec = dev.record([g._d(src, {1: g.logits, 2: g.tok_buf}, 1, head=True)])
+        rec = dev.record([g.dispatch(src, {1: g.logits, 2: g.tok_buf}, 1, head=True)])
         dev.submit(rec, [(g.params, 0, g._params(1, 0, sp, s["n"]))], copy=(g.tok_buf, 0, g.readback, 0, 4))
         tok = await dev.read_u32(g.readback)
         return {"ok": tok == s["expected"], "got": tok, "expected": s["expected"]}
@@ -93,7 +93,7 @@ async def load_model(dev, base, dtype="f32", **kw):
     shapes = {k: tuple(v["shape"]) for k, v in header.items()}
     dtypes = {k: v["dtype"] for k, v in header.items()}
     if kw.get("variants") == "auto":            # the per-adapter measured autotune, in the page
-        from pyapp.gpu.backend import autotune_async
+        from pyapp.gpu.autotune import autotune_async
         kw["variants"] = await autotune_async(dev, model, shapes, dtypes)
     be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, **kw)
     nbytes = 0

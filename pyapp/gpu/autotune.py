@@ -1,0 +1,194 @@
+"""Per-adapter kernel variants, chosen by a short measurement on the model's own shapes.
+
+One selection logic (`choose`, async because the browser awaits its readbacks); the native
+binding never really suspends, so the sync form `autotune_variants` drives the same
+coroutine to completion and adds a disk cache (~/.cache/pyapp/gpu-autotune.json).
+Quantized weights are measured in their own format (the tune key names it).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from ..models import Model, op
+from .device import GpuError
+
+_TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
+
+# every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl)
+LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8")
+
+
+def tune_key(device, K, N, dtype):
+    i = device.info
+    return (f"{device.kind}|{i.get('vendor')}|{i.get('architecture')}|{i.get('device')}|"
+            f"{i.get('description')}|{K}x{N}|{dtype}")
+
+
+def candidate_variants(device):
+    # one row per invocation everywhere (CPU adapters: SwiftShader, lavapipe), or
+    # workgroup/subgroup reductions everywhere (real GPUs); measured, not guessed
+    par = {"norm_wg": 64, "attention": "wg"}
+    out = [{"linear": "row", "norm_wg": 1, "attention": "row"}, {"linear": "wg", **par}]
+    if "subgroups" in device.features:
+        out.append({"linear": "sg", **par})
+        out.append({"linear": "sg4", **par})
+    return out
+
+
+def head_candidates(device, base):
+    """GEMV variants worth measuring on the lm head (vocab x hidden: many short rows),
+    given the layer choice `base`.  Several columns per subgroup only pays where there
+    are enough rows to fill the GPU with R-column groups; on CPU adapters (`row`) the
+    layer choice stands."""
+    if base == "row" or "subgroups" not in device.features:
+        return []
+    return ["sg", "sg4", "sgr2", "sgr4"]
+
+
+async def _time_step(device, b, cache, pos0, reps, rounds):
+    """Best seconds per one-token step of backend `b` (its plan replayed `reps` times per
+    submit where the binding records plans), over `rounds` timed submits after a warm-up."""
+    rec, _ = b._plan(1, cache, 0, 1, False, False, False, False)
+    if isinstance(rec, list):
+        rec, n = device.record(rec * reps), reps
+    else:
+        n = 1
+    writes = [(b.params, 0, b._params(1, pos0))]
+    best = 1e9
+    for _ in range(rounds + 1):
+        t0 = device.now()
+        device.submit(rec, writes, copy=(b.acts["x"], 0, b.readback, 0, 4))
+        await device.read_async(b.readback, 0, 4)
+        best = min(best, (device.now() - t0) / n)
+    return best
+
+
+async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
+    """{variant: seconds per GEMV [N, K] at T = 1} measured on `device`."""
+    from .backend import GpuBackend
+
+    m = Model(arch="tune", config={}, hidden=K, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=K,
+              vocab=1, max_context=8, causal=False, embed=[],
+              layers=[[op("linear", "x", "y", {"w": "w", "b": None})]], head=[])
+    res = {}
+    for v in variants:
+        b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes={"w": (N, K)},
+                       max_tokens=1, max_positions=8, variants={"linear": v, "fuse": False},
+                       widths={"y": N})
+        res[v] = await _time_step(device, b, None, 0, reps, rounds)
+        b.destroy()
+    return res
+
+
+async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
+    """{variant name: (seconds per layer-like step, variants)} measured on `device`:
+    norm + GEMV [N, K] + GEMV [K, N] + causal attention over 64 cached keys."""
+    from .backend import GpuBackend
+
+    hd = 64 if K % 64 == 0 else K
+    H = K // hd
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=1e-5),
+             op("linear", "h", "g", {"w": "w", "b": None}),
+             op("linear", "g", "x", {"w": "w2", "b": None}),
+             op("attention", ("x", "x", "x"), "a", layer=0, n_heads=H, n_kv_heads=H, head_dim=hd,
+                causal=True, scale=1.0)]
+    m = Model(arch="tune", config={}, hidden=K, n_layers=1, n_heads=H, n_kv_heads=H, head_dim=hd,
+              vocab=1, max_context=64, causal=True, embed=[], layers=[layer], head=[])
+    shapes = {"nw": (K,), "w": (N, K), "w2": (K, N)}
+    res = {}
+    for v in candidate_variants(device):
+        b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes=shapes,
+                       dtypes={"nw": "f32"}, max_tokens=1, max_positions=64, variants=v)
+        cache = b.new_cache(64)
+        best = await _time_step(device, b, cache, 63, reps, rounds)
+        cache.destroy()
+        b.destroy()
+        res[f"{v['linear']}/{v['norm_wg']}/{v['attention']}"] = (best, v)
+    return res
+
+
+def _ffn_shape(model, shapes, dtypes):
+    """(N, K, format) of the widest GEMV of layer 0, or None."""
+    lin = [o for o in model.layers[0] if o.kind == "linear" and not o.attrs.get("transposed")]
+    if not lin:
+        return None
+    w = max(lin, key=lambda o: shapes[o.weights["w"]][0]).weights["w"]
+    N, K = shapes[w]
+    return N, K, (dtypes or {}).get(w, "f32")
+
+
+def _head_shape(model, shapes, dtypes):
+    hl = [o for o in model.head if o.kind == "linear" and not o.attrs.get("transposed")
+          and o.outs[0] == "logits"]
+    if not hl or hl[0].weights["w"] not in shapes:
+        return None
+    w = hl[0].weights["w"]
+    N, K = shapes[w]
+    return N, K, (dtypes or {}).get(w, "f32")
+
+
+async def choose(device, model, shapes, dtypes, known: dict):
+    """The variants for `model` on `device`: measured once per (adapter, shape, format);
+    `known` holds earlier measurements by tune key (read and extended)."""
+    ffn = _ffn_shape(model, shapes, dtypes)
+    if ffn is None:
+        return {"linear": "row", "norm_wg": 1}
+    N, K, dt = ffn
+    key = tune_key(device, K, N, dt)
+    if key not in known:
+        res = await measure_variants(device, K, N, dt)
+        known[key] = {"variants": dict(min(res.values(), key=lambda r: r[0])[1]),
+                      "seconds": {k: r[0] for k, r in res.items()}}
+    best = dict(known[key]["variants"])
+    hs = _head_shape(model, shapes, dtypes)
+    cands = head_candidates(device, best["linear"]) if hs else []
+    if cands:
+        hkey = tune_key(device, hs[1], hs[0], hs[2]) + "|head"
+        if hkey not in known:
+            hres = await measure_linear(device, hs[0], hs[1], cands, hs[2])
+            known[hkey] = {"linear_head": min(hres, key=hres.get), "seconds": hres}
+        best["linear_head"] = known[hkey]["linear_head"]
+    return best
+
+
+async def autotune_async(device, model, shapes=None, dtypes=None):
+    """Browser form: measure (awaiting readbacks), remembered for the page."""
+    from .backend import infer_shapes
+
+    return await choose(device, model, shapes or infer_shapes(model), dtypes, _TUNE_CACHE)
+
+
+def autotune_variants(device, model, shapes, dtypes):
+    """Native form: the same choice, remembered on disk across processes."""
+    path = _tune_path()
+    disk = {}
+    try:
+        with open(path) as f:
+            disk = json.load(f)
+    except (OSError, ValueError):
+        pass
+    n0 = len(disk)
+    best = _run_sync(choose(device, model, shapes, dtypes, disk))
+    if len(disk) != n0:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w") as f:
+                json.dump(disk, f, indent=1)
+            os.replace(path + ".tmp", path)
+        except OSError:
+            pass
+    return best
+
+
+def _tune_path():
+    return os.path.join(os.path.expanduser("~"), ".cache", "pyapp", "gpu-autotune.json")
+
+
+def _run_sync(coro):
+    """Drive a coroutine that never really suspends (native binding)."""
+    try:
+        coro.send(None)
+    except StopIteration as e:
+        return e.value
+    raise GpuError("coroutine suspended on the native binding")

@@ -1,0 +1,103 @@
+"""The WGSL fragments the lowering splices into kernel templates (`${WDECL}`, `${BDECL}`, ...).
+
+Kernels live in `pyapp/kernels/*.wgsl`; a weight's loader comes from its format's entry
+(`pyapp.formats`, `kernels/formats/<fmt>[.vec4].wgsl`); this module only glues them.
+"""
+from __future__ import annotations
+
+from .. import formats, kernels
+from .device import GpuError
+
+NO_BIAS = "fn ldb(i: u32) -> f32 { return 0.0; }"
+
+
+def wdecl(binding: int, name: str, fmt: str, vec: int) -> str:
+    """Declaration of weight binding `name` and its loader `ld<name>(i)`: value i (vec 1) or
+    values 4i..4i+3 as a vec4f (vec 4), dequantized in registers."""
+    f = formats.get(fmt)
+    if f.wgsl is None:
+        raise GpuError(f"weight format {f.name} has no WebGPU loader")
+    return kernels.snippet(f"formats/{f.wgsl}" + (".vec4" if vec == 4 else ""), B=binding, N=name)
+
+
+def mulv(vec: int) -> str:
+    if vec == 4:
+        return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
+    return "fn mulv(a: f32, b: f32) -> f32 { return a * b; }"
+
+
+def vtype(vec: int) -> str:
+    return "vec4f" if vec == 4 else "f32"
+
+
+def f32lit(v) -> str:
+    return repr(float(v))
+
+
+def act_in(binding: int, name: str) -> str:
+    return f"@group(0) @binding({binding}) var<storage, read> {name}: array<f32>;"
+
+
+def act_out(binding: int, name: str) -> str:
+    return f"@group(0) @binding({binding}) var<storage, read_write> {name}: array<f32>;"
+
+
+def norm_input(inplace: bool) -> str:
+    """`ldx(i)`: the norm's input, the output buffer itself when in place."""
+    if inplace:
+        return "fn ldx(i: u32) -> f32 { return y[i]; }"
+    return act_in(3, "xin") + "\nfn ldx(i: u32) -> f32 { return xin[i]; }"
+
+
+def gemv_weight(wdecl_: str, vec: int) -> str:
+    """A single GEMV weight: `ldw_at(n, k)` over rows of K (vec units)."""
+    return (f"{wdecl_}\n{mulv(vec)}\n"
+            f"fn ldw_at(n: u32, k: u32) -> {vtype(vec)} {{ return ldw(n * K + k); }}")
+
+
+GEMV_STORE = (act_out(4, "y") + "\n"
+              "fn store(t: u32, n: u32, v: f32) { y[t * YS + N0 + n] = v + ldb(N0 + n); }")
+
+
+def multi_gemv(parts, vec: int) -> tuple[str, str]:
+    """(WDECL, YDECL) of one GEMV over the concatenated rows of several weights sharing an
+    input: `parts` = [(rows, weight format, bias format or None)]; weight i at binding 10+i,
+    its bias at 20+i, its output at 30+i."""
+    decl, load, store, e = [mulv(vec)], [], [], 0
+    for i, (n, wfmt, bfmt) in enumerate(parts):
+        decl.append(wdecl(10 + i, f"w{i}", wfmt, vec))
+        bias = ""
+        if bfmt is not None:
+            decl.append(wdecl(20 + i, f"b{i}", bfmt, 1))
+            bias = f" + ldb{i}(n - {e}u)"
+        decl.append(act_out(30 + i, f"y{i}"))
+        cond = f"if (n < {e + n}u) " if i < len(parts) - 1 else ""
+        load.append(f"{cond}{{ return ldw{i}((n - {e}u) * K + k); }}")
+        store.append(f"{cond}{{ y{i}[t * {n}u + n - {e}u] = v{bias}; return; }}")
+        e += n
+    wd = "\n".join(decl) + f"\nfn ldw_at(n: u32, k: u32) -> {vtype(vec)} {{\n  " + "\n  ".join(load) + "\n}"
+    yd = "fn store(t: u32, n: u32, v: f32) {\n  " + "\n  ".join(store) + "\n}"
+    return wd, yd
+
+
+ELEMENTWISE = {                     # op kind -> (input names, body over index i)
+    "silu_mul": (("a", "b"), "y[i] = silu(a[i]) * b[i];"),
+    "add": (("a", "b"), "y[i] = a[i] + b[i];"),
+    "gelu": (("a",), "y[i] = gelu(a[i]);"),
+    "gelu_tanh": (("a",), "y[i] = gelu_tanh(a[i]);"),
+}
+
+
+def elementwise(kind: str, inplace_of: list) -> tuple[str, str, list]:
+    """(DECL, BODY, bindings of the inputs) of elementwise op `kind`; `inplace_of[j]` says
+    input j is the output buffer itself (read through `y`)."""
+    names, body = ELEMENTWISE[kind]
+    lines, bound = [], []
+    for j, nm in enumerate(names):
+        if inplace_of[j]:
+            body = body.replace(f"{nm}[i]", "y[i]")
+            continue
+        lines.append(act_in(j + 1, nm))
+        bound.append(j)
+    lines.append(act_out(3, "y"))
+    return "\n".join(lines), body, bound
