@@ -201,6 +201,11 @@ def add_format_flag(s):
                    help="weight file to run: f32, f16, or quantized blocks dequantized in the kernels")
 
 
+def cmd_build_site(a):
+    from .site import DEFAULT_MODELS, build_site
+    build_site(a.out_dir, a.model or DEFAULT_MODELS, a.format)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="pyapp", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -250,6 +255,13 @@ def build_parser():
     s.add_argument("texts", nargs="+")
     common(s)
     s.set_defaults(fn=cmd_embed)
+
+    s = sub.add_parser("build-site", help="write the site as plain files for any static host")
+    s.add_argument("out_dir")
+    s.add_argument("--model", action="append", default=None,
+                   help="a model to include (repeatable); default: smollm2-135m and minilm-l6")
+    s.add_argument("--format", default="f32", choices=["f32", "f16"], help="weight format")
+    s.set_defaults(fn=cmd_build_site)
 
     sub.add_parser("serve", help="run the server (see `pyapp serve --help`)", add_help=False)
     sub.add_parser("bench", help="benchmarks (see `pyapp bench --help`)", add_help=False)

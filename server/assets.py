@@ -12,8 +12,13 @@ modules, the micropip and pyapp wheels.
     micropip (pip download, the version pyodide-lock.json names)    -> web/wheels/ (and, when its
                                                                        sha256 matches the lock, next
                                                                        to Pyodide for loadPackage)
-    pyapp (pip wheel ., rebuilt when pyapp/ is newer)                -> web/wheels/
-    web/wheels/index.json  {"pyapp": file, "micropip": file, "wheels": {file: {size, sha256}}}
+    pyapp (a pure-Python wheel written with zipfile, named by a hash   -> web/wheels/
+           of its sources: pyapp-<version>+s<hash>-py3-none-any.whl)
+    web/wheels/index.json  {"pyapp": file, "micropip": file, "wheels": {file: {size, sha256}},
+                            "precache": [the vendored files a boot needs, for sw.js]}
+
+A failure to build the pyapp wheel raises AssetError: ``pyapp serve`` then refuses to start,
+since the page could not boot.
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -84,31 +88,63 @@ def npm_install(root: Path, log=_log_default):
     return True
 
 
-def _newest_source(root: Path) -> float:
-    newest = (root / "pyproject.toml").stat().st_mtime
-    for pattern in ("pyapp/**/*.py", "pyapp/**/*.wgsl", "pyapp/**/*.js"):
-        for p in root.glob(pattern):
-            newest = max(newest, p.stat().st_mtime)
-    return newest
+def _site_wheel_files(root: Path) -> list[Path]:
+    """What the site's pyapp wheel holds: the edge needs pyapp/ only (Python, WGSL kernels, the JS its FFI evaluates)."""
+    files = [p for pat in ("pyapp/**/*.py", "pyapp/**/*.wgsl", "pyapp/**/*.js") for p in root.glob(pat)]
+    return sorted(p for p in files if "__pycache__" not in p.parts)
+
+
+def _project_version(root: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _record_hash(data: bytes) -> str:
+    import base64
+
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def build_pyapp_wheel(root: Path, wheels: Path, log=_log_default, force=False) -> Path:
-    have = sorted(wheels.glob("pyapp-*.whl"))
-    if have and not force and have[-1].stat().st_mtime >= _newest_source(root):
-        return have[-1]
-    log("building the pyapp wheel ...")
-    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
-        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "-q", str(root), "-w", tmp], cwd=root, capture_output=True, text=True)
-        if r.returncode:
-            raise AssetError(f"pip wheel failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-        built = sorted(Path(tmp).glob("pyapp-*.whl"))
-        if not built:
-            raise AssetError("pip wheel produced no pyapp wheel")
-        for old in have:
+    """The pure-Python pyapp wheel, written with zipfile: no setuptools/wheel/pip involved, so it
+    builds the same in any venv.  The local version label is a hash of the sources, so a changed
+    pyapp gets a new file name (a browser's cache can never serve a stale wheel under it) and
+    unchanged sources give a byte-identical wheel (fixed timestamps, sorted entries)."""
+    import zipfile
+
+    files = _site_wheel_files(root)
+    if not files:
+        raise AssetError(f"no pyapp sources under {root / 'pyapp'}")
+    src = hashlib.sha256()
+    for p in files:
+        src.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    version = f"{_project_version(root)}+s{src.hexdigest()[:12]}"
+    name = f"pyapp-{version}-py3-none-any.whl"
+    dst = wheels / name
+    if dst.is_file() and not force:
+        return dst
+    log(f"building {name} ...")
+    info = f"pyapp-{version}.dist-info"
+    entries = [(p.relative_to(root).as_posix(), p.read_bytes()) for p in files]
+    entries += [
+        (f"{info}/METADATA", f"Metadata-Version: 2.1\nName: pyapp\nVersion: {version}\n".encode()),
+        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: server.assets\nRoot-Is-Purelib: true\n"
+                          b"Tag: py3-none-any\n"),
+    ]
+    record = "".join(f"{n},{_record_hash(d)},{len(d)}\n" for n, d in entries) + f"{info}/RECORD,,\n"
+    entries.append((f"{info}/RECORD", record.encode()))
+    tmp = dst.with_name(dst.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, d in entries:
+            zi = zipfile.ZipInfo(n, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.external_attr = 0o644 << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, d)
+    os.replace(tmp, dst)
+    for old in wheels.glob("pyapp-*.whl"):
+        if old != dst:
             old.unlink(missing_ok=True)
-        dst = wheels / built[-1].name
-        os.replace(built[-1], dst)
     return dst
 
 
@@ -160,11 +196,7 @@ def ensure_assets(root: str | Path = ROOT, *, wheels: bool = True, log=_log_defa
     if wheels:
         pyapp_whl = build_pyapp_wheel(root, wdir, log, force)
         micropip = fetch_micropip(root, wdir, vendor, log)
-        index = {"pyapp": pyapp_whl.name, "micropip": micropip.name if micropip else None,
-                 "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wheels": {}}
-        for w in sorted(wdir.glob("*.whl")):
-            index["wheels"][w.name] = {"url": f"/wheels/{w.name}", "size": w.stat().st_size,
-                                       "sha256": _sha256(w)}
+        index = wheel_index(wdir, pyapp_whl, micropip, precache_list(vendor, web))
         old = {}
         try:
             old = json.loads((wdir / "index.json").read_text())
@@ -174,6 +206,26 @@ def ensure_assets(root: str | Path = ROOT, *, wheels: bool = True, log=_log_defa
             (wdir / "index.json").write_text(json.dumps(index, indent=1))
         out.update(index)
     return out
+
+
+def precache_list(vendor: Path, web: Path) -> list[str]:
+    """The vendored files a boot needs, relative to the site root: sw.js precaches them at install
+    so that a second visit boots with the network off."""
+    files = [vendor / "pyodide" / f for f in PYODIDE_FILES if f != "pyodide.js"]
+    files += [vendor / dst for dst in COPIES.values()]
+    return [p.relative_to(web).as_posix() for p in files if p.is_file()]
+
+
+def wheel_index(wdir: Path, pyapp_whl: Path, micropip: Path | None, precache: list[str]) -> dict:
+    """``wheels/index.json``: which wheel is pyapp's (a name relative to wheels/), every wheel's
+    size and sha256 (the boot checks the pyapp wheel against it), and the precache list."""
+    index = {"pyapp": pyapp_whl.name, "micropip": micropip.name if micropip else None,
+             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wheels": {},
+             "precache": precache}
+    for w in sorted(wdir.glob("*.whl")):
+        index["wheels"][w.name] = {"url": f"/wheels/{w.name}", "size": w.stat().st_size,
+                                   "sha256": _sha256(w)}
+    return index
 
 
 def main(argv=None):

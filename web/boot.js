@@ -1,7 +1,8 @@
-// pyapp boot: load Pyodide from this site, install micropip + the pyapp wheel, hand over to Python.
+// pyapp boot: load Pyodide from this site, install the pyapp wheel, hand over to Python.
 // Everything else (weight streaming, split generation, the API) is Python: pyapp/edge/.
-// Every URL here is relative to the page, so the folder can be deployed statically and cached
-// offline by sw.js.  No CDN.
+// Every URL here is relative to the page, so the folder can be deployed statically
+// (`pyapp build-site`) and cached offline by sw.js.  No CDN.
+import * as offline from './offline.js';
 
 const BASE = new URL('./', document.baseURI);
 const url = (p) => new URL(p, BASE).href;
@@ -11,37 +12,25 @@ function say(message, extra) {
   dispatchEvent(new CustomEvent('pyapp:status', { detail: { message, phase: 'boot', ...extra } }));
 }
 
-// The wheel index the server writes: accept a list of file names / objects, or {name: file}.
+// wheels/index.json names the pyapp wheel (relative to wheels/) and lists every wheel's sha256.
 function pickWheel(index) {
-  if (index && typeof index.pyapp === 'string') return new URL(index.pyapp, url('wheels/')).href;
-  let items = [];
-  if (Array.isArray(index)) items = index;
-  else if (index && Array.isArray(index.wheels)) items = index.wheels;
-  else if (index && typeof index === 'object') items = Object.entries(index).map(([k, v]) => (typeof v === 'string' ? { name: k, file: v } : { name: k, ...v }));
-  const norm = items.map((it) => (typeof it === 'string' ? { file: it } : it));
-  const hit = norm.find((it) => /^pyapp-/.test(it.file || it.filename || it.url || '') || it.name === 'pyapp');
-  if (!hit) throw new Error('wheels/index.json lists no pyapp wheel');
-  const f = hit.url || hit.file || hit.filename;
-  return new URL(f, url('wheels/')).href;
+  if (!index || typeof index.pyapp !== 'string') throw new Error('wheels/index.json lists no pyapp wheel: run `python3 -m server.assets`');
+  const entry = (index.wheels || {})[index.pyapp] || {};
+  return { href: new URL(index.pyapp, url('wheels/')).href, sha256: entry.sha256 || null };
 }
 
-// micropip from the Pyodide distribution (vendor/pyodide, checked against pyodide-lock.json),
-// else the micropip wheel the site lists, else (a pure-Python wheel is a zip) unpack it directly.
-async function installWheel(pyodide, index, wheel) {
-  const quiet = { messageCallback: () => {}, errorCallback: (m) => console.warn('[pyapp] ' + m) };
-  const has = () => { try { pyodide.pyimport('micropip'); return true; } catch (e) { return false; } };
-  await pyodide.loadPackage('micropip', quiet).catch(() => {});
-  if (!has() && index.micropip) await pyodide.loadPackage(new URL(index.micropip, url('wheels/')).href, quiet).catch(() => {});
-  if (has()) {
-    try {
-      pyodide.globals.set('_pyapp_wheel', wheel);
-      await pyodide.runPythonAsync('import micropip\nawait micropip.install(_pyapp_wheel, deps=False)\ndel _pyapp_wheel');
-      return 'micropip';
-    } catch (e) { console.warn('[pyapp] micropip.install failed, unpacking the wheel directly:', e); }
+// The wheel's bytes, checked against index.json.  A mismatch (a broken cache entry, a proxy)
+// drops every cached copy and refetches once from the network.
+async function fetchWheel(wheel) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const resp = await fetch(wheel.href, { cache: attempt ? 'reload' : 'default' });
+    if (!resp.ok) throw new Error(`GET ${wheel.href}: HTTP ${resp.status}`);
+    const buf = await resp.arrayBuffer();
+    if (!wheel.sha256 || (await offline.sha256hex(buf)) === wheel.sha256) return buf;
+    console.warn('[pyapp] the pyapp wheel failed its sha256 check; refetching');
+    await offline.dropCached(wheel.href);
   }
-  const buf = await (await fetch(wheel)).arrayBuffer();
-  pyodide.unpackArchive(buf, 'wheel');
-  return 'unpackArchive';
+  throw new Error(`the pyapp wheel ${wheel.href} does not match the sha256 in wheels/index.json`);
 }
 
 async function boot() {
@@ -55,24 +44,30 @@ async function boot() {
   say('installing the pyapp wheel');
   const index = await (await fetch(url('wheels/index.json'), { cache: 'no-cache' })).json();
   const wheel = pickWheel(index);
-  const via = await installWheel(pyodide, index, wheel);
+  pyodide.unpackArchive(await fetchWheel(wheel), 'wheel');
   const api = pyodide.pyimport('pyapp.edge.api');
   api.install(location.origin + BASE.pathname.replace(/\/$/, ''));
   const tReady = performance.now();
 
+  const site = index.site || { static: false };   // build-site writes {static: true, models: [...]}
+  const edge = offline.edgeGuard(site, api);
   Object.assign(globalThis.pyapp, {
     pyodide,
     api,
-    generate: (prompt, opts = {}) => api.generate_js(prompt, opts),
-    embed: (texts, opts = {}) => api.embed_js(texts, opts),
+    site,
+    generate: async (prompt, opts = {}) => api.generate_js(prompt, await edge.options(opts, 'generate')),
+    embed: async (texts, opts = {}) => api.embed_js(texts, await edge.options({ model: 'minilm-l6', ...opts }, 'embed')),
     tokenize: (text, opts = {}) => api.tokenize_js(text, opts),
     runPython: (code) => pyodide.runPythonAsync(code),
     stop: () => api.stop(),
     stats: () => api.stats_js(),
-    adapter: () => api.adapter_js(),
-    defaultSplit: (model) => api.default_split_js(model),
-    models: () => api.models_js(),
-    boot: { pyodideMs: tPy - t0, wheelMs: tReady - tPy, totalMs: tReady - t0, via, wheel },
+    adapter: () => edge.adapter(),
+    defaultSplit: (model) => edge.defaultSplit(model),
+    models: () => edge.models(),
+    saveOffline: (model, opts = {}) => offline.saveOffline(model, opts),
+    offlineStatus: () => offline.offlineStatus(),
+    removeOffline: (model) => offline.removeOffline(model),
+    boot: { pyodideMs: tPy - t0, wheelMs: tReady - tPy, totalMs: tReady - t0, via: 'unpackArchive', wheel: wheel.href },
   });
   say(`ready in ${((tReady - t0) / 1000).toFixed(1)} s`, { phase: 'ready' });
   return globalThis.pyapp;

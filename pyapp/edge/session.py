@@ -45,6 +45,7 @@ class ServerSession:
         self.split = split
         self.base_url = base_url
         self.id = None
+        self.key = ""
         self.ws = None
         self.position = 0
         self.crossings = 0          # awaits/calls into JS per session (FFI crossings)
@@ -55,6 +56,7 @@ class ServerSession:
             "method": "POST", "headers": {"content-type": "application/json"},
             "body": json.dumps({"model": self.model, "split": self.split})})
         self.id = info["id"]
+        self.key = info.get("key", "")   # the session's capability; info["ws"] already carries it
         self.ws = _ws(ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws"))
         await self.ws.opened
         return self
@@ -94,9 +96,10 @@ class ServerSession:
         if self.id:
             import js  # type: ignore[import-not-found]
             from pyodide.ffi import to_js  # type: ignore[import-not-found]
-            # fire and forget: the server also expires idle sessions
+            # fire and forget (the server also expires idle sessions); the key is the capability
             js.fetch(f"{self.base_url}/v1/sessions/{self.id}",
-                     to_js({"method": "DELETE"}, dict_converter=js.Object.fromEntries)).catch(lambda e: None)
+                     to_js({"method": "DELETE", "headers": {"x-session-key": self.key}},
+                           dict_converter=js.Object.fromEntries)).catch(lambda e: None)
             self.id = None
 
 

@@ -1,0 +1,542 @@
+"""Side-by-side decode benchmark on one GPU: pyapp's native binding (wgpu-native), pyapp's
+browser binding (Pyodide in Deno over Deno's navigator.gpu), a PyTorch eager loop and HF
+`generate`: same shapes, same random weights, greedy, one token id read back per step.
+
+    PYTHONPATH=$PWD python3 benchmarks/bench_compare.py [--shapes smollm2-135m-f32,...]
+        [--prompt-tokens 32] [--new-tokens 64] [--deno PATH] [--no-deno] [--profile] [--out DIR]
+
+Prints one table (tok/s, pyapp / eager, dispatches per token, fraction of the bandwidth
+limit: weight bytes per token over the PyTorch device-to-device copy measured in this run)
+and writes bench-results/compare-<time>.json. PyTorch rows are skipped where torch + CUDA
+are absent (lavapipe: pyapp rows only); the Deno row where no deno binary is found.
+
+Weights: `pool_weights` (a 1,048,573-value pool of a hash, rolled per tensor name, scaled by
+1/sqrt(fan-in), tiled); benchmarks/deno/run_decode.mjs makes the same bytes in JS, so the
+browser binding's greedy ids can be compared with the native binding's.
+`--profile` adds per-kernel-class GPU time of one decode token (timestamp queries, one
+compute pass per class) to the native rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pyapp.bench import SMOLLM2_CONFIG, llama_names  # noqa: E402
+
+LLAMA_1B = {  # Llama 3.2 1B's shape (no rope scaling: the speed is the same)
+    "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+    "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+}
+LLAMA_7B = {  # Llama 2 7B's shape
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128, "vocab_size": 32000,
+    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+}
+SHAPES = {
+    "smollm2-135m-f32": (SMOLLM2_CONFIG, "f32"),
+    "smollm2-135m-f16": (SMOLLM2_CONFIG, "f16"),
+    "llama-1b-f16": (LLAMA_1B, "f16"),
+    "llama-7b-f16": (LLAMA_7B, "f16"),
+}
+POOL = 1048573   # prime; the same constant as run_decode.mjs
+
+
+def tensor_names(cfg):
+    return llama_names(cfg) + ([] if cfg["tie_word_embeddings"] else ["lm_head.weight"])
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _lowbias32(x):
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+_POOL = {}
+
+
+def _pool():
+    if "p" not in _POOL:
+        u = _lowbias32(np.arange(POOL, dtype=np.uint32)) / 4294967296.0
+        _POOL["p"] = ((u * 2 - 1) * math.sqrt(3)).astype(np.float32)
+    return _POOL["p"]
+
+
+def name_offset(name):
+    h = 0x811C9DC5
+    for c in name.encode():
+        h = ((h ^ c) * 0x01000193) & 0xFFFFFFFF
+    return h % POOL
+
+
+def pool_weights(name, shape, dtype):
+    """out[i] = cast(scale * pool[(i + off(name)) % POOL]); 1 + 0.05 * pool for 1-D tensors."""
+    vec = len(shape) == 1
+    scale = np.float32(0.05 if vec else 1 / math.sqrt(shape[-1]))
+    key = (vec, float(scale), dtype)
+    per = _POOL.get(key)
+    if per is None:
+        p = _pool()
+        per = (np.float32(1) + scale * p) if vec else scale * p
+        per = _POOL[key] = per.astype(np.float16 if dtype == "f16" else np.float32)
+    return np.resize(np.roll(per, -name_offset(name)), math.prod(shape)).reshape(shape)
+
+
+def weight_bytes_per_token(cfg, dtype):
+    """Bytes of weights one decode token must read: every matrix and norm once, one
+    embedding row, and the table again when it doubles as the lm head."""
+    item = 2 if dtype == "f16" else 4
+    D, V, I, L = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    layer = D * (q + 2 * kv) + q * D + 3 * D * I + 2 * D
+    return item * (L * layer + D + D + V * D)
+
+
+# ----------------------------------------------------------------------------- pyapp, native
+
+def _capture_kernel_names():
+    """Wrap kernels.render so that every rendered source maps to its template name
+    ({source: name}); returns that dict and the original render to restore."""
+    from pyapp import kernels
+    names = {}
+    orig = kernels.render
+
+    def render(name, prelude="", **subs):
+        src = orig(name, prelude, **subs)
+        names[src] = name
+        return src
+    kernels.render = render
+    return names, orig
+
+
+def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
+    from pyapp import kernels
+    from pyapp.arch import build_model
+    from pyapp.gpu import GpuBackend
+    from pyapp.gpu.backend import autotune_variants, infer_shapes
+    from pyapp.sampling import SamplingParams
+
+    model = build_model(cfg, tensor_names(cfg))
+    shapes = infer_shapes(model)
+    v = dict(variants or autotune_variants(dev, model, shapes, {n: dtype for n in shapes}))
+    src_names, orig = _capture_kernel_names()
+    try:
+        t = time.perf_counter()
+        be = GpuBackend(dev, model, 0, None, None, None, dtype, variants=v)
+        for name, _nb in be.weight_layout():
+            be.write_weight(name, 0, pool_weights(name, be.tensors[name].shape, dtype))
+        dev.read(be.tok_buf, 0, 4)          # waits for the uploads
+        load_s = time.perf_counter() - t
+        sp = SamplingParams()
+        prompt = [1 + (i * 7919) % (model.vocab - 1) for i in range(P)]
+
+        def run(n_new):
+            c = be.new_cache(P + N + 8)
+            t = time.perf_counter()
+            tok = be.step(ids=prompt, cache=c, params=sp)
+            prefill = time.perf_counter() - t
+            d0, toks = be.stats["dispatches"], [tok]
+            t = time.perf_counter()
+            for n in range(1, n_new + 1):
+                tok = be.step(ids=[tok], cache=c, params=sp, n=n)
+                toks.append(tok)
+            return prefill, time.perf_counter() - t, be.stats["dispatches"] - d0, toks, c
+        run(2)
+        prefill, dec, nd, toks, cache = run(N)
+        rec, _ = be._plan(1, cache, 0, model.n_layers, True, True, False, True)
+        res = {"binding": "native (wgpu-py)", "variants": be.variants, "load_seconds": load_s,
+               "prefill_seconds": prefill, "decode_seconds": dec, "decode_tokens_per_s": N / dec,
+               "ms_per_token": dec / N * 1e3, "dispatches_per_token": nd / N, "tokens": toks,
+               "host_encode_ms_per_token": host_encode_ms(dev, rec)}
+        if profile:
+            pipe_src = {id(p): s for s, p in dev._pipelines.items()}
+            res["profile"] = profile_classes(dev, be, rec, {k: src_names.get(s, "?") for k, s in pipe_src.items()},
+                                             cfg, dtype)
+        be.destroy()
+        return res
+    finally:
+        kernels.render = orig
+
+
+def host_encode_ms(dev, rec, reps=5):
+    """Encoding one decode token's pass (set_pipeline / set_bind_group / dispatch), no submit."""
+    t = time.perf_counter()
+    for _ in range(reps):
+        enc = dev.device.create_command_encoder()
+        ps = enc.begin_compute_pass()
+        for pipe, group, gx, gy, gz in rec:
+            ps.set_pipeline(pipe)
+            ps.set_bind_group(0, group)
+            ps.dispatch_workgroups(gx, gy, gz)
+        ps.end()
+        enc.finish()
+    return (time.perf_counter() - t) / reps * 1e3
+
+
+def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
+    """GPU µs per decode token by kernel class: one compute pass per class (its dispatches
+    from one token's plan, replayed `reps` times) between timestamp queries; and the whole
+    plan in one pass the same way. Classes run out of order: the data is garbage, the work
+    is the same."""
+    import wgpu
+    if "timestamp-query" not in dev.features:
+        return {"error": "no timestamp-query"}
+    classes = {}
+    for d in rec:
+        classes.setdefault(kind_of.get(id(d[0]), "?"), []).append(d)
+    groups = [("(whole token)", list(rec))] + sorted(classes.items())
+    n = 2 * len(groups)
+    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=n)
+    buf = dev.device.create_buffer(size=8 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    enc = dev.device.create_command_encoder()
+    for i, (_name, ds) in enumerate(groups):
+        ps = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
+                                                      "end_of_pass_write_index": 2 * i + 1})
+        for _ in range(reps):
+            for pipe, group, gx, gy, gz in ds:
+                ps.set_pipeline(pipe)
+                ps.set_bind_group(0, group)
+                ps.dispatch_workgroups(gx, gy, gz)
+        ps.end()
+    enc.resolve_query_set(qs, 0, n, buf, 0)
+    dev.device.queue.submit([enc.finish()])
+    ts = struct.unpack(f"<{n}Q", bytes(dev.device.queue.read_buffer(buf)))
+    period = dev.device.queue.get_timestamp_period() if hasattr(dev.device.queue, "get_timestamp_period") else 1.0
+    out = []
+    wb = weight_bytes_per_token(cfg, dtype)
+    for i, (name, ds) in enumerate(groups):
+        us = (ts[2 * i + 1] - ts[2 * i]) * period / reps / 1e3
+        row = {"class": name, "dispatches": len(ds), "us_per_token": us, "us_per_dispatch": us / len(ds)}
+        if name.startswith("linear") or name == "(whole token)":
+            row["weight_GBps_if_all_weights"] = wb / (us * 1e-6) / 1e9
+        out.append(row)
+    return out
+
+
+def gemv_variants(dev, cfg, dtype):
+    """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
+    (measure_linear: 8 GEMVs per submit, best of 3, the submit + 4-byte readback included)."""
+    from pyapp.gpu.backend import LINEAR_VARIANTS, _run_sync, measure_linear
+    D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
+    shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}
+    item = 2 if dtype == "f16" else 4
+    vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)]
+    out = []
+    for N, K in sorted(shapes):
+        row = {"N": N, "K": K, "dtype": dtype}
+        for v in vs:
+            try:
+                t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32))[v]
+                row[v] = {"us": t * 1e6, "GBps": N * K * item / t / 1e9}
+            except Exception as e:  # noqa: BLE001  (e.g. wg: one workgroup per row > 65535 rows)
+                row[v] = {"error": str(e).splitlines()[-1][:200], "GBps": 0.0}
+        out.append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- pyapp in Deno
+
+def find_deno(arg):
+    for c in (arg, os.environ.get("DENO"), ROOT / "node_modules/@deno/linux-x64-glibc/deno", shutil.which("deno")):
+        if c and Path(c).is_file():
+            return str(c)
+    return None
+
+
+def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir):
+    spec = {"pyodide": str(pyodide_dir), "pyapp": str(ROOT), "config": cfg, "names": tensor_names(cfg),
+            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants}
+    with tempfile.TemporaryDirectory() as d:
+        sp, op = Path(d) / "spec.json", Path(d) / "out.json"
+        sp.write_text(json.dumps(spec))
+        env = {**os.environ, "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp")}
+        r = subprocess.run([deno, "run", "--unstable-webgpu", "-A", str(ROOT / "benchmarks/deno/run_decode.mjs"),
+                            str(sp), str(op)], capture_output=True, text=True, env=env, timeout=900)
+        if r.returncode != 0 or not op.exists():
+            return {"error": (r.stderr or r.stdout)[-2000:]}
+        return json.loads(op.read_text())
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def torch_copy_GBps(torch, nbytes=1 << 30, reps=20):
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").normal_()
+    b = torch.empty_like(a)
+    b.copy_(a)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = 1e9
+    for _ in range(5):
+        s.record()
+        for _ in range(reps):
+            b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        best = min(best, s.elapsed_time(e) / 1e3 / reps)
+    del a, b
+    return 2 * nbytes / best / 1e9
+
+
+def hf_model(torch, cfg, dtype):
+    """transformers' LlamaForCausalLM of the shape, holding the pool weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tdt = torch.float16 if dtype == "f16" else torch.float32
+    conf = LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"})
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(tdt)
+    try:
+        with torch.device("cuda"):
+            m = LlamaForCausalLM(conf)
+    finally:
+        torch.set_default_dtype(old)
+    m.eval()
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            p.copy_(torch.from_numpy(pool_weights(name, tuple(p.shape), dtype)))
+    return m
+
+
+class EagerLlama:
+    """The decode loop a PyTorch user writes by hand: preallocated KV cache, SDPA, greedy."""
+
+    def __init__(self, torch, hf, cfg, cap):
+        self.t = torch
+        self.F = torch.nn.functional
+        m = hf.model
+        D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+        self.H, self.Hkv = H, cfg["num_key_value_heads"]
+        self.hd = cfg.get("head_dim") or D // H
+        self.eps = cfg["rms_norm_eps"]
+        self.emb, self.norm, self.head = m.embed_tokens.weight, m.norm.weight, hf.lm_head.weight
+        self.layers = [(L.input_layernorm.weight, L.self_attn.q_proj.weight, L.self_attn.k_proj.weight,
+                        L.self_attn.v_proj.weight, L.self_attn.o_proj.weight, L.post_attention_layernorm.weight,
+                        L.mlp.gate_proj.weight, L.mlp.up_proj.weight, L.mlp.down_proj.weight) for L in m.layers]
+        dt = self.emb.dtype
+        self.k = torch.zeros(len(self.layers), self.Hkv, cap, self.hd, dtype=dt, device="cuda")
+        self.v = torch.zeros_like(self.k)
+        inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, self.hd, 2, device="cuda").float() / self.hd))
+        ang = torch.arange(cap, device="cuda").float()[:, None] * inv[None]
+        ang = torch.cat([ang, ang], -1)
+        self.cos, self.sin = ang.cos().to(dt), ang.sin().to(dt)
+
+    def rms(self, x, w):
+        xf = x.float()
+        return w * (xf * self.t.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def rope(self, x, pos0):
+        T, h = x.shape[1], self.hd // 2
+        c, s = self.cos[pos0:pos0 + T], self.sin[pos0:pos0 + T]
+        rot = self.t.cat([-x[..., h:], x[..., :h]], -1)
+        return x * c + rot * s
+
+    def step(self, ids, pos0):
+        t, F = self.t, self.F
+        T = ids.shape[0]
+        x = self.emb[ids]
+        for i, (wn1, wq, wk, wv, wo, wn2, wg, wu, wd) in enumerate(self.layers):
+            h = self.rms(x, wn1)
+            q = F.linear(h, wq).view(T, self.H, self.hd).transpose(0, 1)
+            k = F.linear(h, wk).view(T, self.Hkv, self.hd).transpose(0, 1)
+            v = F.linear(h, wv).view(T, self.Hkv, self.hd).transpose(0, 1)
+            q, k = self.rope(q, pos0), self.rope(k, pos0)
+            self.k[i, :, pos0:pos0 + T] = k
+            self.v[i, :, pos0:pos0 + T] = v
+            a = F.scaled_dot_product_attention(q[None], self.k[i:i + 1, :, :pos0 + T], self.v[i:i + 1, :, :pos0 + T],
+                                               is_causal=T > 1, enable_gqa=self.H != self.Hkv)
+            x = x + F.linear(a[0].transpose(0, 1).reshape(T, -1), wo)
+            h = self.rms(x, wn2)
+            x = x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
+        return F.linear(self.rms(x[-1:], self.norm), self.head).argmax(-1)
+
+
+def run_torch(torch, cfg, dtype, P, N):
+    hf = hf_model(torch, cfg, dtype)
+    prompt = [1 + (i * 7919) % (cfg["vocab_size"] - 1) for i in range(P)]
+    out = {}
+    with torch.inference_mode():
+        eager = EagerLlama(torch, hf, cfg, P + N + 8)
+
+        def loop(n_new):
+            ids = torch.tensor(prompt, device="cuda")
+            tok = int(eager.step(ids, 0).item())
+            toks = [tok]
+            t = time.perf_counter()
+            for n in range(1, n_new + 1):
+                tok = int(eager.step(torch.tensor([tok], device="cuda"), P + n - 1).item())
+                toks.append(tok)
+            return time.perf_counter() - t, toks
+        loop(2)
+        dec, toks = loop(N)
+        out["eager"] = {"decode_seconds": dec, "decode_tokens_per_s": N / dec, "tokens": toks}
+        del eager
+        ids = torch.tensor([prompt], device="cuda")
+        kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+
+        def gen(n_new):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            o = hf.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+            torch.cuda.synchronize()
+            return time.perf_counter() - t, o[0, P:].tolist()
+        gen(2)
+        t1, _ = gen(1)
+        tn, toks = gen(N + 1)
+        # decode only: N steps after the first token (generate(N+1) - generate(1))
+        out["hf_generate"] = {"decode_seconds": tn - t1, "decode_tokens_per_s": N / (tn - t1), "tokens": toks,
+                              "transformers": __import__("transformers").__version__}
+    del hf
+    torch.cuda.empty_cache()
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+def first_diff(a, b):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def table(rows):
+    cols = ["shape", "pyapp native", "pyapp Deno (browser binding)", "PyTorch eager", "HF generate",
+            "native / eager", "Deno / native", "dispatches/token", "limit tok/s", "native % of limit",
+            "host encode % of token"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+    def f(v, d=1):
+        return "—" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+    for r in rows:
+        nat = r.get("native", {}).get("decode_tokens_per_s")
+        den = r.get("deno", {}).get("decode_tokens_per_s")
+        eag = r.get("eager", {}).get("decode_tokens_per_s")
+        hf = r.get("hf_generate", {}).get("decode_tokens_per_s")
+        lim = r.get("limit_tokens_per_s")
+        enc = r.get("native", {}).get("host_encode_ms_per_token")
+        ms = r.get("native", {}).get("ms_per_token")
+        lines.append("| " + " | ".join([
+            r["shape"], f(nat), f(den), f(eag), f(hf),
+            f(nat / eag if nat and eag else None, 2) + ("×" if nat and eag else ""),
+            f(den / nat if den and nat else None, 2) + ("×" if den and nat else ""),
+            f(r.get("native", {}).get("dispatches_per_token"), 0), f(lim, 0),
+            f(100 * nat / lim if nat and lim else None, 0) + ("%" if nat and lim else ""),
+            f(100 * enc / ms if enc and ms else None, 0) + ("%" if enc and ms else ""),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=None, help="comma list of " + ", ".join(SHAPES)
+                    + " (default: all with CUDA, smollm2-135m-f32 without)")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--deno", help="deno binary (default: $DENO, node_modules/@deno/linux-x64-glibc/deno, PATH)")
+    ap.add_argument("--no-deno", action="store_true")
+    ap.add_argument("--deno-shapes", default=None, help="shapes for the Deno row (default: all chosen)")
+    ap.add_argument("--pyodide", default=str(ROOT / "node_modules/pyodide"))
+    ap.add_argument("--profile", action="store_true", help="per-kernel-class GPU time (timestamp queries)")
+    ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
+    ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
+    ap.add_argument("--out", default="bench-results")
+    a = ap.parse_args(argv)
+
+    from pyapp.gpu.native import NativeDevice
+    torch = torch_cuda()
+    shapes = (a.shapes or (",".join(SHAPES) if torch else "smollm2-135m-f32")).split(",")
+    deno = None if a.no_deno else find_deno(a.deno)
+    deno_shapes = set((a.deno_shapes or ",".join(shapes)).split(","))
+    dev = NativeDevice.create()
+    P, N = a.prompt_tokens, a.new_tokens
+    res = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "adapter": dev.info,
+           "features": sorted(dev.features), "prompt_tokens": P, "new_tokens": N, "torch": None,
+           "deno": deno, "rows": []}
+    if torch:
+        res["torch"] = {"version": torch.__version__, "gpu": torch.cuda.get_device_name()}
+        res["copy_GBps"] = torch_copy_GBps(torch)
+        print(f"PyTorch D2D copy: {res['copy_GBps']:.0f} GB/s (read + write)", flush=True)
+    for s in shapes:
+        cfg, dtype = SHAPES[s]
+        row = {"shape": s, "weight_bytes_per_token": weight_bytes_per_token(cfg, dtype)}
+        if res.get("copy_GBps"):
+            row["limit_tokens_per_s"] = res["copy_GBps"] * 1e9 / row["weight_bytes_per_token"]
+        variants = None
+        if a.linear:
+            variants = {"linear": a.linear, "norm_wg": 1 if a.linear == "row" else 64,
+                        "attention": "row" if a.linear == "row" else "wg"}
+        try:
+            row["native"] = run_native(dev, cfg, dtype, P, N, variants, a.profile)
+            print(f"{s}: native {row['native']['decode_tokens_per_s']:.1f} tok/s, "
+                  f"{row['native']['dispatches_per_token']:.0f} dispatches/token", flush=True)
+        except Exception as e:  # noqa: BLE001
+            row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            print(f"{s}: native failed: {row['native']['error']}", flush=True)
+        if a.gemv:
+            row["gemv"] = gemv_variants(dev, cfg, dtype)
+            for g in row["gemv"]:
+                print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
+                    f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)
+        if deno and s in deno_shapes:
+            row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
+            if "tokens" in row["deno"] and "tokens" in row["native"]:
+                row["deno"]["first_token_diff_vs_native"] = first_diff(row["deno"]["tokens"], row["native"]["tokens"])
+            print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))}", flush=True)
+        if torch:
+            try:
+                row.update(run_torch(torch, cfg, dtype, P, N))
+                if "tokens" in row["native"]:
+                    row["eager"]["first_token_diff_vs_native"] = first_diff(row["eager"]["tokens"], row["native"]["tokens"])
+                print(f"{s}: eager {row['eager']['decode_tokens_per_s']:.1f}, "
+                      f"HF generate {row['hf_generate']['decode_tokens_per_s']:.1f} tok/s", flush=True)
+            except Exception as e:  # noqa: BLE001
+                row["torch_error"] = f"{type(e).__name__}: {e}"[:2000]
+                print(f"{s}: torch failed: {row['torch_error']}", flush=True)
+        res["rows"].append(row)
+    out = Path(a.out) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=str))
+    for row in res["rows"]:
+        for p in row.get("native", {}).get("profile", []) or []:
+            if isinstance(p, dict):
+                print(f"  {row['shape']:18s} {p['class']:16s} {p['dispatches']:4d} disp "
+                      f"{p['us_per_token']:9.1f} us/token {p['us_per_dispatch']:7.2f} us/disp "
+                      + (f"{p['weight_GBps_if_all_weights']:7.0f} GB/s" if 'weight_GBps_if_all_weights' in p else ""))
+    print(table(res["rows"]))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
