@@ -196,7 +196,7 @@ class NumpyBackend:
             ids = ins[0]
             y = w["tokens"][ids]
             if w.get("positions") is not None:
-                p0, seg = ctx["pos0"], ctx["seg"]
+                p0, seg = ctx["pos0"], ctx.get("seg")
                 if seg is None:
                     y = y + w["positions"][p0:p0 + ids.size]
                 else:        # positions restart in each packed sequence
@@ -256,7 +256,7 @@ class NumpyBackend:
         elif k == "add":
             out = [ins[0] + ins[1]]
         elif k == "mean_pool":
-            seg = ctx["seg"]
+            seg = ctx.get("seg")
             x = ins[0]
             out = [x.mean(axis=0, keepdims=True) if seg is None else
                    np.stack([x[seg == b].mean(axis=0) for b in range(int(seg[-1]) + 1)])]
@@ -289,8 +289,8 @@ class NumpyBackend:
             if a.get("window"):
                 seen &= kpos[None, :] > qpos - a["window"]
             s = np.where(seen, s, -np.inf)
-        elif ctx["seg"] is not None:    # packed sequences: attend within one's own only
-            seg = ctx["seg"]
+        elif ctx.get("seg") is not None:    # packed sequences: attend within one's own only
+            seg = ctx.get("seg")
             s = np.where(seg[:, None] == seg[None, :], s, -np.inf)
         y = _softmax(s) @ v                                    # [H, T, hd]
         return y.transpose(1, 0, 2).reshape(T, H * hd)
