@@ -61,6 +61,25 @@ def test_boot_from_the_site(page, server):
           f"wheel {boot['wheelMs'] / 1000:.1f} s, via {boot['via']})")
 
 
+def test_page_state_is_current(page):
+    """After boot the status says ready (not a stale 'reading the manifest'); greedy disables
+    temperature/top-p; the hint under the slider describes the chosen split."""
+    page.wait_for_function("() => document.getElementById('status').textContent === 'ready'")
+    assert page.eval_on_selector("#temperature", "e => e.disabled") and page.eval_on_selector("#topp", "e => e.disabled")
+    page.click("#greedy")
+    assert not page.eval_on_selector("#temperature", "e => e.disabled")
+    page.click("#greedy")
+    models = [o for o in page.eval_on_selector_all("#model option", "es => es.map(e => e.value)")]
+    assert models == ["smollm2-135m"]                    # text-generation models from /v1/models
+    assert page.inner_text("#embed-model").startswith("minilm-l6")
+    default = page.eval_on_selector("#split", "e => Number(e.value)")
+    page.evaluate("() => { const s = document.getElementById('split'); s.value = 10; s.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#split-why") == (f"split 10: layers 0..9 on the server, 10..29 and the head on this GPU "
+                                              f"(default {default})")
+    page.evaluate(f"() => {{ const s = document.getElementById('split'); s.value = {default}; s.dispatchEvent(new Event('input')); }}")
+    assert "GFLOP/s" in page.inner_text("#split-why")
+
+
 def test_tokenize_matches_cpython(page):
     from pyapp.cli import _model_dir, load_tokenizer
     tok = load_tokenizer(_model_dir(SMOL))
@@ -76,8 +95,8 @@ def test_python_in_the_page_has_the_same_api(page):
     assert set(names.values()) == {True}, names
     # the same answers as the JS side
     assert py(page, "import json, pyapp\njson.dumps(await pyapp.adapter())") == page.evaluate("() => pyapp.adapter()")
-    assert py(page, "import json, pyapp\njson.dumps([m['id'] for m in await pyapp.list_models()])") == \
-        page.evaluate("async () => (await pyapp.models()).map((m) => m.id)")
+    assert py(page, "import json, pyapp\njson.dumps(await pyapp.list_models())") == page.evaluate("() => pyapp.models()")
+    assert py(page, "import json, pyapp\njson.dumps(callable(pyapp.save_offline))")
 
 
 def test_stream_all_tail_weights_wasm_heap_flat(page):
@@ -340,7 +359,8 @@ def test_bad_input_rejects_with_one_sentence(page):
         "pyapp.generate('Hi', {model: 'minilm-l6'})": ("embedding model", "wrong_model"),
         "pyapp.embed(['a sentence'], {model: 'smollm2-135m'})": ("not an embedding model", "wrong_model"),
         "pyapp.embed([], {})": ("non-empty list", "bad_input"),
-        "pyapp.embed(['x'], {model: 'nope'})": ("unknown model", "bad_option"),
+        "pyapp.embed(['x'], {model: 'nope'})": ("unknown model 'nope' (this server has: smollm2-135m, minilm-l6)",
+                                                "bad_option"),
         "pyapp.embed(['word '.repeat(600)], {model: 'minilm-l6'})": ("context of 512", "too_long"),
         "pyapp.tokenize('Hi', {modle: 'smollm2-135m'})": ("did you mean model", "bad_option"),
     }

@@ -192,7 +192,8 @@ async function main() {
   $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) onGenerate(); });
   greedyChanged();
   await pyapp.ready;
-  const ms = await pyapp.models();
+  // the server's /v1/models (or, static/offline, the site's list: fields under `pyapp`)
+  const ms = ((await pyapp.models()).data || []).map((m) => ({ ...(m.pyapp || {}), ...m }));
   for (const m of ms) nLayers[m.id] = m.n_layers;
   const gen = ms.filter((m) => m.kind === 'causal_lm').map((m) => m.id);
   const enc = ms.filter((m) => m.kind === 'encoder');

@@ -7,7 +7,7 @@ the page) call.  Python names, snake_case options; the JS side takes camelCase t
     await embed(texts, model=..., split=..., wait=True) -> [[float, ...], ...]
     await tokenize(text, model=..., chat=False)         -> [int, ...]
     await default_split(model) -> {split, reason, ...};  await adapter() -> {...}
-    await list_models() -> [{id, kind, n_layers, ...}]  (JS: models());  stats(), stop(),
+    await list_models() -> {object, data: [{id, kind, n_layers, ...}]}  (JS: models());  stats(), stop(),
     await run_python(code)
 
 * Every option is checked first (:mod:`.options`): an unknown name, a wrong type or a value out
@@ -123,36 +123,51 @@ class EdgeModel:
 
 
 async def list_models():
-    """The server's models: [{id, kind ("causal_lm" | "encoder"), n_layers, context, ...}]
-    (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list module)."""
+    """The server's ``/v1/models`` reply: ``{object, data: [{id, kind ("causal_lm" | "encoder"),
+    n_layers, context, ...}]}`` (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list
+    module)."""
     if state.server_models is None:
-        d = await stream.fetch_json(state.base_url + "/v1/models")
-        state.server_models = list(d.get("data") or [])
+        state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
     return state.server_models
 
 
 async def _model_name(name, kind):
-    """``name`` checked against the server's list, or its first model of ``kind``."""
-    ms = await list_models()
-    if name is None:
-        hit = next((m["id"] for m in ms if m.get("kind") == kind), None)
-        if hit is None:
-            what = "text-generation" if kind == "causal_lm" else "embedding"
-            raise EdgeError(f"this server has no {what} model", "wrong_model", "model")
-        return hit
-    if not any(m["id"] == name for m in ms):
-        have = ", ".join(m["id"] for m in ms) or "none"
-        raise EdgeError(f"unknown model {name!r} (this server has: {have})", "bad_option", "model")
-    return name
+    """``name``, or without one the server's first model of ``kind``."""
+    if name is not None:
+        return name
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError as e:
+        raise EdgeError(f"no model was given and the server's model list is unavailable ({e}): "
+                        "pass the option model", "bad_option", "model") from e
+    hit = next((m["id"] for m in ms if m.get("kind") == kind), None)
+    if hit is None:
+        what = "text-generation" if kind == "causal_lm" else "embedding"
+        raise EdgeError(f"this server has no {what} model", "wrong_model", "model")
+    return hit
 
 
 async def get_model(name):
     em = state.models.get(name)
     if em is None:
         status(f"reading the manifest of {name}", phase="manifest")
-        em = await EdgeModel.load(name, state.base_url)
+        try:
+            em = await EdgeModel.load(name, state.base_url)
+        except EdgeError as e:
+            if e.code != "bad_input" or "manifest.json" not in str(e):
+                raise
+            raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model") from e
         state.models[name] = em
     return em
+
+
+async def _have():
+    """`` (this server has: a, b)``, or nothing when the list is unavailable."""
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError:
+        return ""
+    return f" (this server has: {', '.join(m['id'] for m in ms) or 'no models'})"
 
 
 async def _model_for(name, want):
