@@ -137,7 +137,8 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
     from pyapp import kernels
     from pyapp.arch import build_model
     from pyapp.gpu import GpuBackend
-    from pyapp.gpu.backend import autotune_variants, infer_shapes
+    from pyapp.gpu.autotune import autotune_variants
+    from pyapp.gpu.shapes import infer_shapes
     from pyapp.sampling import SamplingParams
 
     model = build_model(cfg, tensor_names(cfg))
@@ -240,7 +241,7 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
 def gemv_variants(dev, cfg, dtype):
     """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
     (measure_linear: 8 GEMVs per submit, best of 3, the submit + 4-byte readback included)."""
-    from pyapp.gpu.backend import LINEAR_VARIANTS, _run_sync, measure_linear
+    from pyapp.gpu.autotune import LINEAR_VARIANTS, _run_sync, measure_linear
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
     shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}

@@ -58,6 +58,16 @@ class GpuKVCache:
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
         self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        self.device = backend.device
+        self._scratch = None     # split-attention partials, [T*H, NS, HD+2] (lower.py)
+
+    def scratch(self, nbytes):
+        """A scratch buffer of at least `nbytes` owned by this cache (planned once per
+        capacity: the split count depends only on it)."""
+        if self._scratch is None or self._scratch[1] < nbytes:
+            self._scratch = (self.device.create_buffer(nbytes), nbytes)
+            self.buffer_ids.add(id(self._scratch[0]))
+        return self._scratch[0]
 
     def truncate(self, n):
         if not 0 <= n <= self.length:
@@ -67,9 +77,10 @@ class GpuKVCache:
     def destroy(self):
         """Free the K/V buffers now (they also go with the cache object: the backend keeps
         no reference to them)."""
-        for b in list(self.k.values()) + list(self.v.values()):
+        for b in list(self.k.values()) + list(self.v.values()) + ([self._scratch[0]] if self._scratch else []):
             b.destroy()
         self.k, self.v, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, set()
+        self._scratch = None
 
 
 # ----------------------------------------------------------------------------- backend
