@@ -224,3 +224,29 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
             # (+ the merge of the split attention per layer)
             assert gb.stats["dispatches"] - d0 == 1 + L * (5 + (n_splits > 1)) + 1
             tok = int(ref[-1].argmax())
+
+
+@pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
+def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
+    """GpuBackend.decode (steps in flight, each embedding the token the GPU sampled) gives the
+    ids of step() one token at a time, stops at a stop token like decode.generate, and leaves
+    the cache where the step-by-step loop leaves it (the next step's logits are equal)."""
+    from pyapp.decode import generate
+    from pyapp.gpu import GpuBackend
+    from pyapp.sampling import SamplingParams
+    random_llama(tmp_path / "m", "vec4")
+    v = {"linear": variant, "norm_wg": 64 if variant != "row" else 1, "attention": "wg" if variant != "row" else "row"}
+    gb = GpuBackend.load(tmp_path / "m", device=device, variants=v)
+    prompt = [5, 17, 200, 3, 99, 41, 7]
+    for sp in (SamplingParams(), SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=11)):
+        c1 = gb.new_cache(64)
+        ref = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20).ids
+        c2 = gb.new_cache(64)
+        assert gb.decode(prompt, c2, sp, 20, depth=depth) == ref
+        stop = ref[6]
+        c1, c2 = gb.new_cache(64), gb.new_cache(64)
+        r1 = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20, eos_ids=[stop]).ids
+        r2 = gb.decode(prompt, c2, sp, 20, eos_ids=[stop], depth=depth)
+        assert r2 == r1 == ref[:ref.index(stop) + 1]
+        assert c2.length == c1.length
+        assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0

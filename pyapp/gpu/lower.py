@@ -38,7 +38,7 @@ def _embed(b, o, s: Step):
     tok = b.tensors[w["tokens"]]
     for buf, r0, rows, _b0, _nb in tok.chunks:
         src = kernels.render("embed", WDECL=wgsl.wdecl(1, "w", tok.dtype, 1), D=D, R0=r0, R=rows)
-        out.append(b.dispatch(src, {1: buf, 2: b.ids_buf, 3: b.acts["x"]}, ceil(s.T * D, 64)))
+        out.append(b.dispatch(src, {1: buf, 2: b.ids_src, 3: b.acts["x"]}, ceil(s.T * D, 64)))
     for role, pos in (("positions", "true"), ("token_type", "false")):
         if w.get(role):
             t = b.tensors[w[role]]
@@ -248,7 +248,7 @@ def fuse_gemv(b, ops, i, s: Step):
     o = ops[j]
     head = o.outs[0] == "logits"
     variant = gemv_variant(b, b.variants.get("linear_head") if head else None)
-    rich = variant in ("wg", "sg", "sg4")
+    rich = variant in ("wg", "sg", "sg4") and b.variants.get("fold", True)
     K = b.tensors[o.weights["w"]].shape[1]
     grp = []
     for p in ops[j:]:
@@ -346,10 +346,10 @@ def fuse_add_norm(b, ops, i, s: Step):
 ATTN_SPLIT = 128             # keys per workgroup of a decode token (flash-decoding split)
 
 
-def attention_splits(T: int, capacity: int) -> tuple[int, int]:
+def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[int, int]:
     """(NS, SL): a decode token's context in splits of ATTN_SPLIT keys; one split for prefill."""
-    ns = ceil(capacity, ATTN_SPLIT) if T == 1 else 1
-    return (1, capacity) if ns == 1 else (ns, ATTN_SPLIT)
+    ns = ceil(capacity, split) if T == 1 else 1
+    return (1, capacity) if ns == 1 else (ns, split)
 
 
 def fuse_rope_attention(b, ops, i, s: Step):
@@ -366,7 +366,7 @@ def fuse_rope_attention(b, ops, i, s: Step):
         return None
     a = at.attrs
     H, Hkv, hd, li, cache = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["layer"], s.cache
-    ns, sl = attention_splits(s.T, cache.capacity)
+    ns, sl = attention_splits(s.T, cache.capacity, int(b.variants.get("attn_split", ATTN_SPLIT)))
     y = b.acts[at.outs[0]]
     out = y if ns == 1 else cache.scratch(s.T * H * ns * (hd + 2) * 4)
     src = kernels.render("attention_split", H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity,
@@ -393,9 +393,11 @@ RULES: list[Callable] = [fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_poo
 def lower(b, ops, s: Step, head_first_row: bool = False):
     """Dispatches of `ops`; with `head_first_row`, the first op reads only the last row."""
     out, i = [], 0
+    off = b.variants.get("off", ())    # rule names switched off (benchmarks: before / after)
+    rules = [r for r in RULES if r.__name__ not in off]
     while i < len(ops):
         si = Step(s.T, s.cache, s.head, head_first_row and i == 0)
-        for rule in RULES:
+        for rule in rules:
             r = rule(b, ops, i, si)
             if r is not None:
                 i += r[0]
