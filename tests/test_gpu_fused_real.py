@@ -30,6 +30,7 @@ def device():
 @pytest.mark.parametrize("variant", ["wg", "sg4"])
 def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # noqa: F811
     from pyapp.gpu import GpuBackend
+    from pyapp.gpu.lower import attention_splits
     if variant.startswith("sg") and "subgroups" not in device.features:
         pytest.skip("no subgroups on this adapter")
     d, refs = smol
@@ -47,14 +48,17 @@ def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # no
         got = generate(step, ids, 32).ids
         assert got == ref, p
         assert got == torch_ref[p], p
-        # decode tokens: 5 dispatches per layer + embed, lm head (norm folded), sampler
-        assert set(per_step[1:]) == {5 * L + 3}
+        # decode tokens: 5 dispatches per layer + embed, lm head (norm folded), sampler; + one
+        # merge per layer where the cache holds more than one 32-key split
+        ns, _sl = attention_splits(1, c.capacity)
+        assert set(per_step[1:]) == {5 * L + 3 + (L if ns > 1 else 0)}
     gb.destroy()
 
 
 def test_bench_decode_dispatch_count(tmp_path, capsys):
-    """`pyapp bench decode --random --linear wg` (SmolLM2's shape): 153 dispatches per token
-    (364 before the rules: 12 per layer); printed."""
+    """`pyapp bench decode --random --linear wg` (SmolLM2's shape) with a cache of one 32-key
+    split: 153 dispatches per token (364 before the rules: 12 per layer); printed. (A longer
+    cache adds one attention_merge per layer: 183.)"""
     from pyapp.bench import main
     out = tmp_path / "d.json"
     main(["decode", "--random", "--linear", "wg", "--prompt-tokens", "8", "--new-tokens", "3",

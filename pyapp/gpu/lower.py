@@ -343,7 +343,7 @@ def fuse_add_norm(b, ops, i, s: Step):
     return None
 
 
-ATTN_SPLIT = 128             # keys per workgroup of a decode token (flash-decoding split)
+ATTN_SPLIT = 32              # keys per workgroup of a decode token (H200: 32 beat 64 and 128, docs/performance.md)
 
 
 def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[int, int]:
