@@ -137,9 +137,11 @@ def test_add_norm_matches_numpy(device, D, T, add):
     w = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
     r = Run(device, T, 0)
     bx, y = r.buf(x), r.poisoned(T * D)
-    src = kernels.render("add_norm", WDECL=WDECL_F32, D=D, EPS="1e-05",
+    rdecl = ("@group(0) @binding(2) var<storage, read> r: array<f32>;\nfn ldr(i: u32) -> f32 { return r[i]; }"
+             if add else "fn ldr(i: u32) -> f32 { return 0.0; }")
+    src = kernels.render("add_norm", WDECL=WDECL_F32, RDECL=rdecl, D=D, EPS="1e-05",
                          ADD="true" if add else "false")
-    r.add(src, {1: r.buf(w), 2: r.buf(res), 3: bx, 4: y}, T)
+    r.add(src, {1: r.buf(w), **({2: r.buf(res)} if add else {}), 3: bx, 4: y}, T)
     r.go()
     u = x.astype(np.float64) + (res if add else 0)
     ref = u / np.sqrt((u * u).mean(-1, keepdims=True) + 1e-5) * w
