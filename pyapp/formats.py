@@ -123,21 +123,81 @@ def _decode_q4_0(rows):
     return (d * q).reshape(rows.shape[0], -1)
 
 
+def _decode_q5_0(rows):
+    # block: f16 d, u32 qh (the 5th bits, little-endian), 16 bytes of nibbles; value j < 16 is the
+    # low nibble of byte j with bit j of qh, value 16 + j the high nibble with bit 16 + j;
+    # x = d * (q - 16)
+    import numpy as np
+    b = _blocks(rows, 22)
+    d = _f16(b, 0)
+    qh = np.ascontiguousarray(b[..., 2:6]).view("<u4")                       # [R, nb, 1]
+    hi = ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.uint8) << 4  # [R, nb, 32]
+    qs = b[..., 6:]
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1) | hi
+    return (d * (q.astype(np.float32) - 16.0)).reshape(rows.shape[0], -1)
+
+
+def _k_scale_min(sc12):
+    """Q4_K's 12 bytes of 6-bit (scale, min) pairs for its 8 sub-blocks -> two uint8 [..., 8]."""
+    import numpy as np
+    a, m, hi = sc12[..., 0:4], sc12[..., 4:8], sc12[..., 8:12]
+    scale = np.concatenate([a & 63, (hi & 0x0F) | ((a >> 6) << 4)], axis=-1)
+    mins = np.concatenate([m & 63, (hi >> 4) | ((m >> 6) << 4)], axis=-1)
+    return scale, mins
+
+
+def _decode_q4_k(rows):
+    # super-block of 256: f16 d, f16 dmin, 12 bytes of 6-bit sub-block scales/mins, 128 bytes of
+    # nibbles; sub-blocks 2c and 2c+1 are the low and high nibbles of bytes 32c..32c+31;
+    # x = (d * scale) * q - dmin * min
+    import numpy as np
+    b = _blocks(rows, 144)
+    d, dmin = _f16(b, 0), _f16(b, 2)
+    scale, mins = _k_scale_min(b[..., 4:16])
+    qs = b[..., 16:].reshape(*b.shape[:2], 4, 1, 32)
+    q = np.concatenate([qs & 0x0F, qs >> 4], axis=-2).reshape(*b.shape[:2], 8, 32)
+    x = (d * scale.astype(np.float32))[..., None] * q.astype(np.float32) \
+        - (dmin * mins.astype(np.float32))[..., None]
+    return x.reshape(rows.shape[0], -1)
+
+
+def _decode_q6_k(rows):
+    # super-block of 256: 128 bytes ql (low 4 bits), 64 bytes qh (2 high bits), 16 int8 scales (one
+    # per 16 values), f16 d.  Two halves of 128: in half n, value 32k + l (k = 0..3, l = 0..31) takes
+    # its low bits from ql[64n + l + 32 (k & 1)] (low nibble for k < 2, high for k >= 2) and its
+    # high bits from bits 2k..2k+1 of qh[32n + l];  x = (d * scale) * (q - 32)
+    import numpy as np
+    b = _blocks(rows, 210)
+    R, nb = b.shape[:2]
+    ql = b[..., :128].reshape(R, nb, 2, 1, 2, 32)                             # [.., n, 1, k&1, l]
+    lo = np.concatenate([ql & 0x0F, ql >> 4], axis=3).reshape(R, nb, 2, 4, 32)
+    qh = b[..., 128:192].reshape(R, nb, 2, 1, 32)
+    hi = (qh >> (2 * np.arange(4, dtype=np.uint8)).reshape(4, 1)) & 3         # [.., n, k, l]
+    q = (lo | (hi << 4)).astype(np.float32) - 32.0
+    scales = np.ascontiguousarray(b[..., 192:208]).view(np.int8).astype(np.float32)
+    ds = (_f16(b, 208) * scales).reshape(R, nb, 16, 1)
+    return (ds * q.reshape(R, nb, 16, 16)).reshape(R, -1)
+
+
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
     WeightFormat("f32", 1, 4, "F32", 0, wgsl="f32"),
     WeightFormat("f16", 1, 2, "F16", 1, wgsl="f16"),
     WeightFormat("q4_0", 32, 18, "U8", 2, _decode_q4_0),
     WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1, wgsl="q4_1"),
+    WeightFormat("q5_0", 32, 22, "U8", 6, _decode_q5_0),
     WeightFormat("q8_0", 32, 34, "U8", 8, _decode_q8_0, wgsl="q8_0"),
+    WeightFormat("q4_k", 256, 144, "U8", 12, _decode_q4_k),
+    WeightFormat("q6_k", 256, 210, "U8", 14, _decode_q6_k),
 )}
 
 # GGUF tensor type names (gguf.GGMLQuantizationType.name) -> format name
 GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 
 # formats a whole model's weights are kept in (a weight file per tag); "f32" always exists
-FILE_TAGS = ("f32", "f16", "q4_1", "q8_0")
+# (a K-quant GGUF keeps its mix of block types in one file named after its file type: q4_k_m)
+FILE_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 # the weight files both backends run (numpy decodes at load, WGSL loaders in kernels/formats/),
-# so the server offers them in manifests
+# so the server offers them in manifests (q4_k_m: numpy only until q5_0/q4_k/q6_k have WGSL loaders)
 SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0")
 
 

@@ -14,17 +14,23 @@ pos0 .. pos0+T-1, where pos0 is the number of tokens already in the KV cache.
 The op kinds (llama.cpp's ggml op list is the model for this):
   embed        ids -> x        rows of `tokens` (+ `positions` at the absolute
                                position, + row 0 of `token_type`)
-  rms_norm     a -> y          y = a / rms(a) * w                  (eps)
+  rms_norm     a -> y          y = a / rms(a) * (offset + w)       (eps; attrs["offset"], default 0:
+                               Gemma's 1 + w; attrs["group"]: normalize each run of `group`
+                               columns on its own, w has `group` values: per-head q/k norms)
   layer_norm   a -> y          y = (a - mean) / std * w + b        (eps)
   linear       a -> y          y = a @ W.T + b, W is [out, in]; with
                                attrs["transposed"] W is [in, out] (GPT-2 Conv1D)
   split        a -> y1 y2 ..   columns of a, attrs["sizes"]
   rope         q k -> q k      rotate-half RoPE on absolute positions
   attention    q k v -> y      scaled dot-product attention over the layer's
-                               KV cache (causal) or over the step (bidirectional)
+                               KV cache (causal) or over the step (bidirectional);
+                               attrs["window"] W: a query at position p sees keys
+                               p-W+1 .. p only (sliding window; the cache keeps W)
   silu_mul     g u -> y        silu(g) * u
   gelu         a -> y          erf GELU
   gelu_tanh    a -> y          tanh approximation (GPT-2's gelu_new)
+  gelu_tanh_mul g u -> y       gelu_tanh(g) * u (GeGLU)
+  scale        a -> y          y = a * float32(attrs["value"])
   add          a b -> y        residual add
   mean_pool    a -> y          mean over the T rows, [1, D]
   l2_normalize a -> y          y / ||y||

@@ -17,14 +17,26 @@ from .weightfile import load_model_dir, read_safetensors_header, weight_files
 F32 = np.float32
 
 
+def attention_windows(model: Model) -> dict:
+    """{layer: W} of the layers whose attention sees a sliding window of W keys."""
+    return {i: o.attrs["window"] for i, layer in enumerate(model.layers)
+            for o in layer if o.kind == "attention" and o.attrs.get("window")}
+
+
 class KVCache:
-    """Preallocated K/V for a range of decoder layers; `length` tokens are valid."""
+    """Preallocated K/V for a range of decoder layers; `length` tokens are valid.
+
+    A sliding-window layer (window W) keeps a ring of min(capacity, 2W) slots (position p in slot
+    p mod size): the W keys its queries see plus W positions of slack, so a rewind of up to W + 1
+    tokens still finds every key the next step needs."""
 
     def __init__(self, model: Model, start: int, stop: int, capacity: int):
-        shape = (model.n_kv_heads, capacity, model.head_dim)
         self.capacity = capacity
-        self.k = {i: np.zeros(shape, F32) for i in range(start, stop)} if model.causal else {}
-        self.v = {i: np.zeros(shape, F32) for i in range(start, stop)} if model.causal else {}
+        self.windows = {i: w for i, w in attention_windows(model).items() if start <= i < stop}
+        slots = {i: min(capacity, 2 * self.windows[i]) if i in self.windows else capacity
+                 for i in range(start, stop)} if model.causal else {}
+        self.k = {i: np.zeros((model.n_kv_heads, n, model.head_dim), F32) for i, n in slots.items()}
+        self.v = {i: np.zeros((model.n_kv_heads, n, model.head_dim), F32) for i, n in slots.items()}
         self.length = 0
 
     @property
@@ -34,7 +46,30 @@ class KVCache:
     def truncate(self, n: int):
         if not 0 <= n <= self.length:
             raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        for i, w in self.windows.items():
+            depth = self.k[i].shape[1] - w + 1  # the ring still holds every key position n needs
+            if n and self.length - n > depth:
+                raise ValueError(f"a sliding-window cache rewinds at most {depth} tokens "
+                                 f"(asked {self.length - n}); rewind to 0 instead")
         self.length = n
+
+    def step(self, i: int, pos0: int, k, v):
+        """Store the step's k, v [Hkv, T, hd] at positions pos0.. and return (K, V, key positions)
+        the step's queries may attend to (the whole prefix, or the window's reach)."""
+        T = k.shape[1]
+        w = self.windows.get(i)
+        if w is None:
+            self.k[i][:, pos0:pos0 + T] = k
+            self.v[i][:, pos0:pos0 + T] = v
+            return self.k[i][:, :pos0 + T], self.v[i][:, :pos0 + T], np.arange(pos0 + T)
+        size = self.k[i].shape[1]
+        old = np.arange(max(0, pos0 - w + 1), pos0)          # cached positions the first query sees
+        K = np.concatenate([self.k[i][:, old % size], k], axis=1)
+        V = np.concatenate([self.v[i][:, old % size], v], axis=1)
+        keep = np.arange(pos0 + max(0, T - size), pos0 + T)   # the newest `size` positions
+        self.k[i][:, keep % size] = k[:, keep - pos0]
+        self.v[i][:, keep % size] = v[:, keep - pos0]
+        return K, V, np.concatenate([old, np.arange(pos0, pos0 + T)])
 
 
 def load_weights(model_dir, names, dtype="f32"):
@@ -159,8 +194,14 @@ class NumpyBackend:
             out = [y.astype(F32)]
         elif k == "rms_norm":
             x = ins[0]
+            shape = x.shape
+            if a.get("group"):
+                x = x.reshape(-1, a["group"])
             ms = np.mean(x * x, axis=-1, keepdims=True)
-            out = [(x / np.sqrt(ms + F32(a["eps"]))) * w["w"]]
+            scale = w["w"] + F32(a["offset"]) if a.get("offset") else w["w"]
+            out = [((x / np.sqrt(ms + F32(a["eps"]))) * scale).reshape(shape)]
+        elif k == "scale":
+            out = [ins[0] * F32(a["value"])]
         elif k == "layer_norm":
             x = ins[0]
             mu = x.mean(axis=-1, keepdims=True)
@@ -195,6 +236,10 @@ class NumpyBackend:
             x = ins[0]
             c = F32(math.sqrt(2.0 / math.pi))
             out = [F32(0.5) * x * (F32(1) + np.tanh(c * (x + F32(0.044715) * x * x * x)))]
+        elif k == "gelu_tanh_mul":
+            g, u = ins
+            c = F32(math.sqrt(2.0 / math.pi))
+            out = [F32(0.5) * g * (F32(1) + np.tanh(c * (g + F32(0.044715) * g * g * g))) * u]
         elif k == "add":
             out = [ins[0] + ins[1]]
         elif k == "mean_pool":
@@ -216,17 +261,17 @@ class NumpyBackend:
         v = v.reshape(T, Hkv, hd).transpose(1, 0, 2)
         pos0 = 0
         if a["causal"]:
-            cache, pos0, i = ctx["cache"], ctx["pos0"], a["layer"]
-            cache.k[i][:, pos0:pos0 + T] = k
-            cache.v[i][:, pos0:pos0 + T] = v
-            k, v = cache.k[i][:, :pos0 + T], cache.v[i][:, :pos0 + T]
+            pos0 = ctx["pos0"]
+            k, v, kpos = ctx["cache"].step(a["layer"], pos0, k, v)
         group = H // Hkv
         k = np.repeat(k, group, axis=0)
         v = np.repeat(v, group, axis=0)
         s = (q @ k.transpose(0, 2, 1)) * F32(a["scale"])       # [H, T, S]
         if a["causal"]:
-            S = k.shape[1]
             qpos = np.arange(pos0, pos0 + T)[:, None]
-            s = np.where(np.arange(S)[None, :] <= qpos, s, -np.inf)
+            seen = kpos[None, :] <= qpos
+            if a.get("window"):
+                seen &= kpos[None, :] > qpos - a["window"]
+            s = np.where(seen, s, -np.inf)
         y = _softmax(s) @ v                                    # [H, T, hd]
         return y.transpose(1, 0, 2).reshape(T, H * hd)

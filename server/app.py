@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import html
 import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,19 +18,22 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyapp import store
 
 from . import manifest as mf
 from . import openai_api
-from .httputil import bearer_ok, compute_route, error_response, read_body, read_json
-from .runtime import ApiError, Limits, Registry
+from .guard import Guard, allowed_hosts, install_log_redaction
+from .httputil import (bearer_ok, client_id, compute_route, error_response, parse_json, read_body,
+                       read_json, require_json_type)
+from .runtime import ApiError, ClientSlots, Limits, Registry
 from .sessions import SessionManager
 from .static import IMMUTABLE, REVALIDATE, file_response, safe_join
 
 ROOT = Path(__file__).resolve().parent.parent
+_warn = logging.getLogger("pyapp.server").warning
 DEFAULT_WEB_DIR = ROOT / "web"
 PLACEHOLDER = Path(__file__).resolve().parent / "index.html"
 
@@ -43,6 +47,9 @@ async def _manifest(st, name: str, dtype: str) -> dict:
         raise ApiError(400, f"dtype must be one of {', '.join(mf.DTYPES)}", param="dtype")
     if dtype not in entry.dtypes():
         raise ApiError(404, f"model {name!r} has no {dtype} weights")
+    # a manifest is only ever built over (and only lists) files that passed their sha256 check
+    names = [p.name for p in mf.model_files(entry.dir, dtype)]
+    await anyio.to_thread.run_sync(entry.verifier.require_all, names)
     return await anyio.to_thread.run_sync(mf.get_manifest, name, entry.dir, dtype)
 
 
@@ -60,16 +67,22 @@ async def _model_file(request: Request, digest: str | None):
     name, fname = request.path_params["name"], request.path_params["fname"]
     try:
         entry = st.registry.get(name)
+        # Only names a manifest lists can be served; the store-relative path is re-checked on disk.
+        found = None
+        for dt in entry.dtypes():
+            if fname not in {p.name for p in mf.model_files(entry.dir, dt)}:
+                continue
+            await anyio.to_thread.run_sync(entry.verifier.require, fname)  # 503 if it failed
+            # the verified digest when one was recorded (so a failing sibling file does not take
+            # this one down with the manifest), else the manifest's
+            sha = entry.verifier.sha256(fname)
+            if sha is None:
+                sha = (await _manifest(st, name, dt))["files"][fname]["sha256"]
+            if digest is None or sha[:16] == digest:
+                found = {"sha256": sha}
+                break
     except ApiError as e:
         return JSONResponse(e.body(), status_code=e.status)
-    # Only names a manifest lists can be served; the store-relative path is re-checked on disk.
-    found = None
-    for dt in entry.dtypes():
-        m = await _manifest(st, name, dt)
-        f = m["files"].get(fname)
-        if f is not None and (digest is None or f["sha256"][:16] == digest):
-            found = f
-            break
     if found is None:
         return error_response(404, f"model {name!r} has no file {fname!r}"
                                    + (f" with digest {digest}" if digest else ""))
@@ -92,27 +105,52 @@ async def model_file_plain(request: Request):
 # --------------------------------------------------------------------------- sessions
 
 
+def _is_admin(request) -> bool:
+    admin = request.app.state.pyapp.admin_token
+    return bool(admin) and bearer_ok(admin, request.headers, {})
+
+
+def _session(request: Request):
+    """The path's session, if the request presents its key (or the admin token)."""
+    st = request.app.state.pyapp
+    return st.sessions.get(request.path_params["sid"], request.headers.get("x-session-key"),
+                           admin=_is_admin(request))
+
+
 @compute_route
 async def create_session(request: Request):
     st = request.app.state.pyapp
     body = await read_json(request, st.limits.max_body)
-    s = await st.sessions.create(body)
-    return JSONResponse(s.info(), status_code=201)
+    s = await st.sessions.create(body, owner=client_id(request))
+    return JSONResponse(s.created_info(), status_code=201)
 
 
-@compute_route
 async def list_sessions(request: Request):
+    """Every session's id is a secret of its owner's: only the admin token may list them."""
     st = request.app.state.pyapp
+    if not st.admin_token:
+        return error_response(403, "listing sessions needs the admin token (start the server with "
+                                   "--admin-token T); GET /healthz has the counts",
+                              "permission_error")
+    if not _is_admin(request):
+        return error_response(401, "listing sessions needs the admin token", "authentication_error",
+                              headers={"www-authenticate": "Bearer"})
     return JSONResponse({**st.sessions.stats(),
                          "data": [s.info() for s in st.sessions.sessions.values()]})
+
+
+async def sessions_root(request: Request):
+    if request.method == "GET":
+        return await list_sessions(request)
+    return await create_session(request)
 
 
 @compute_route
 async def session_route(request: Request):
     st = request.app.state.pyapp
-    s = st.sessions.get(request.path_params["sid"])
+    s = _session(request)
     if request.method == "DELETE":
-        st.sessions.delete(s.id)
+        st.sessions.delete(s)
         return JSONResponse({"id": s.id, "deleted": True})
     return JSONResponse(s.info())
 
@@ -130,9 +168,9 @@ def _int_header(request, name):
 @compute_route
 async def forward_route(request: Request):
     st = request.app.state.pyapp
-    s = st.sessions.get(request.path_params["sid"])
-    ct = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
-    if ct not in ("application/octet-stream", ""):
+    s = _session(request)
+    ct = request.headers.get("content-type", "").split(";")[0].strip()
+    if ct != "application/octet-stream":
         raise ApiError(415, "send token ids as application/octet-stream (little-endian int32)")
     dt = request.headers.get("x-dtype", "i32").lower()
     if dt not in ("i32", "int32"):
@@ -148,8 +186,11 @@ async def forward_route(request: Request):
 @compute_route
 async def reset_route(request: Request):
     st = request.app.state.pyapp
-    s = st.sessions.get(request.path_params["sid"])
-    await read_body(request, st.limits.max_body)
+    s = _session(request)
+    body = await read_body(request, st.limits.max_body)
+    if body.strip():  # an empty body is fine; anything else must be JSON (and is ignored)
+        require_json_type(request)
+        parse_json(body)
     pos = await st.sessions.rewind(s, 0)
     return JSONResponse({"id": s.id, "position": pos})
 
@@ -157,8 +198,10 @@ async def reset_route(request: Request):
 @compute_route
 async def truncate_route(request: Request):
     st = request.app.state.pyapp
-    s = st.sessions.get(request.path_params["sid"])
+    s = _session(request)
     body = await read_json(request, st.limits.max_body)
+    if set(body) - {"length"}:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(set(body) - {'length'}))}")
     if "length" not in body:
         raise ApiError(400, "truncate needs {\"length\": n}", param="length")
     pos = await st.sessions.rewind(s, body["length"])
@@ -174,9 +217,10 @@ async def session_ws(ws: WebSocket):
         await ws.close(code=1008)
         return
     try:
-        s = st.sessions.get(ws.path_params["sid"])
-    except ApiError:
-        await ws.close(code=4404)
+        s = st.sessions.get(ws.path_params["sid"],
+                            ws.query_params.get("key") or ws.headers.get("x-session-key"))
+    except ApiError as e:
+        await ws.close(code=4404 if e.status == 404 else 4403)
         return
     await ws.accept()
     s.sockets.add(ws)
@@ -194,10 +238,7 @@ async def session_ws(ws: WebSocket):
                     out, T, pos = await st.sessions.forward(s, data)
                     await ws.send_bytes(out)
                     continue
-                try:
-                    req = json.loads(msg.get("text") or "")
-                except ValueError:
-                    raise ApiError(400, "text frames must be JSON {\"op\": ...}")
+                req = parse_json(msg.get("text") or "")
                 op = req.get("op") if isinstance(req, dict) else None
                 if op == "reset":
                     pos = await st.sessions.rewind(s, 0)
@@ -206,7 +247,8 @@ async def session_ws(ws: WebSocket):
                         raise ApiError(400, "truncate needs a length", param="length")
                     pos = await st.sessions.rewind(s, req["length"])
                 elif op == "info":
-                    st.sessions.get(s.id)
+                    if s.closed:
+                        raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
                     await ws.send_text(json.dumps(s.info()))
                     continue
                 else:
@@ -273,71 +315,85 @@ async def _api_error(request, exc: ApiError):
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
-async def _server_error(request, exc: Exception):
-    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
-
-
 def create_app(models: list[str] | None = None, backend: str = "numpy", token: str | None = None,
                web_dir: str | Path | None = DEFAULT_WEB_DIR, limits: Limits | dict | None = None,
-               cors_origins: list[str] | None = None, preload: bool = False) -> Starlette:
+               cors_origins: list[str] | None = None, preload: bool = False,
+               hosts: list[str] | None = None, admin_token: str | None = None,
+               bind_host: str | None = None, log=None) -> Starlette:
+    """``hosts``: Host names served besides the loopback ones ('*' for any); ``admin_token``:
+    the bearer token that may list (and act on) every session; ``log``: where weight
+    verification reports (default: the ``pyapp.server`` logger)."""
     limits = Limits.from_dict(limits)
     if backend not in ("numpy", "wgpu"):
         raise ValueError(f"unknown backend {backend!r}: use numpy or wgpu")
     if not models:
         models = [m["name"] for m in store.list_models()]
-    registry = Registry(list(models), backend, limits)
+    registry = Registry(list(models), backend, limits, log)
     state = SimpleNamespace(registry=registry, sessions=SessionManager(registry, limits),
-                            limits=limits, token=token or None, store_root=store.models_dir(),
+                            limits=limits, token=token or None, admin_token=admin_token or None,
+                            inflight=ClientSlots(limits.max_inflight_per_client),
+                            store_root=store.models_dir(),
                             web_dir=Path(web_dir) if web_dir else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         sweeper = asyncio.ensure_future(state.sessions.sweeper())
+        for e in registry.entries.values():
+            if e.verifier.start() is None:
+                (log or _warn)(f"model {e.name}: no recorded sha256 ({e.dir}/pyapp.json); "
+                                "its files are served unverified")
         if preload:
             for e in registry.entries.values():
-                await anyio.to_thread.run_sync(e.backend, "f32")
-                for dt in e.dtypes():  # hash once now rather than on the first browser's request
-                    await anyio.to_thread.run_sync(mf.get_manifest, e.name, e.dir, dt)
+                try:
+                    await anyio.to_thread.run_sync(e.backend, "f32")
+                    for dt in e.dtypes():  # hash once now rather than on the first browser's request
+                        await _manifest(state, e.name, dt)
+                except ApiError as err:  # a file failed its check: logged; its routes answer 503
+                    (log or _warn)(f"model {e.name}: not loaded: {err.message}")
         try:
             yield
         finally:
             sweeper.cancel()
 
+    # /v1 is its own router so a wrong method is a 405 (with Allow), never the site's 404
+    api = [
+        Route("/models", openai_api.list_models),
+        Route("/models/{name}", openai_api.get_model),
+        Route("/completions", openai_api.completions, methods=["POST"]),
+        Route("/chat/completions", openai_api.chat_completions, methods=["POST"]),
+        Route("/embeddings", openai_api.embeddings, methods=["POST"]),
+        Route("/sessions", sessions_root, methods=["GET", "POST"]),
+        Route("/sessions/{sid}", session_route, methods=["GET", "DELETE"]),
+        Route("/sessions/{sid}/forward", forward_route, methods=["POST"]),
+        Route("/sessions/{sid}/reset", reset_route, methods=["POST"]),
+        Route("/sessions/{sid}/truncate", truncate_route, methods=["POST"]),
+        WebSocketRoute("/sessions/{sid}/ws", session_ws),
+    ]
     routes = [
         Route("/healthz", health),
         Route("/openapi.json", openapi_route),
-        Route("/v1/models", openai_api.list_models),
-        Route("/v1/models/{name}", openai_api.get_model),
-        Route("/v1/completions", openai_api.completions, methods=["POST"]),
-        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
-        Route("/v1/sessions", create_session, methods=["POST"]),
-        Route("/v1/sessions", list_sessions, methods=["GET"]),
-        Route("/v1/sessions/{sid}", session_route, methods=["GET", "DELETE"]),
-        Route("/v1/sessions/{sid}/forward", forward_route, methods=["POST"]),
-        Route("/v1/sessions/{sid}/reset", reset_route, methods=["POST"]),
-        Route("/v1/sessions/{sid}/truncate", truncate_route, methods=["POST"]),
-        WebSocketRoute("/v1/sessions/{sid}/ws", session_ws),
+        Mount("/v1", routes=api),
         Route("/models/{name}/manifest.json", manifest_route),
         Route("/models/{name}/files/{fname}", model_file_plain, methods=["GET", "HEAD"]),
         Route("/models/{name}/{digest}/{fname}", model_file_addressed, methods=["GET", "HEAD"]),
         Route("/", static_route, methods=["GET", "HEAD"]),
         Route("/{path:path}", static_route, methods=["GET", "HEAD"]),
     ]
-    middleware = []
+    from starlette.middleware import Middleware
+
+    install_log_redaction()
+    middleware = [Middleware(Guard, hosts=allowed_hosts(hosts, bind_host), cors_origins=cors_origins)]
     if cors_origins:
-        from starlette.middleware import Middleware
         from starlette.middleware.cors import CORSMiddleware
 
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins),
                                      allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["authorization", "content-type", "range",
                                                     "if-none-match", "if-range", "x-dtype",
-                                                    "x-expect-position"],
+                                                    "x-expect-position", "x-session-key"],
                                      expose_headers=["x-shape", "x-dtype", "x-position", "etag",
                                                      "content-range", "accept-ranges"]))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, ApiError: _api_error,
-                                        Exception: _server_error})
+                    exception_handlers={HTTPException: _http_error, ApiError: _api_error})
     app.state.pyapp = state
     return app

@@ -1,8 +1,9 @@
 """`pyapp serve`: set up whatever is missing, then run the server with uvicorn.
 
     pyapp serve [--model NAME ...] [--host 127.0.0.1] [--port 8000] [--backend numpy|wgpu]
-                [--token T] [--cors ORIGIN ...] [--max-sessions N] [--session-ttl S]
-                [--max-context N] [--max-new-tokens N] [--no-setup]
+                [--token T] [--admin-token T] [--cors ORIGIN ...] [--allowed-host NAME ...]
+                [--max-sessions N] [--session-ttl S] [--max-context N] [--max-new-tokens N]
+                [--max-connections N] [--header-timeout S] [--no-setup]
 
 Without --model it serves smollm2-135m and minilm-l6, pulling them into the store first if they
 are not there. The site's vendored files (Pyodide, tokenizer JS, the pyapp and micropip wheels)
@@ -31,9 +32,19 @@ def build_parser():
     p.add_argument("--backend", choices=["numpy", "wgpu"], default="numpy")
     p.add_argument("--token", default=os.environ.get("PYAPP_TOKEN"),
                    help="require 'Authorization: Bearer T' on compute routes (env PYAPP_TOKEN)")
+    p.add_argument("--admin-token", default=os.environ.get("PYAPP_ADMIN_TOKEN"),
+                   help="bearer token that may list and end every session (env PYAPP_ADMIN_TOKEN)")
     p.add_argument("--cors", action="append", default=None, metavar="ORIGIN",
                    help="allow this origin cross-site (repeatable; '*' for any). Off by default")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a Host name served besides the loopback ones (repeatable; '*' for any)")
+    p.add_argument("--max-connections", type=int, default=256,
+                   help="open connections + requests before new requests get 503")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a client may take to send a request's headers")
     p.add_argument("--max-sessions", type=int, default=64)
+    p.add_argument("--max-sessions-per-client", type=int, default=32,
+                   help="a client over this recycles its own least recently used idle session")
     p.add_argument("--session-ttl", type=float, default=600.0, help="idle seconds before eviction")
     p.add_argument("--max-context", type=int, default=2048)
     p.add_argument("--max-new-tokens", type=int, default=1024)
@@ -94,14 +105,16 @@ def main(argv=None) -> int:
 
     from .app import DEFAULT_WEB_DIR, create_app
 
-    limits = {"max_sessions": a.max_sessions, "session_ttl": a.session_ttl,
+    limits = {"max_sessions": a.max_sessions, "max_sessions_per_client": a.max_sessions_per_client,
+              "session_ttl": a.session_ttl,
               "max_context": a.max_context, "max_new_tokens": a.max_new_tokens,
               "max_body": a.max_body, "threads": a.threads}
     try:
-        app = create_app(models, backend=a.backend, token=a.token,
+        app = create_app(models, backend=a.backend, token=a.token, admin_token=a.admin_token,
                          web_dir=a.web_dir or DEFAULT_WEB_DIR, limits=limits,
-                         cors_origins=a.cors, preload=not a.no_preload)
-    except (PyappError, ValueError) as e:
+                         cors_origins=a.cors, preload=not a.no_preload,
+                         hosts=a.allowed_host, bind_host=a.host, log=_log)
+    except (PyappError, ValueError, OSError) as e:
         print(f"pyapp serve: error: {e}", file=sys.stderr)
         return 1
     st = app.state.pyapp
@@ -123,9 +136,54 @@ def main(argv=None) -> int:
                  f"idle TTL {a.session_ttl:g} s")
             _log(f"listening: site {url}/   OpenAI API {url}/v1   OpenAPI {url}/openapi.json")
 
-    config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level, ws="websockets-sansio")
-    Server(config).run()
-    return 0
+    config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,
+                            ws="websockets-sansio", http=header_timeout_protocol(a.header_timeout),
+                            limit_concurrency=a.max_connections, timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=64 << 10)
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def header_timeout_protocol(seconds: float):
+    """uvicorn's h11 protocol, plus a deadline on a request's headers: uvicorn cancels its
+    keep-alive timer on the first byte, so a client that sends half a request would otherwise
+    hold its connection for ever."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(seconds, self._expire)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:   # headers still incomplete
+                self._arm()
+            elif self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expire(self):
+            self._header_timer = None
+            if (self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+                    and self.transport.get_protocol() is self):
+                self.transport.close()
+
+        def connection_lost(self, exc):
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from pyapp import formats, store
-from pyapp.weightfile import eos_ids, load_model_dir
+from pyapp.weightfile import eos_ids, load_model_dir, weight_files
 
 
 @dataclass
 class Limits:
     max_sessions: int = 64           # open split sessions at once
+    max_sessions_per_client: int = 32    # open sessions of one client (address or bearer token)
+    max_inflight_per_client: int = 8     # completions/embeddings of one client running at once
     session_ttl: float = 600.0       # seconds a session may sit idle before it is evicted
     max_context: int = 2048          # tokens per session / request (capped by the model's own)
     max_body: int = 1 << 20          # bytes of any request body
@@ -52,6 +54,30 @@ class ApiError(Exception):
                           "code": self.status}}
 
 
+class ClientSlots:
+    """At most ``limit`` requests of one client running at once (429 beyond)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used: dict[str, int] = {}
+
+    def acquire(self, client: str):
+        if self.used.get(client, 0) >= self.limit:
+            raise ApiError(429, f"this client already has {self.limit} requests running; wait for "
+                                "one to finish", "rate_limit_error")
+        self.used[client] = self.used.get(client, 0) + 1
+        done = False
+
+        def release():
+            nonlocal done
+            if not done:
+                done = True
+                self.used[client] -= 1
+                if not self.used[client]:
+                    del self.used[client]
+        return release
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 
@@ -82,6 +108,9 @@ class TokenizerAdapter:
         # exactly as `pyapp embed` avoids
         if hasattr(self.impl, "no_padding"):
             self.impl.no_padding()
+        # nor truncation (MiniLM's asks for 128): an over-long input is a 400, never cut silently
+        if hasattr(self.impl, "no_truncation"):
+            self.impl.no_truncation()
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self.impl.encode(text, add_special_tokens=add_special_tokens).ids)
@@ -120,9 +149,13 @@ def _load_backend(kind: str, model_dir: Path, dtype: str):
 class ModelEntry:
     """One served model: op lists, lazily loaded weights per dtype, tokenizer, eos ids."""
 
-    def __init__(self, name: str, backend: str, limits: Limits):
+    def __init__(self, name: str, backend: str, limits: Limits, log=None):
+        from .verify import Verifier
+
         self.name = name
         self.dir = store.model_path(name)
+        self.verifier = Verifier(name, self.dir, log)
+        self.verifier.check_sizes()      # a truncated/unreadable file stops the start, in one line
         self.model = load_model_dir(self.dir)
         self.backend_kind = backend
         self.limits = limits
@@ -130,14 +163,21 @@ class ModelEntry:
         self._tok = None
         self._lock = threading.Lock()
         self.context = min(self.model.max_context, limits.max_context)
+        self.created = int(os.stat(self.dir).st_mtime)
         self.eos_ids = eos_ids(self.dir, self.model)
 
     def dtypes(self) -> list[str]:
         return [d for d, fn in store.WEIGHT_FILES.items()
                 if d in formats.SERVED_TAGS and (self.dir / fn).is_file()]
 
+    def weight_names(self, dtype: str) -> list[str]:
+        return sorted({p.relative_to(self.dir).as_posix() for p in weight_files(self.dir, dtype).values()})
+
     def backend(self, dtype: str = "f32"):
-        """Blocking (loads weights on first use): call from a worker thread."""
+        """Blocking (loads weights on first use; waits for the weights' sha256 check, 503 if it
+        failed): call from a worker thread."""
+        if dtype in self.dtypes():
+            self.verifier.require_all(self.weight_names(dtype))
         with self._lock:
             b = self._backends.get(dtype)
             if b is None:
@@ -155,7 +195,7 @@ class ModelEntry:
 
     def info(self) -> dict:
         m = self.model
-        return {"id": self.name, "object": "model", "created": int(os.stat(self.dir).st_mtime),
+        return {"id": self.name, "object": "model", "created": self.created,
                 "owned_by": "pyapp", "architecture": m.arch, "kind": m.kind,
                 "n_layers": m.n_layers, "hidden": m.hidden, "vocab": m.vocab,
                 "context": self.context, "dtypes": self.dtypes(),
@@ -163,15 +203,19 @@ class ModelEntry:
 
 
 class Registry:
-    def __init__(self, names: list[str], backend: str, limits: Limits):
+    def __init__(self, names: list[str], backend: str, limits: Limits, log=None):
         self.limits = limits
         self.backend_kind = backend
         self.entries: dict[str, ModelEntry] = {}
         for n in names:
-            self.entries[n] = ModelEntry(n, backend, limits)
+            self.entries[n] = ModelEntry(n, backend, limits, log)
 
     def get(self, name) -> ModelEntry:
-        if not isinstance(name, str) or name not in self.entries:
+        if not isinstance(name, str):
+            raise ApiError(400, "model must be a string naming a served model (GET /v1/models)",
+                           param="model")
+        if name not in self.entries:
             have = ", ".join(self.entries) or "none"
-            raise ApiError(404, f"unknown model {name!r} (served: {have})", param="model")
+            raise ApiError(404, f"unknown model {name[:100]!r} (served: {have})", param="model",
+                           type_="model_not_found")
         return self.entries[name]

@@ -2,10 +2,16 @@
 
 Every call on a session holds that session's ``asyncio.Lock`` (FIFO, so calls run in arrival
 order) and runs numpy in a worker thread, so the event loop keeps serving other sessions.
+
+A session belongs to whoever created it: the create response carries a secret ``key`` that every
+later call must present (``X-Session-Key``, or ``?key=`` on the WebSocket). A client holds at
+most ``max_sessions_per_client``; when it, or the whole table, is full, the least recently used
+idle session makes room (the client's own first) instead of newcomers being refused for the TTL.
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 import time
 
@@ -15,6 +21,21 @@ import numpy as np
 from .runtime import ApiError, Limits, ModelEntry, Registry
 
 WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
+MMAP_THRESHOLD = 256 << 10
+
+
+def lazy_large_allocations() -> bool:
+    """Make glibc give every allocation of 256 KiB or more its own mmap (a fixed threshold: by
+    default it rises after the first large free, and KV caches then come from the heap, which is
+    never handed back). Fresh mmap pages are committed only when touched, so a session's KV cache
+    costs memory as its positions fill, and all of it returns to the OS when the session ends."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))   # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False   # not glibc: nothing to tune
 
 
 async def _close_quietly(ws, code):
@@ -39,8 +60,11 @@ class PositionOnly:
 
 
 class Session:
-    def __init__(self, sid: str, entry: ModelEntry, split: int, dtype: str, weights: str, cache):
+    def __init__(self, sid: str, entry: ModelEntry, split: int, dtype: str, weights: str, cache,
+                 owner: str = ""):
         self.id = sid
+        self.key = secrets.token_urlsafe(24)
+        self.owner = owner
         self.entry = entry
         self.split = split
         self.dtype = dtype
@@ -59,6 +83,17 @@ class Session:
     def position(self) -> int:
         return self.cache.length if self.cache is not None else 0
 
+    @property
+    def idle(self) -> bool:
+        return self.busy == 0 and not self.lock.locked()
+
+    def key_ok(self, key: str | None) -> bool:
+        return key is not None and hmac.compare_digest(key.encode(), self.key.encode())
+
+    def created_info(self) -> dict:
+        """What only the creator sees: the key, and a WebSocket URL that carries it."""
+        return {**self.info(), "key": self.key, "ws": f"/v1/sessions/{self.id}/ws?key={self.key}"}
+
     def info(self) -> dict:
         m = self.entry.model
         return {"id": self.id, "model": self.entry.name, "split": self.split,
@@ -73,6 +108,7 @@ class SessionManager:
         self.registry = registry
         self.limits = limits
         self.sessions: dict[str, Session] = {}
+        lazy_large_allocations()
         # one GPU queue: serialise its work; numpy releases the GIL in BLAS, so use threads
         self.limiter = anyio.CapacityLimiter(1 if registry.backend_kind == 'wgpu' else limits.threads)
         self.evicted = 0
@@ -101,22 +137,36 @@ class SessionManager:
         ttl = self.limits.session_ttl
         n = 0
         for s in list(self.sessions.values()):
-            if s.busy == 0 and not s.lock.locked() and now - s.last_used > ttl:
+            if s.idle and now - s.last_used > ttl:
                 self._drop(s, 4408)
                 n += 1
         self.evicted += n
         return n
+
+    def _evict_lru(self, among) -> bool:
+        """End the least recently used idle session of ``among``; False if all are busy."""
+        idle = [s for s in among if s.idle]
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda s: s.last_used), 4408)
+        self.evicted += 1
+        return True
 
     async def sweeper(self):
         while True:
             await asyncio.sleep(min(self.limits.evict_interval, max(self.limits.session_ttl / 4, 0.05)))
             self.evict_idle()
 
-    def get(self, sid: str) -> Session:
+    def get(self, sid: str, key: str | None = None, admin: bool = False) -> Session:
+        """The session, if ``key`` is its key (or the caller holds the admin token)."""
         s = self.sessions.get(sid)
         if s is None or s.closed:
-            raise ApiError(404, f"unknown session {sid!r} (ended, evicted or never created)",
+            raise ApiError(404, f"unknown session {sid[:64]!r} (ended, evicted or never created)",
                            param="session")
+        if not admin and not s.key_ok(key):
+            raise ApiError(403, "this session's key is missing or wrong: send the key from the "
+                                "create response as X-Session-Key (or ?key= on the WebSocket)",
+                           "permission_error", param="session")
         return s
 
     # ------------------------------------------------------------------ lifecycle
@@ -129,6 +179,9 @@ class SessionManager:
         entry = self.registry.get(body.get("model"))
         m = entry.model
         split = body.get("split")
+        for k in ("dtype", "weights"):
+            if k in body and not isinstance(body[k], str):
+                raise ApiError(400, f"{k} must be a string", param=k)
         if isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= m.n_layers:
             raise ApiError(400, f"split must be an integer in 0..{m.n_layers}", param="split")
         dtype = body.get("dtype", "f32")
@@ -148,19 +201,27 @@ class SessionManager:
                                 "ask for a smaller context")
         return entry, split, dtype, weights, ctx, need
 
-    def _check_room(self, need):
-        if len(self.sessions) >= self.limits.max_sessions or self.total_bytes + need > self.limits.max_total_bytes:
-            self.evict_idle()
-        if len(self.sessions) >= self.limits.max_sessions:
-            raise ApiError(429, f"too many sessions (limit {self.limits.max_sessions}); "
-                                "DELETE finished ones", "rate_limit_error")
-        if self.total_bytes + need > self.limits.max_total_bytes:
-            raise ApiError(429, "the server's KV-cache memory is full; try later or a smaller context",
-                           "rate_limit_error")
+    def _make_room(self, owner: str, need: int):
+        """Evict (expired first, then least recently used idle) until ``owner`` may open one more
+        session of ``need`` bytes; 429 when everything in the way is busy."""
+        lim = self.limits
+        self.evict_idle()
+        while sum(s.owner == owner for s in self.sessions.values()) >= lim.max_sessions_per_client:
+            if not self._evict_lru([s for s in self.sessions.values() if s.owner == owner]):
+                raise ApiError(429, f"this client already has {lim.max_sessions_per_client} sessions "
+                                    "busy; wait for one or DELETE it", "rate_limit_error")
+        while len(self.sessions) >= lim.max_sessions:
+            if not self._evict_lru(self.sessions.values()):
+                raise ApiError(429, f"all {lim.max_sessions} sessions are busy; try again shortly",
+                               "rate_limit_error")
+        while self.total_bytes + need > lim.max_total_bytes:
+            if not self._evict_lru(self.sessions.values()):
+                raise ApiError(429, "the server's KV-cache memory is full; try later or a smaller "
+                                    "context", "rate_limit_error")
 
-    async def create(self, body: dict) -> Session:
+    async def create(self, body: dict, owner: str = "") -> Session:
         entry, split, dtype, weights, ctx, need = self._validate(body)
-        self._check_room(need)
+        self._make_room(owner, need)
         m = entry.model
         if split == 0 or not m.causal:
             cache = PositionOnly(ctx)
@@ -169,15 +230,14 @@ class SessionManager:
                 return entry.backend(weights).new_cache(ctx, 0, split)
 
             cache = await anyio.to_thread.run_sync(make, limiter=self.limiter)
-            self._check_room(need)  # others may have taken the room meanwhile
+            self._make_room(owner, need)  # others may have taken the room meanwhile
         sid = secrets.token_urlsafe(12)
-        s = Session(sid, entry, split, dtype, weights, cache)
+        s = Session(sid, entry, split, dtype, weights, cache, owner)
         s.nbytes = int(getattr(cache, "nbytes", 0) or need)
         self.sessions[sid] = s
         return s
 
-    def delete(self, sid: str):
-        s = self.get(sid)
+    def delete(self, s: Session):
         self._drop(s)
 
     # ------------------------------------------------------------------ compute
@@ -240,7 +300,7 @@ class SessionManager:
                 if s.closed:
                     raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
                 s.last_used = time.monotonic()
-                n = 0 if length is None else length
+                n = length
                 if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= s.cache.length:
                     raise ApiError(400, f"length must be an integer in 0..{s.cache.length}",
                                    param="length")

@@ -8,6 +8,7 @@ ranges -> the whole file (200, allowed by RFC 9110); ``ETag`` + ``If-None-Match`
 """
 from __future__ import annotations
 
+import json
 import mimetypes
 import os
 import stat
@@ -119,6 +120,12 @@ def _etag_matches(header: str, etag: str) -> bool:
     return any((t[2:] if t.startswith("W/") else t) == bare for t in tags)
 
 
+def _if_range_matches(header: str, etag: str) -> bool:
+    """RFC 9110 13.1.5: If-Range compares strongly, so a weak tag (or a date) never matches."""
+    h = header.strip()
+    return not h.startswith("W/") and not etag.startswith("W/") and h == etag
+
+
 class RangeFileResponse(Response):
     """Stream ``path`` (or a byte range of it) from disk."""
 
@@ -167,10 +174,13 @@ def file_response(request: Request, path: str | Path, *, etag: str | None = None
                                                   if k != "content-type"})
     rng = parse_range(request.headers.get("range", ""), size)
     if_range = request.headers.get("if-range")
-    if rng is not None and if_range is not None and not _etag_matches(if_range, etag):
+    if rng is not None and if_range is not None and not _if_range_matches(if_range, etag):
         rng = None  # the representation changed: send it whole
     if rng == "bad":
-        return Response(status_code=416, content=b"", headers={
+        body = json.dumps({"error": {"message": f"Range not satisfiable for a file of {size} bytes",
+                                     "type": "invalid_request_error", "param": "range",
+                                     "code": 416}}).encode()
+        return Response(status_code=416, content=body, media_type="application/json", headers={
             "content-range": f"bytes */{size}", "accept-ranges": "bytes", "etag": etag})
     if rng is None or rng == "multi":
         headers["content-length"] = str(size)

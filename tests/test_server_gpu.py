@@ -33,7 +33,8 @@ def test_gpu_session_forward_close_to_numpy(gpu_server, tiny_store):
     cache = ref.new_cache(128, 0, 2)
     for step in ([5, 17, 33], [8], [90]):
         r = httpx.post(f"{gpu_server.url}/v1/sessions/{s['id']}/forward", content=ids_bytes(step),
-                       headers={"content-type": "application/octet-stream"}, timeout=60)
+                       headers={"content-type": "application/octet-stream", "x-session-key": s["key"]},
+                       timeout=60)
         assert r.status_code == 200, r.text
         got = np.frombuffer(r.content, "<f4").reshape(len(step), 72)
         want = ref.forward(ids=step, cache=cache, stop=2, head=False)

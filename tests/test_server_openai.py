@@ -111,12 +111,13 @@ def test_chat_completion(tiny_server, llama_ref):
                                                    "temperature": 0}).json()
     assert d["object"] == "chat.completion"
     assert d["pyapp"]["ids"] == want and d["usage"]["prompt_tokens"] == len(prompt)
-    assert d["choices"][0]["message"] == {"role": "assistant", "content": text_of(want)}
+    assert d["choices"][0]["message"] == {"role": "assistant", "content": text_of(want), "refusal": None,
+                                          "annotations": []}
     r = post(tiny_server, "/v1/chat/completions", {"model": TINY_LLAMA, "messages": msgs, "max_tokens": 9,
                                                    "temperature": 0, "stream": True,
                                                    "stream_options": {"include_usage": True}})
     ev = _sse(r)
-    assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert ev[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     assert "".join(e["choices"][0]["delta"].get("content", "") for e in ev if e["choices"]) == text_of(want)
     assert ev[-1]["choices"] == [] and ev[-1]["usage"]["completion_tokens"] == len(want)
 
@@ -170,7 +171,7 @@ def test_openai_client(tiny_server, llama_ref, tiny_store):
 def test_bad_openai_requests(tiny_server):
     u = "/v1/completions"
     cases = [
-        (u, {"prompt": "w5"}, 404),
+        (u, {"prompt": "w5"}, 400),
         (u, {"model": "nope", "prompt": "w5"}, 404),
         (u, {"model": TINY_BERT, "prompt": "w5"}, 400),
         (u, {"model": TINY_LLAMA}, 400),
@@ -201,7 +202,9 @@ def test_bad_openai_requests(tiny_server):
         r = post(tiny_server, path, body)
         assert r.status_code == status, (path, body, r.status_code, r.text)
         assert r.json()["error"]["message"]
-    r = httpx.post(tiny_server.url + u, content=b"nonsense")
+    r = httpx.post(tiny_server.url + u, content=b"nonsense", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "error" in r.json()
+    r = httpx.post(tiny_server.url + u, content=b'{"model": "x", "prompt": "y"}')   # no content type
+    assert r.status_code == 415 and "error" in r.json()
     # still serving
     assert post(tiny_server, u, {"model": TINY_LLAMA, "prompt": [5], "max_tokens": 2}).status_code == 200

@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from test_server_util import (TINY_BERT, TINY_LLAMA, ids_bytes, start_server, tiny_server,  # noqa: F401
+from test_server_util import (ADMIN, TINY_BERT, TINY_LLAMA, ids_bytes, start_server, tiny_server,  # noqa: F401
                               tiny_store)
 
 OCTET = {"content-type": "application/octet-stream"}
+KEYS: dict = {}   # session id -> its key, from the create responses
+
+
+def K(sid):
+    """The capability header a call on session ``sid`` must carry."""
+    return {"x-session-key": KEYS.get(sid, "")}
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +35,13 @@ def ref(tiny_store):
 def open_session(srv, split, model=TINY_LLAMA, **kw):
     r = httpx.post(f"{srv.url}/v1/sessions", json={"model": model, "split": split, **kw})
     assert r.status_code == 201, r.text
+    KEYS[r.json()["id"]] = r.json()["key"]
     return r.json()
 
 
 def fwd(srv, sid, ids, **headers):
     return httpx.post(f"{srv.url}/v1/sessions/{sid}/forward", content=ids_bytes(ids),
-                      headers={**OCTET, **headers})
+                      headers={**OCTET, **K(sid), **headers})
 
 
 def ref_hidden(ref, split, steps):
@@ -49,7 +56,7 @@ STEPS = [[5, 17, 33, 8, 90], [41], [7], [64, 3]]
 def test_forward_equals_numpy_http(tiny_server, ref, split):
     s = open_session(tiny_server, split)
     assert s["split"] == split and s["n_layers"] == 3 and s["hidden"] == 72
-    assert s["ws"] == f"/v1/sessions/{s['id']}/ws"
+    assert s["ws"] == f"/v1/sessions/{s['id']}/ws?key={s['key']}"
     want = ref_hidden(ref, split, STEPS)
     pos = 0
     for step, w in zip(STEPS, want):
@@ -60,7 +67,7 @@ def test_forward_equals_numpy_http(tiny_server, ref, split):
         assert r.headers["x-dtype"] == "f32" and r.headers["x-position"] == str(pos)
         got = np.frombuffer(r.content, "<f4").reshape(len(step), 72)
         assert np.array_equal(got, w)
-    httpx.delete(f"{tiny_server.url}/v1/sessions/{s['id']}")
+    httpx.delete(f"{tiny_server.url}/v1/sessions/{s['id']}", headers=K(s["id"]))
 
 
 def test_forward_f16_and_split0(tiny_server, ref):
@@ -82,23 +89,23 @@ def test_session_memory_accounted(tiny_server):
     assert s["bytes"] == 2 * 2 * 2 * 128 * 12 * 4
     s2 = open_session(tiny_server, 2, context=16)
     assert s2["bytes"] == 2 * 2 * 2 * 16 * 12 * 4 and s2["context"] == 16
-    listing = httpx.get(f"{tiny_server.url}/v1/sessions").json()
+    listing = httpx.get(f"{tiny_server.url}/v1/sessions", headers=ADMIN).json()
     assert listing["bytes"] == sum(x["bytes"] for x in listing["data"])
     for x in (s, s2):
-        assert httpx.delete(f"{tiny_server.url}/v1/sessions/{x['id']}").status_code == 200
+        assert httpx.delete(f"{tiny_server.url}/v1/sessions/{x['id']}", headers=K(x["id"])).status_code == 200
 
 
 def test_reset_and_truncate_http(tiny_server, ref):
     s = open_session(tiny_server, 3)
     sid = s["id"]
     a = [fwd(tiny_server, sid, st).content for st in STEPS]
-    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/truncate", json={"length": 5})
+    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/truncate", json={"length": 5}, headers=K(sid))
     assert r.status_code == 200 and r.json()["position"] == 5
     assert [fwd(tiny_server, sid, st).content for st in STEPS[1:]] == a[1:]
-    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/reset")
+    r = httpx.post(f"{tiny_server.url}/v1/sessions/{sid}/reset", headers=K(sid))
     assert r.json()["position"] == 0
     assert [fwd(tiny_server, sid, st).content for st in STEPS] == a
-    assert httpx.get(f"{tiny_server.url}/v1/sessions/{sid}").json()["position"] == 9
+    assert httpx.get(f"{tiny_server.url}/v1/sessions/{sid}", headers=K(sid)).json()["position"] == 9
 
 
 def test_expect_position_409_and_http_ordering(tiny_server, ref):
@@ -111,7 +118,7 @@ def test_expect_position_409_and_http_ordering(tiny_server, ref):
     async def many():
         async with httpx.AsyncClient(base_url=tiny_server.url) as c:
             rs = await asyncio.gather(*[
-                c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes([9]), headers=OCTET)
+                c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes([9]), headers={**OCTET, **K(s["id"])})
                 for _ in range(12)])
         return sorted(int(r.headers["x-position"]) for r in rs)
 
@@ -149,7 +156,7 @@ async def ws_decode(srv, split, prompt, n, tail, model_hidden=72):
             out.append(tok)
             ids = [tok]
     async with httpx.AsyncClient() as c:
-        await c.delete(f"{srv.url}/v1/sessions/{s['id']}")
+        await c.delete(f"{srv.url}/v1/sessions/{s['id']}", headers=K(s["id"]))
     return s["id"], out
 
 
@@ -231,7 +238,7 @@ def test_idle_eviction_frees_memory(tiny_store):
         assert all(c() is None for c in caches)
         r = fwd(srv, ids[0], [1])
         assert r.status_code == 404 and "error" in r.json()
-        assert httpx.get(f"{srv.url}/v1/sessions").json()["bytes"] == 0
+        assert httpx.get(f"{srv.url}/healthz").json()["bytes"] == 0
 
 
 def test_busy_session_is_not_evicted(tiny_store):
@@ -244,28 +251,45 @@ def test_busy_session_is_not_evicted(tiny_store):
         assert sid in srv.state.sessions.sessions
 
 
-def test_max_sessions_and_memory_limits(tiny_store):
+def test_full_table_evicts_least_recently_used(tiny_store):
+    """A full table (or KV budget) ends the least recently used idle session rather than refusing
+    the newcomer; a per-client cap makes a client recycle its own sessions first."""
     with start_server([TINY_LLAMA], tiny_store, web_dir=None,
                       limits={"max_sessions": 3, "max_total_bytes": 200_000,
                               "max_session_bytes": 100_000}) as srv:
-        a = open_session(srv, 1)
-        open_session(srv, 1)
-        open_session(srv, 0)
-        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1})
-        assert r.status_code == 429 and "error" in r.json()
-        httpx.delete(f"{srv.url}/v1/sessions/{a['id']}")
-        # 3 layers x 128 positions = 73728 bytes each; two fit in 200 kB, the per-session cap holds
-        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
-        assert r.status_code == 201
-        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
-        assert r.status_code == 429
-        big = start_server  # noqa: F841
+        a, b, c = open_session(srv, 1), open_session(srv, 1), open_session(srv, 0)
+        assert fwd(srv, a["id"], [5]).status_code == 200      # a is now the most recently used
+        d = open_session(srv, 1)                              # b (least recently used) makes room
+        assert fwd(srv, b["id"], [5]).status_code == 404
+        assert all(fwd(srv, x["id"], [5]).status_code == 200 for x in (a, c, d))
+        # 3 layers x 128 positions = 73728 bytes each: two fit in 200 kB with a, d (24576 each)
+        e = open_session(srv, 3)
+        f = open_session(srv, 3)                              # over the budget: LRU ones go
+        assert srv.state.sessions.total_bytes <= 200_000
+        assert fwd(srv, f["id"], [5]).status_code == 200
+        assert sum(fwd(srv, x["id"], [5]).status_code == 404 for x in (a, c, d, e)) >= 2
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None,
+                      limits={"max_sessions_per_client": 2}) as srv:
+        a, b = open_session(srv, 1), open_session(srv, 1)
+        fwd(srv, a["id"], [5])
+        open_session(srv, 1)                                  # this client's LRU (b) goes
+        assert fwd(srv, b["id"], [5]).status_code == 404 and fwd(srv, a["id"], [6]).status_code == 200
     with start_server([TINY_LLAMA], tiny_store, web_dir=None,
                       limits={"max_session_bytes": 50_000}) as srv:
         r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3})
         assert r.status_code == 400 and "context" in r.json()["error"]["message"]
         r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 3, "context": 64})
         assert r.status_code == 201
+
+
+def test_all_sessions_busy_gives_429(tiny_store):
+    with start_server([TINY_LLAMA], tiny_store, web_dir=None, preload=True,
+                      limits={"max_sessions": 1}) as srv:
+        a = open_session(srv, 1)
+        srv.state.sessions.sessions[a["id"]].busy += 1        # a call in flight: never evicted
+        r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 1})
+        assert r.status_code == 429 and "busy" in r.json()["error"]["message"]
+        srv.state.sessions.sessions[a["id"]].busy -= 1
 
 
 # --------------------------------------------------------------------------- bad requests
@@ -294,9 +318,9 @@ def test_bad_session_requests(tiny_server, ref):
         (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "dtype": "f64"}), 400),
         (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "bogus": 1}), 400),
         (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "context": 10**6}), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions", content=b"{not json"), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions", content=b"[1, 2]"), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions", content=b"x" * (65 << 10)), 413),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"{not json", headers={"content-type": "application/json"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"[1, 2]", headers={"content-type": "application/json"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b"x" * (65 << 10), headers={"content-type": "application/json"}), 413),
         (lambda: fwd(tiny_server, "nope", [1]), 404),
         (lambda: httpx.delete(f"{u}/v1/sessions/nope"), 404),
         (lambda: httpx.get(f"{u}/v1/sessions/nope"), 404),
@@ -304,16 +328,26 @@ def test_bad_session_requests(tiny_server, ref):
         (lambda: fwd(tiny_server, good["id"], [101]), 400),
         (lambda: fwd(tiny_server, good["id"], [5, -3]), 400),
         (lambda: fwd(tiny_server, good["id"], []), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", content=b"\x00" * 7, headers=OCTET), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", content=b"\x00" * 7, headers={**OCTET, **K(good["id"])}), 400),
         (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", content=b"\x00" * 8,
-                            headers={**OCTET, "x-dtype": "f32"}), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", json=[1, 2]), 415),
+                            headers={**OCTET, **K(good["id"]), "x-dtype": "f32"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/forward", json=[1, 2], headers=K(good["id"])), 415),
         (lambda: fwd(tiny_server, good["id"], [5] * 200), 413),          # over 4 * context bytes
         (lambda: fwd(tiny_server, good["id"], [5] * 127), 400),          # context overflow
-        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": 1000}), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={}), 400),
-        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": "1"}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": 1000}, headers=K(good["id"])), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={}, headers=K(good["id"])), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": "1"}, headers=K(good["id"])), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions", content=b'{"model": "x", "split": 1}',
+                            headers={"content-type": "text/plain"}), 415),
+        (lambda: httpx.post(f"{u}/v1/sessions", json={"model": TINY_LLAMA, "split": 1, "dtype": []}), 400),
+        (lambda: httpx.post(f"{u}/v1/sessions/{good['id']}/truncate", json={"length": None},
+                            headers=K(good["id"])), 400),
+        (lambda: httpx.get(f"{u}/v1/sessions/{good['id']}"), 403),                   # no key
+        (lambda: httpx.get(f"{u}/v1/sessions/{good['id']}", headers={"x-session-key": "x"}), 403),
+        (lambda: fwd(tiny_server, good["id"], [5], **{"x-session-key": KEYS[good["id"]][:-1]}), 403),
+        (lambda: httpx.get(f"{u}/v1/sessions"), 401),                                # admin only
         (lambda: httpx.put(f"{u}/v1/sessions"), 405),
+        (lambda: httpx.get(f"{u}/v1/completions"), 405),
         (lambda: httpx.get(f"{u}/v1/nothing"), 404),
     ]
     for call, status in cases:
@@ -323,7 +357,7 @@ def test_bad_session_requests(tiny_server, ref):
         assert "error" in body and body["error"]["message"], body
         still_serving()
     # the good session was never disturbed
-    assert httpx.get(f"{u}/v1/sessions/{good['id']}").json()["position"] == sum(map(len, STEPS))
+    assert httpx.get(f"{u}/v1/sessions/{good['id']}", headers=K(good["id"])).json()["position"] == sum(map(len, STEPS))
 
 
 def test_bearer_token_and_cors(tiny_store):
@@ -350,7 +384,7 @@ def test_bearer_token_and_cors(tiny_store):
                 async with connect(srv.ws_url + s["ws"]) as ws:
                     await ws.send(ids_bytes([5]))
                     await ws.recv()
-            async with connect(srv.ws_url + s["ws"] + "?token=s3cret") as ws:
+            async with connect(srv.ws_url + s["ws"] + "&token=s3cret") as ws:
                 await ws.send(ids_bytes([5]))
                 assert len(await ws.recv()) == 72 * 4
             async with connect(srv.ws_url + s["ws"], additional_headers={"authorization": "Bearer s3cret"}) as ws:
@@ -397,10 +431,10 @@ def test_slow_session_does_not_stall_others(tiny_store, ref):
             async with httpx.AsyncClient(base_url=srv.url, timeout=30) as c:
                 t0 = time.perf_counter()
                 slow_task = asyncio.ensure_future(c.post(f"/v1/sessions/{slow['id']}/forward",
-                                                         content=ids_bytes([99, 5]), headers=OCTET))
+                                                         content=ids_bytes([99, 5]), headers={**OCTET, **K(slow["id"])}))
                 await asyncio.sleep(0.2)
                 for step in STEPS:
-                    r = await c.post(f"/v1/sessions/{fast['id']}/forward", content=ids_bytes(step), headers=OCTET)
+                    r = await c.post(f"/v1/sessions/{fast['id']}/forward", content=ids_bytes(step), headers={**OCTET, **K(fast["id"])})
                     assert r.status_code == 200
                 assert (await c.get("/healthz")).status_code == 200
                 t_fast = time.perf_counter() - t0
@@ -425,7 +459,7 @@ def test_ending_a_session_closes_its_websocket(tiny_store):
                 await wa.send(ids_bytes([5]))
                 await wa.recv()
                 async with httpx.AsyncClient() as c:
-                    assert (await c.delete(f"{srv.url}/v1/sessions/{a['id']}")).status_code == 200
+                    assert (await c.delete(f"{srv.url}/v1/sessions/{a['id']}", headers=K(a["id"]))).status_code == 200
                 with pytest.raises(ConnectionClosed) as ei:
                     await asyncio.wait_for(wa.recv(), 5)
                 assert ei.value.rcvd.code == 4404

@@ -283,9 +283,9 @@ def test_f16_manifest_and_session(tiny_store, tmp_path):
         r = httpx.post(f"{srv.url}/v1/sessions", json={"model": TINY_LLAMA, "split": 2, "weights": "f16",
                                                         "dtype": "f16"})
         assert r.status_code == 201
-        sid = r.json()["id"]
+        sid, key = r.json()["id"], r.json()["key"]
         r = httpx.post(f"{srv.url}/v1/sessions/{sid}/forward", content=np.asarray([5, 6], "<i4").tobytes(),
-                       headers={"content-type": "application/octet-stream"})
+                       headers={"content-type": "application/octet-stream", "x-session-key": key})
         assert r.status_code == 200 and r.headers["x-dtype"] == "f16" and len(r.content) == 2 * 72 * 2
         from pyapp.numpy_backend import NumpyBackend
 

@@ -131,10 +131,15 @@ def start_server(models, store_root=None, **kw):
     return LiveServer(app)
 
 
+ADMIN_TOKEN = "admin-secret"
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 @pytest.fixture(scope="module")
 def tiny_server(tiny_store):
-    with start_server([TINY_LLAMA, TINY_BERT], tiny_store, web_dir=None,
-                      limits={"max_sessions": 256, "max_body": 64 << 10}) as srv:
+    with start_server([TINY_LLAMA, TINY_BERT], tiny_store, web_dir=None, admin_token=ADMIN_TOKEN,
+                      limits={"max_sessions": 256, "max_sessions_per_client": 256,
+                              "max_body": 64 << 10}) as srv:
         yield srv
 
 

@@ -16,9 +16,9 @@ from types import ModuleType
 
 from ..errors import UnsupportedArchitecture
 from ..models import Model
-from . import bert, gpt2, llama
+from . import bert, gemma3, gpt2, llama
 
-ARCHS: dict[str, ModuleType] = {m.NAME: m for m in (llama, bert, gpt2)}
+ARCHS: dict[str, ModuleType] = {m.NAME: m for m in (llama, bert, gpt2, gemma3)}
 
 
 def get(model_type) -> ModuleType:

@@ -86,6 +86,7 @@ class ServerSession:
             raise RuntimeError(f"POST /v1/sessions: HTTP {resp.status}: {text[:300]}")
         info = json.loads(text)
         self.id = info["id"]
+        self.key = info.get("key", "")   # the session's capability; info["ws"] already carries it
         self.ws = _ws(ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws"))
         await self.ws.opened
         return self
@@ -128,7 +129,8 @@ class ServerSession:
                 import js  # type: ignore[import-not-found]
                 from pyodide.ffi import to_js  # type: ignore[import-not-found]
                 js.fetch(f"{self.base_url}/v1/sessions/{self.id}",
-                         to_js({"method": "DELETE"}, dict_converter=js.Object.fromEntries))
+                         to_js({"method": "DELETE", "headers": {"x-session-key": self.key}},
+                               dict_converter=js.Object.fromEntries))
             except Exception:  # noqa: BLE001
                 pass
             self.id = None
