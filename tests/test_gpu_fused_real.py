@@ -27,7 +27,7 @@ def device():
         pytest.skip(f"no WebGPU adapter: {e}")
 
 
-@pytest.mark.parametrize("variant", ["wg", "sg4"])
+@pytest.mark.parametrize("variant", ["wg"])   # sg4: same rules; 19 min for both on 2 cores
 def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # noqa: F811
     from pyapp.gpu import GpuBackend
     from pyapp.gpu.lower import attention_splits
