@@ -27,6 +27,7 @@ from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
 from .device import Device, GpuError
 from .shapes import infer_shapes, widths_from_shapes
 
+ON_GPU = "on-gpu"             # `ids` of a pipelined step: the token the last step's sampler left in tok_buf
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
 # rows per weight chunk: a GEMV variant with one output row per workgroup (`wg`) dispatches
@@ -68,6 +69,16 @@ class GpuKVCache:
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
         self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        self.device = backend.device
+        self._scratch = None     # split-attention partials, [T*H, NS, HD+2] (lower.py)
+
+    def scratch(self, nbytes):
+        """A scratch buffer of at least `nbytes` owned by this cache (planned once per
+        capacity: the split count depends only on it)."""
+        if self._scratch is None or self._scratch[1] < nbytes:
+            self._scratch = (self.device.create_buffer(nbytes), nbytes)
+            self.buffer_ids.add(id(self._scratch[0]))
+        return self._scratch[0]
 
     def truncate(self, n):
         check_rewind(self.length, n, {i: (self.slots[i], w) for i, w in self.windows.items()})
@@ -76,9 +87,10 @@ class GpuKVCache:
     def destroy(self):
         """Free the K/V buffers now (they also go with the cache object: the backend keeps
         no reference to them)."""
-        for b in list(self.k.values()) + list(self.v.values()):
+        for b in list(self.k.values()) + list(self.v.values()) + ([self._scratch[0]] if self._scratch else []):
             b.destroy()
         self.k, self.v, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, set()
+        self._scratch = None
 
 
 # ----------------------------------------------------------------------------- backend
@@ -128,6 +140,8 @@ class GpuBackend:
                 if n not in self.acts and n not in ("ids", "logits"):
                     self.acts[n] = device.create_buffer(self.max_tokens * self.widths[n] * 4)
         self.ids_buf = device.create_buffer(self.max_tokens * 4)
+        self.ids_src = self.ids_buf   # what `embed` reads while a plan is built (tok_buf: pipelined)
+        self._ring = []               # readback buffers of pipelined decode
         self.params = device.create_buffer(UNIFORM_BYTES, "uniform")
         self.logit_rows = 0
         self.logits = None
@@ -241,15 +255,17 @@ class GpuBackend:
     def act(self, name):
         return self.logits if name == "logits" else self.acts[name]
 
-    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample):
-        """The recorded dispatch list of one step; built once per key, replayed."""
-        key = (T, start, stop, embed, head, all_logits, sample, self._gen)
+    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample, gpu_ids=False):
+        """The recorded dispatch list of one step; built once per key, replayed. `gpu_ids`:
+        the embedding reads the id the previous step sampled (tok_buf), not ids_buf."""
+        key = (T, start, stop, embed, head, all_logits, sample, self._gen, gpu_ids)
         plans = cache.plans if cache is not None else self._enc_plans
         rec = plans.get(key)
         if rec is not None:
             return rec
         m = self.model
         self._planning = cache
+        self.ids_src = self.tok_buf if gpu_ids else self.ids_buf
         try:
             disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache))
             if head:
@@ -260,6 +276,7 @@ class GpuBackend:
                     disp.append(self.dispatch(src, {1: self.logits, 2: self.tok_buf}, 1, head=True))
         finally:
             self._planning = None
+            self.ids_src = self.ids_buf
         rec = (self.device.record(disp), len(disp))
         plans[key] = rec
         self.stats["plans_built"] += 1
@@ -288,7 +305,11 @@ class GpuBackend:
         if (ids is None) == (x is None):
             raise ValueError("give exactly one of ids or x")
         writes = []
-        if ids is not None:
+        if ids is ON_GPU:
+            if start != 0 or not self.embed or cache is None:
+                raise ValueError("a pipelined step starts at layer 0 from a sampled token")
+            T = 1
+        elif ids is not None:
             if start != 0 or not self.embed:
                 raise ValueError("token ids enter at layer 0; give x for a later start")
             ids = [int(i) for i in id_list(ids)]
@@ -313,7 +334,7 @@ class GpuBackend:
             raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
         if head and m.causal and all_logits:
             self._grow_logits(T)
-        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample)
+        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample, ids is ON_GPU)
         writes.append((self.params, 0, self._params(T, pos0, sp, n)))
         self.stats["steps"] += 1
         self.stats["dispatches"] += nd
@@ -367,7 +388,7 @@ class GpuBackend:
         bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
         bufs += list(self.rope_bufs.values())
         bufs += [b for b in (self.logits, self.ids_buf, self.params, self.tok_buf,
-                             self.readback) if b is not None]
+                             self.readback) if b is not None] + self._ring
         for b in bufs:
             try:
                 b.destroy()
@@ -377,16 +398,17 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None):
         from ..sampling import SamplingParams
 
         params = params or SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
         # a prompt longer than the activation buffers is prefilled in chunks
-        ids, x = self._prefill_chunks(ids, x, cache, start, stop)
+        if ids is not ON_GPU:
+            ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, self.readback, 0, 4))
+        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4))
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
@@ -424,6 +446,47 @@ class GpuBackend:
         """The same, awaiting the readback (the browser binding's mapAsync)."""
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
+
+    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """Decode with `depth` steps in flight: each step embeds the token its predecessor's
+        sampler left on the GPU, so step n+1 is encoded and submitted before token n is read
+        (the host's encoding overlaps the GPU; in the browser several mapAsync wait at once).
+        Token n is read from readback slot n % depth. The ids equal step() one at a time:
+        steps submitted past a stop token are dropped (their KV rows cut off the cache).
+        Returns the new token ids (the stop token included, like decode.generate)."""
+        import asyncio
+
+        if max_new_tokens <= 0:
+            return []
+        while len(self._ring) < depth:
+            self._ring.append(self.device.create_buffer(16, "readback"))
+        ring, eos, out, reads = self._ring, set(eos_ids), [], {}
+        browser = self.device.kind == "browser"
+
+        def submit(n, ids):
+            self._step_submit(ids, None, cache, params, n, None, None, readback=ring[n % depth])
+            if browser:           # start the mapAsync now: several resolve in one poll
+                reads[n] = asyncio.ensure_future(self.device.read_async(ring[n % depth], 0, 4))
+        submit(0, prompt_ids)
+        submitted = 1
+        while True:
+            while submitted < max_new_tokens and submitted - len(out) < depth:
+                submit(submitted, ON_GPU)
+                submitted += 1
+            n = len(out)
+            raw = await reads.pop(n) if browser else self.device.read(ring[n % depth], 0, 4)
+            out.append(struct.unpack("<I", bytes(raw))[0])
+            if out[-1] in eos or len(out) >= max_new_tokens:
+                break
+        for f in reads.values():  # the dropped steps' reads
+            await f
+        cache.length -= submitted - len(out)
+        return out
+
+    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """decode_async on the native binding (its reads never suspend)."""
+        from .autotune import _run_sync
+        return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth))
 
     # ------------------------------------------------------------------ test / bench hooks
     def poison(self, value=float("nan")):
