@@ -11,16 +11,10 @@ import math
 import numpy as np
 
 from . import formats
-from .models import Model
+from .models import Model, attention_windows, check_rewind
 from .weightfile import load_model_dir, read_safetensors_header, weight_files
 
 F32 = np.float32
-
-
-def attention_windows(model: Model) -> dict:
-    """{layer: W} of the layers whose attention sees a sliding window of W keys."""
-    return {i: o.attrs["window"] for i, layer in enumerate(model.layers)
-            for o in layer if o.kind == "attention" and o.attrs.get("window")}
 
 
 class KVCache:
@@ -44,13 +38,7 @@ class KVCache:
         return sum(a.nbytes for a in self.k.values()) + sum(a.nbytes for a in self.v.values())
 
     def truncate(self, n: int):
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
-        for i, w in self.windows.items():
-            depth = self.k[i].shape[1] - w + 1  # the ring still holds every key position n needs
-            if n and self.length - n > depth:
-                raise ValueError(f"a sliding-window cache rewinds at most {depth} tokens "
-                                 f"(asked {self.length - n}); rewind to 0 instead")
+        check_rewind(self.length, n, {i: (self.k[i].shape[1], w) for i, w in self.windows.items()})
         self.length = n
 
     def step(self, i: int, pos0: int, k, v):
