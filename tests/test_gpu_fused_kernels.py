@@ -24,15 +24,6 @@ WDECL_F32 = ("@group(0) @binding(1) var<storage, read> w: array<f32>;\n"
              "fn ldw(i: u32) -> f32 { return w[i]; }")
 
 
-@pytest.fixture(scope="module")
-def device():
-    from pyapp.gpu.native import NativeDevice
-    try:
-        return NativeDevice.create()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no WebGPU adapter: {e}")
-
-
 def relerr(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert np.isfinite(a).all(), "non-finite output (poison survived?)"

@@ -18,15 +18,6 @@ from test_gpu_real import PROMPTS, smol, torch_ref  # noqa: E402,F401  (fixtures
 GPU = {"norm_wg": 64, "attention": "wg"}
 
 
-@pytest.fixture(scope="module")
-def device():
-    from pyapp.gpu.native import NativeDevice
-    try:
-        return NativeDevice.create()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no WebGPU adapter: {e}")
-
-
 @pytest.mark.parametrize("variant", ["wg"])   # sg4: same rules; 19 min for both on 2 cores
 def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # noqa: F811
     from pyapp.gpu import GpuBackend

@@ -20,15 +20,6 @@ wgpu = pytest.importorskip("wgpu")
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def device():
-    from pyapp.gpu.native import NativeDevice
-    try:
-        return NativeDevice.create()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no WebGPU adapter: {e}")
-
-
 def relerr(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert np.isfinite(a).all(), "non-finite output (poison survived?)"
