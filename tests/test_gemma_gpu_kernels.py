@@ -25,7 +25,6 @@ pytest.importorskip("wgpu")
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize, quantize  # noqa: E402
 from test_gpu_formats import VARIANTS, gemv_backend, relerr  # noqa: E402
-from test_gpu_kernels import device  # noqa: E402,F401  (the lavapipe device fixture)
 
 TOL = 1e-5
 KFORMATS = ["q5_0", "q4_k", "q6_k"]

@@ -28,6 +28,7 @@ from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
 from .device import Device, GpuError
 from .shapes import infer_shapes, widths_from_shapes
 
+ON_GPU = "on-gpu"             # `ids` of a pipelined step: the token the last step's sampler left in tok_buf
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
 # rows per weight chunk: a GEMV variant with one output row per workgroup (`wg`) dispatches
@@ -61,12 +62,21 @@ class GpuKVCache:
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
         self.buffer_ids = set()
+        self._scratch = None     # split-attention partials, [T*H, NS, HD+2] (lower.py)
         for i in range(start, stop) if self.model.causal else ():
             self.add_layer(i)
 
     @property
     def nbytes(self):
         return 2 * self.model.n_kv_heads * self.model.head_dim * 4 * sum(self.slots.values())
+
+    def scratch(self, nbytes):
+        """A scratch buffer of at least `nbytes` owned by this cache (planned once per
+        capacity: the split count depends only on it)."""
+        if self._scratch is None or self._scratch[1] < nbytes:
+            self._scratch = (self.device.create_buffer(nbytes), nbytes)
+            self.buffer_ids.add(id(self._scratch[0]))
+        return self._scratch[0]
 
     def truncate(self, n):
         check_rewind(self.length, n, {i: (self.slots[i], w) for i, w in self.windows.items()})
@@ -81,6 +91,8 @@ class GpuKVCache:
         self.plans.clear()
         self.groups.clear()
         self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        if self._scratch is not None:
+            self.buffer_ids.add(id(self._scratch[0]))
 
     def add_layer(self, i):
         """Allocate layer i's K/V: a ring of min(capacity, W + max(W, max_tokens)) slots on a
@@ -151,9 +163,10 @@ class GpuKVCache:
     def destroy(self):
         """Free the K/V buffers now (they also go with the cache object: the backend keeps
         no reference to them)."""
-        for b in list(self.k.values()) + list(self.v.values()):
+        for b in list(self.k.values()) + list(self.v.values()) + ([self._scratch[0]] if self._scratch else []):
             b.destroy()
         self.k, self.v, self.slots, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, {}, set()
+        self._scratch = None
 
 
 # ----------------------------------------------------------------------------- backend
@@ -203,6 +216,10 @@ class GpuBackend:
                 if n not in self.acts and n not in ("ids", "logits"):
                     self.acts[n] = device.create_buffer(self.max_tokens * self.widths[n] * 4)
         self.ids_buf = device.create_buffer(self.max_tokens * 4)
+        self.ids_src = self.ids_buf   # what `embed` reads while a plan is built (tok_buf: pipelined)
+        self._ring = []               # readback buffers of pipelined decode
+        # encoders: the segment table of packed steps (lower.seg_decl): 2 u32 per row + per sequence
+        self.seg_buf = None if model.causal else device.create_buffer(self.max_tokens * 16)
         self.params = device.create_buffer(UNIFORM_BYTES, "uniform")
         self.logit_rows = 0
         self.logits = None
@@ -349,25 +366,30 @@ class GpuBackend:
     def act(self, name):
         return self.logits if name == "logits" else self.acts[name]
 
-    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample):
-        """The recorded dispatch list of one step; built once per key, replayed."""
-        key = (T, start, stop, embed, head, all_logits, sample, self._gen)
+    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample, gpu_ids=False, segs=0):
+        """The recorded dispatch list of one step; built once per key, replayed. `gpu_ids`:
+        the embedding reads the id the previous step sampled (tok_buf), not ids_buf; `segs`:
+        encoder sequences packed in the step (0: one)."""
+        key = (T, start, stop, embed, head, all_logits, sample, self._gen, gpu_ids, segs)
         plans = cache.plans if cache is not None else self._enc_plans
         rec = plans.get(key)
         if rec is not None:
             return rec
         m = self.model
         self._planning = cache
+        self.ids_src = self.tok_buf if gpu_ids else self.ids_buf
         try:
-            disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache))
+            disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache, segs=segs))
             if head:
                 last = m.causal and not all_logits
-                disp += lower.lower(self, list(m.head), lower.Step(T, cache, head=last), head_first_row=last)
+                disp += lower.lower(self, list(m.head), lower.Step(T, cache, head=last, segs=segs),
+                                    head_first_row=last)
                 if sample:
                     src = kernels.render("sample", V=m.vocab)
                     disp.append(self.dispatch(src, {1: self.logits, 2: self.tok_buf}, 1, head=True))
         finally:
             self._planning = None
+            self.ids_src = self.ids_buf
         rec = (self.device.record(disp), len(disp))
         plans[key] = rec
         self.stats["plans_built"] += 1
@@ -383,8 +405,9 @@ class GpuBackend:
                             temp, top_p)
         return main + b"\0" * (PARAMS_HEAD - len(main)) + headp + b"\0" * (UNIFORM_BYTES - PARAMS_HEAD - len(headp))
 
-    def _prepare(self, ids, x, cache, start, stop, head, all_logits, sample, sp=None, n=0):
-        """Validate, write inputs + params, return (recording, T, pos0, head, writes)."""
+    def _prepare(self, ids, x, cache, start, stop, head, all_logits, sample, sp=None, n=0, segments=None):
+        """Validate, write inputs + params, return (recording, T, pos0, head, writes).
+        ``segments``: encoders only, the lengths of the sequences packed in ids/x (in order)."""
         m = self.model
         start = self.start if start is None else start
         stop = self.stop if stop is None else stop
@@ -396,7 +419,11 @@ class GpuBackend:
         if (ids is None) == (x is None):
             raise ValueError("give exactly one of ids or x")
         writes = []
-        if ids is not None:
+        if ids is ON_GPU:
+            if start != 0 or not self.embed or cache is None:
+                raise ValueError("a pipelined step starts at layer 0 from a sampled token")
+            T = 1
+        elif ids is not None:
             if start != 0 or not self.embed:
                 raise ValueError("token ids enter at layer 0; give x for a later start")
             ids = [int(i) for i in id_list(ids)]
@@ -418,22 +445,48 @@ class GpuBackend:
                 raise ValueError("decoder models need a KV cache")
             if pos0 + T > cache.capacity:
                 raise ValueError(f"context overflow: {pos0} + {T} tokens > {cache.capacity}")
-        elif T > m.max_context:
+        segs = self._segments(segments, T, writes)
+        if not segs and not m.causal and T > m.max_context:
             raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
         if head and m.causal and all_logits:
             self._grow_logits(T)
-        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample)
+        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample, ids is ON_GPU,
+                             segs)
         writes.append((self.params, 0, self._params(T, pos0, sp, n)))
         self.stats["steps"] += 1
         self.stats["dispatches"] += nd
         self.stats["submits"] += 1
         return rec, T, pos0, head, writes
 
-    def _submit_forward(self, ids, x, cache, start, stop, head, all_logits):
-        """Encode and submit one forward step; (buffer, rows, width) of what it produced:
-        the hidden state [T, D], logits [rows, V] or the pooled embedding [1, D]."""
+    def _segments(self, segments, T, writes):
+        """Packed sequences: their count (0 for one), the segment table queued in ``writes``."""
+        if segments is None or len(segments) <= 1:
+            if segments is not None and sum(segments) != T:
+                raise ValueError(f"segments {list(segments)} do not add up to the {T} rows")
+            return 0
         m = self.model
-        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
+        if m.causal:
+            raise ValueError("packed sequences are for encoders (decoders keep a KV cache per sequence)")
+        lens = [int(n) for n in segments]
+        if sum(lens) != T or min(lens) <= 0:
+            raise ValueError(f"segments {lens} do not add up to the {T} rows")
+        if max(lens) > m.max_context:
+            raise ValueError(f"input of {max(lens)} tokens exceeds the context of {m.max_context}")
+        rows, table, a = [], [], 0
+        for n in lens:
+            rows += [a, a + n] * n
+            table += [a, a + n]
+            a += n
+        writes.append((self.seg_buf, 0, array("I", rows + [0] * (2 * (self.max_tokens - T)) + table)))
+        return len(lens)
+
+    def _submit_forward(self, ids, x, cache, start, stop, head, all_logits, segments=None):
+        """Encode and submit one forward step; (buffer, rows, width) of what it produced:
+        the hidden state [T, D], logits [rows, V] or the pooled embedding [1, D] (one row per
+        packed sequence)."""
+        m = self.model
+        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False,
+                                                   segments=segments)
         self.device.submit(rec, writes)
         if m.causal and cache is not None:
             cache.length = pos0 + T
@@ -443,20 +496,21 @@ class GpuBackend:
         if m.causal:
             return self.logits, (T if all_logits else 1), m.vocab
         emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
-        return self.acts[emb], 1, m.hidden
+        return self.acts[emb], max(1, len(segments or ())), m.hidden
 
-    def forward(self, ids=None, x=None, cache=None, start=None, stop=None, head=None, all_logits=False):
+    def forward(self, ids=None, x=None, cache=None, start=None, stop=None, head=None, all_logits=False,
+                segments=None):
         """CPython convenience mirroring NumpyBackend.forward; returns numpy arrays."""
         import numpy as np
 
-        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits, segments)
         return np.frombuffer(self.device.read(buf, 0, rows * w * 4), np.float32).reshape(rows, w).copy()
 
     async def forward_async(self, ids=None, x=None, cache=None, start=None, stop=None, head=None,
-                            all_logits=False):
+                            all_logits=False, segments=None):
         """forward() for the browser: the same result, row-major in one flat array('f'),
         after awaiting the readback (activations, not weights: small)."""
-        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits, segments)
         raw = await self.device.read_async(buf, 0, rows * w * 4)
         return array("f", bytes(raw))
 
@@ -476,7 +530,7 @@ class GpuBackend:
         bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
         bufs += list(self.rope_bufs.values())
         bufs += [b for b in (self.logits, self.ids_buf, self.params, self.tok_buf,
-                             self.readback) if b is not None]
+                             self.readback, self.seg_buf) if b is not None] + self._ring
         for b in bufs:
             try:
                 b.destroy()
@@ -486,16 +540,17 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None):
         from ..sampling import SamplingParams
 
         params = params or SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
         # a prompt longer than the activation buffers is prefilled in chunks
-        ids, x = self._prefill_chunks(ids, x, cache, start, stop)
+        if ids is not ON_GPU:
+            ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, self.readback, 0, 4))
+        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4))
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
@@ -533,6 +588,47 @@ class GpuBackend:
         """The same, awaiting the readback (the browser binding's mapAsync)."""
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
+
+    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """Decode with `depth` steps in flight: each step embeds the token its predecessor's
+        sampler left on the GPU, so step n+1 is encoded and submitted before token n is read
+        (the host's encoding overlaps the GPU; in the browser several mapAsync wait at once).
+        Token n is read from readback slot n % depth. The ids equal step() one at a time:
+        steps submitted past a stop token are dropped (their KV rows cut off the cache).
+        Returns the new token ids (the stop token included, like decode.generate)."""
+        import asyncio
+
+        if max_new_tokens <= 0:
+            return []
+        while len(self._ring) < depth:
+            self._ring.append(self.device.create_buffer(16, "readback"))
+        ring, eos, out, reads = self._ring, set(eos_ids), [], {}
+        browser = self.device.kind == "browser"
+
+        def submit(n, ids):
+            self._step_submit(ids, None, cache, params, n, None, None, readback=ring[n % depth])
+            if browser:           # start the mapAsync now: several resolve in one poll
+                reads[n] = asyncio.ensure_future(self.device.read_async(ring[n % depth], 0, 4))
+        submit(0, prompt_ids)
+        submitted = 1
+        while True:
+            while submitted < max_new_tokens and submitted - len(out) < depth:
+                submit(submitted, ON_GPU)
+                submitted += 1
+            n = len(out)
+            raw = await reads.pop(n) if browser else self.device.read(ring[n % depth], 0, 4)
+            out.append(struct.unpack("<I", bytes(raw))[0])
+            if out[-1] in eos or len(out) >= max_new_tokens:
+                break
+        for f in reads.values():  # the dropped steps' reads
+            await f
+        cache.length -= submitted - len(out)
+        return out
+
+    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """decode_async on the native binding (its reads never suspend)."""
+        from .autotune import _run_sync
+        return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth))
 
     # ------------------------------------------------------------------ test / bench hooks
     def poison(self, value=float("nan")):

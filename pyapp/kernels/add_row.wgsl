@@ -1,8 +1,12 @@
-// x[t, :] += table[row(t), :] with row(t) = pos0 + t (POS) or 0 (token type 0).
+// x[t, :] += table[row(t), :] with row(t) = pos0 + t (POS; with SEG, t's position inside its
+// segment) or 0 (token type 0).
 ${WDECL}
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 const D: u32 = ${D}u;
 const POS: bool = ${POS};
+// SEG: the step packs several sequences (segments); seg_at(2t), seg_at(2t + 1) = first and end
+// row of row t's segment; seg_at(SEGT + 2b), seg_at(SEGT + 2b + 1) = those of segment b.
+${SEGDECL}
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u) {
   let i = g.x;
@@ -10,5 +14,6 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   let t = i / D;
   var r = 0u;
   if (POS) { r = p.pos0 + t; }
+  if (POS && SEG) { r = t - seg_at(2u * t); }
   x[i] += ldw(r * D + i % D);
 }

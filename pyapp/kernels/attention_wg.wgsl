@@ -14,6 +14,9 @@ const CAP: u32 = ${CAP}u;
 const SCALE: f32 = ${SCALE};
 const CAUSAL: bool = ${CAUSAL};
 const WIN: u32 = ${WIN}u;          // sliding window (0: none): keys pos - WIN + 1 .. pos
+// SEG: the step packs several sequences (segments); seg_at(2t), seg_at(2t + 1) = first and end
+// row of row t's segment; seg_at(SEGT + 2b), seg_at(SEGT + 2b + 1) = those of segment b.
+${SEGDECL}
 const WG: u32 = 64u;
 const CH: u32 = 16u;
 var<workgroup> red: array<f32, 64>;
@@ -33,6 +36,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   var S0 = 0u;
   if (CAUSAL) { S = p.pos0 + t + 1u; }
   if (CAUSAL && WIN > 0u && S > WIN) { S0 = S - WIN; }
+  if (SEG) { S0 = seg_at(2u * t); S = seg_at(2u * t + 1u); }
   let qo = (t * H + h) * HD;
   var qv: array<f32, ${HD}>;
   for (var d = 0u; d < HD; d++) { qv[d] = q[qo + d] * SCALE; }
