@@ -1,10 +1,11 @@
 """The edge's API: what ``window.pyapp`` (the console, the page) and ``import pyapp`` (Python in
 the page) call.  Python names, snake_case options; the JS side takes camelCase too.
 
-    await generate(prompt, model=..., split=..., max_new_tokens=64, greedy=True, chat=False,
-                   temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None, wait=True)
+    await generate(prompt, model=..., split=..., format=..., max_new_tokens=64, greedy=True,
+                   chat=False, temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None, wait=True)
         -> {"promptIds", "ids", "text", "stats"}
-    await embed(texts, model=..., split=..., wait=True) -> [[float, ...], ...]
+    await embed(texts, model=..., split=..., format=..., wait=True) -> [[float, ...], ...]
+    await list_formats(model) -> {model, default, formats: [{format, bytes, vs_f32}]}  (JS: formats())
     await tokenize(text, model=..., chat=False)         -> [int, ...]
     await default_split(model) -> {split, reason, ...};  await adapter() -> {...}
     await list_models() -> {object, data: [{id, kind, n_layers, ...}]}  (JS: models());  stats(), stop(),
@@ -15,6 +16,9 @@ the page) call.  Python names, snake_case options; the JS side takes camelCase t
   an encoder say so.  Without ``model`` the server's first model of the right kind is used.
 * One GPU job at a time (``state.lock``): a second call waits its turn, or with ``wait=False``
   fails at once with code ``busy``.
+* ``format``: which of the model's weight files (f32, f16, q4_1, q8_0, q4_k_m: what the server's
+  ``/v1/models`` lists as its ``dtypes``) the edge streams and the server's head layers run;
+  default: the smallest in bytes (every format is u32-packed, so every adapter runs each).
 * Weights are loaded once per (model, dtype, split) and kept while they fit
   :data:`RESIDENT_BUDGET` (least recently used out first); ``stats["weight_bytes"]`` is what this
   call streamed (0 when warm).
@@ -49,7 +53,9 @@ class _State:
         self.device_error = None
         self.gflops = None
         self.server_models = None    # the server's /v1/models data
-        self.models = {}             # name -> EdgeModel
+        self.models = {}             # (name, format) -> EdgeModel
+        self.manifests = {}          # (name, format or None) -> manifest
+        self.tokenizers = {}         # name -> Tokenizer (one per model, whatever the format)
         self.runners = OrderedDict()  # (name, dtype, split) -> session.SplitRunner, LRU order
         self.lock = asyncio.Lock()   # one GPU job at a time
         self.probe_lock = asyncio.Lock()   # the GEMV timing runs once, whoever asks first
@@ -93,13 +99,20 @@ class EdgeModel:
         self.eos_ids = list(manifest["eos_ids"])   # the server's own: config + generation_config
 
     @classmethod
-    async def load(cls, name, base_url=""):
+    async def load(cls, name, manifest, base_url=""):
         from ..arch import build_model
-        from ..tokenizer import Tokenizer, load_js_modules
 
-        manifest = await stream.load_manifest(name, base_url)
         names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
         model = build_model(manifest["config"], names)
+        tok = state.tokenizers.get(name)
+        if tok is None:
+            tok = state.tokenizers[name] = await cls.load_tokenizer(manifest, base_url)
+        return cls(name, manifest, model, tok)
+
+    @staticmethod
+    async def load_tokenizer(manifest, base_url=""):
+        from ..tokenizer import Tokenizer, load_js_modules
+
         await load_js_modules()
         tk = manifest["tokenizer"]
         tok_json = await stream.fetch_doc(stream.absolute_url(base_url, tk["tokenizer.json"]), as_json=True)
@@ -112,7 +125,7 @@ class EdgeModel:
         # embedding; the server and the CLI do the same
         tok.no_padding()
         tok.no_truncation()
-        return cls(name, manifest, model, tok)
+        return tok
 
     def prompt_ids(self, prompt, chat=False):
         if chat:
@@ -147,18 +160,91 @@ async def _model_name(name, kind):
     return hit
 
 
-async def get_model(name):
-    em = state.models.get(name)
+async def get_model(name, fmt=None):
+    """The EdgeModel of ``name`` in format ``fmt`` (checked against what the model has; None:
+    the smallest it has)."""
+    fmt = await resolve_format(name, fmt)
+    em = state.models.get((name, fmt))
     if em is None:
         status(f"reading the manifest of {name}", phase="manifest")
+        em = await EdgeModel.load(name, await _manifest(name, fmt), state.base_url)
+        state.models[(name, fmt)] = em
+    return em
+
+
+# --------------------------------------------------------------------------- formats
+
+
+async def _offered(name):
+    """The formats the server has for ``name`` (``/v1/models``: ``dtypes``; a static site's list:
+    its one ``pyapp.dtype``), or None without a list (offline: the saved manifest is the one)."""
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError:
+        return None
+    for m in ms:
+        if m.get("id") == name:
+            have = m.get("dtypes") or [(m.get("pyapp") or {}).get("dtype")]
+            return [f for f in have if f] or None
+    raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model")
+
+
+async def _manifest(name, fmt, listed=True):
+    """The manifest of ``name`` in ``fmt``, fetched once: ``?dtype=fmt`` when the server listed
+    the format, else (``listed=False``: no list, e.g. offline) the one the site serves."""
+    m = state.manifests.get((name, fmt))
+    if m is None:
+        url = f"/models/{name}/manifest.json" + (f"?dtype={fmt}" if listed else "")
         try:
-            em = await EdgeModel.load(name, state.base_url)
+            m = await stream.fetch_json(stream.absolute_url(state.base_url, url))
         except EdgeError as e:
             if e.code != "bad_input" or "manifest.json" not in str(e):
                 raise
             raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model") from e
-        state.models[name] = em
-    return em
+        state.manifests[(name, m.get("dtype", "f32") if fmt is None else fmt)] = m
+    return m
+
+
+def weight_bytes(manifest):
+    """The bytes of every weight tensor of a manifest, each once (a tied table is one tensor)."""
+    seen = {}
+    for c in manifest["chunks"]:
+        for t in c["tensors"]:
+            seen[t["name"]] = int(t["length"])
+    return sum(seen.values())
+
+
+async def format_sizes(name):
+    """{format: weight bytes} of every format ``name`` has here (cheapest first)."""
+    offered = await _offered(name)
+    if offered is None:               # no list: the manifest the site serves is the only one
+        m = await _manifest(name, None, listed=False)
+        return {m.get("dtype", "f32"): weight_bytes(m)}
+    sizes = {f: weight_bytes(await _manifest(name, f)) for f in offered}
+    return dict(sorted(sizes.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+async def resolve_format(name, fmt=None):
+    """``fmt`` if ``name`` has it, else one sentence naming the option and the formats it has;
+    None: the smallest it has (all our formats run on every adapter: u32-packed blocks)."""
+    sizes = await format_sizes(name)
+    if fmt is None:
+        return next(iter(sizes))
+    if fmt not in sizes:
+        raise EdgeError(f"option format must be one of {', '.join(sizes)} for {name}, not {fmt!r}",
+                        "bad_option", "format")
+    return fmt
+
+
+async def list_formats(model=None):
+    """``{model, default, formats: [{format, bytes, vs_f32}]}``: the formats ``model`` has here,
+    each one's weight bytes (every tensor once) and its size against f32 (None without f32)."""
+    name = await _model_name(op.check({"model": model}, op.MODEL_ONLY).get("model"), "causal_lm")
+    sizes = await format_sizes(name)
+    f32 = sizes.get("f32")
+    return {"model": name, "default": next(iter(sizes)),
+            "formats": [{"format": f, "bytes": b, "vs_f32": round(b / f32, 4) if f32 else None}
+                        for f, b in sizes.items()]}
 
 
 async def _have():
@@ -170,9 +256,9 @@ async def _have():
     return f" (this server has: {', '.join(m['id'] for m in ms) or 'no models'})"
 
 
-async def _model_for(name, want):
-    """The EdgeModel for a call that needs a decoder ("causal_lm") or an encoder."""
-    em = await get_model(await _model_name(name, want))
+async def _model_for(name, want, fmt=None):
+    """The EdgeModel for a call that needs a decoder ("causal_lm") or an encoder, in ``fmt``."""
+    em = await get_model(await _model_name(name, want), fmt)
     if em.model.causal and want == "encoder":
         raise EdgeError(f"{em.name} is a text-generation model ({em.model.arch}), not an embedding "
                         "model: use generate(), or embed() with an encoder such as the server's "
@@ -261,7 +347,10 @@ async def get_runner(em, split):
         status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for {what} of {em.name}",
                phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
         st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner)
-        server = await ServerSession(em.name, split, state.base_url).open() if split > 0 else None
+        # the server's head layers run the same weight file where it has it (a format the
+        # server listed); else its default
+        weights = dtype if dtype in (await _offered(em.name) or ()) else None
+        server = await ServerSession(em.name, split, state.base_url, weights).open() if split > 0 else None
     except BaseException:
         be.destroy()
         raise
@@ -344,7 +433,7 @@ async def generate(prompt, **opts):
     chat = o.get("chat", False)
     prompt = _check_prompt(prompt, chat)
     params = _params(o)
-    em = await _model_for(o.get("model"), "causal_lm")
+    em = await _model_for(o.get("model"), "causal_lm", o.get("format"))
     n = em.model.n_layers
     split = op.check_split(o["split"], n, em.name) if "split" in o else None
     prompt_ids = em.prompt_ids(prompt, chat)
@@ -421,7 +510,7 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
         "time_to_first_token": round(res.time_to_first_token, 4),
         "tokens_per_second": round(res.tokens_per_second, 3),
         # this call's load: 0 bytes and ~0 s when the tail was already on the GPU
-        "load_seconds": round(load_s, 3), "weight_bytes": streamed,
+        "load_seconds": round(load_s, 3), "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32"),
         "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": int(runner.backend.gpu_bytes),
         "adapter": state.adapter.as_dict(),
         # Python->JS calls per decode token (steady state, from the third token): the page
@@ -521,7 +610,7 @@ async def embed(texts, **opts):
     with the others into as few GPU steps as fit (no padding; attention and pooling per text)."""
     o = op.check(opts, op.EMBED)
     texts = _check_texts(texts)
-    em = await _model_for(o.get("model"), "encoder")
+    em = await _model_for(o.get("model"), "encoder", o.get("format"))
     n = em.model.n_layers
     split = op.check_split(o["split"], n, em.name) if "split" in o else n // 2
     seqs = [em.tokenizer.encode(t).ids for t in texts]
@@ -543,7 +632,7 @@ async def embed(texts, **opts):
     stats = {"kind": "embed", "backend": backend, "model": em.name, "split": split, "n_layers": n,
              "texts": len(texts), "tokens": sum(len(s) for s in seqs), "seconds": round(secs, 3),
              "embeddings_per_second": round(len(texts) / secs, 2) if secs > 0 else 0.0,
-             "weight_bytes": streamed}
+             "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32")}
     if backend == "server":
         stats["reason"] = reason
     state.last_stats = stats
@@ -618,6 +707,7 @@ def _args(name):
         "default_split": lambda m=None: default_split(_py(m)),
         "adapter": lambda: adapter(),
         "models": lambda: list_models(),
+        "formats": lambda m=None: list_formats(_py(m)),
     }[name]
 
 
@@ -643,7 +733,7 @@ def _js_entry(name):
     return load("api")(create_proxy(run))
 
 
-JS_ENTRIES = ("generate", "embed", "tokenize", "default_split", "adapter", "models")
+JS_ENTRIES = ("generate", "embed", "tokenize", "default_split", "adapter", "models", "formats")
 
 
 def stats_js():

@@ -40,9 +40,10 @@ def ws_url(base_url, path):
 class ServerSession:
     """Layers [0, split) on the server, one per generation stream (WebSocket)."""
 
-    def __init__(self, model, split, base_url=""):
+    def __init__(self, model, split, base_url="", weights=None):
         self.model = model
         self.split = split
+        self.weights = weights      # the weight file the server's layers run (None: its default)
         self.base_url = base_url
         self.id = None
         self.key = ""
@@ -54,7 +55,8 @@ class ServerSession:
         import js  # type: ignore[import-not-found]
         info = await fetch_json(absolute_url(self.base_url, "/v1/sessions"), {
             "method": "POST", "headers": {"content-type": "application/json"},
-            "body": json.dumps({"model": self.model, "split": self.split})})
+            "body": json.dumps({"model": self.model, "split": self.split,
+                                **({"weights": self.weights} if self.weights else {})})})
         self.id = info["id"]
         self.key = info.get("key", "")   # the session's capability; info["ws"] already carries it
         self.ws = _ws(ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws"))
