@@ -127,3 +127,18 @@ def test_q4_1_split_15_server_runs_the_same_format(page, server, q4_ref):  # noq
     assert r["ids"] == want[:N_NEW]
     weights = {s.weights for s in server.app.state.pyapp.sessions.sessions.values()}
     assert weights == {"q4_1"}
+
+
+def test_serve_format_is_the_servers_default_weights():
+    """`pyapp serve --format q4_1`: the server's own layers run Q4_1 where a model has it (a
+    session that names no weights, /v1/models says so); a model without it stays f32."""
+    from starlette.testclient import TestClient
+
+    from server.app import create_app
+    from server.main import build_parser
+    assert build_parser().parse_args(["--format", "q4_k_m"]).format == "q4_k_m"
+    with TestClient(create_app([SMOL, "minilm-l6"], web_dir=None, weights="q4_1", hosts=["testserver"])) as c:
+        info = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+        assert info[SMOL]["weights"] == "q4_1" and info["minilm-l6"]["weights"] == "f32"
+        s = c.post("/v1/sessions", json={"model": SMOL, "split": 2}).json()
+        assert s["weights"] == "q4_1", s
