@@ -359,6 +359,8 @@ class ProgressiveRunner:
             self.cache.drop_layer(i)
 
     async def _take_frames(self, head):
+        import js  # type: ignore[import-not-found]
+
         from ..kvwire import HEADER, read_header
         for _ in range(int(head["frames"])):
             msg = await self.server.ws.recv()
@@ -370,11 +372,12 @@ class ProgressiveRunner:
             if int(f32.byteLength) != h.frame_bytes or h.dtype != "f32":
                 raise EdgeError(f"KV frame of layer {h.layer} is {int(f32.byteLength)} bytes of {h.dtype}; "
                                 f"expected {h.frame_bytes} of f32", "server")
-            q = h.part_bytes // 4
-            o = HEADER.size // 4
             if h.layer not in self.cache.k:
                 self.cache.add_layer(h.layer)
-            self.cache.write_layer(h.layer, h.p0, f32.subarray(o, o + q), f32.subarray(o + q, o + 2 * q))
+            # byte views (the cache's writes slice in bytes; a Float32Array's subarray counts floats)
+            b0, q = int(f32.byteOffset) + HEADER.size, h.part_bytes
+            self.cache.write_layer(h.layer, h.p0, js.Uint8Array.new(f32.buffer, b0, q),
+                                   js.Uint8Array.new(f32.buffer, b0 + q, q))
             f32 = None
 
     async def _give_frames(self, layers):
