@@ -94,3 +94,47 @@ def test_split_15_from_a_fresh_page(page):
     # the tail stayed: a second call runs at the fixed split, nothing streamed, same ids
     r2 = page.evaluate("(p) => pyapp.generate(p, {model: 'smollm2-135m', split: 15, greedy: true, maxNewTokens: 8})", PROMPT)
     assert r2["ids"] == ids[:8] and r2["stats"]["weight_bytes"] == 0 and not r2["stats"]["progressive"]
+
+
+@pytest.mark.parametrize("kind", ["raw", "chat"])
+def test_split_0_from_a_fresh_page(page, kind):
+    """Every layer ends on this GPU (SwiftShader: ~0.5 tok/s while the weights stream, so 16
+    tokens); the split must reach 0 before the last token."""
+    prompt, chat = (PROMPT, False) if kind == "raw" else (CHAT, True)
+    pids, ids = reference(prompt, 16, chat)
+    r = generate(page, prompt, 0, 16, chat)
+    show(f"target 0 {kind}", r)
+    s = r["stats"]
+    assert r["promptIds"] == pids and r["ids"] == ids, r["text"]
+    assert s["split_trace"][0]["split"] == 30 and s["split_trace"][-1]["split"] == 0
+    assert s["split_trace"][-1]["token"] < len(ids)
+    assert s["time_to_first_token"] < s["load_seconds"]
+
+
+def test_forced_move_back_and_a_dropped_handover_keep_the_ids(page):
+    """The test hook reports the edge slow from token 6: half the edge's layers go back to the
+    server (its KV read from the GPU and sent as frames), twice; the first hand-over's socket
+    is closed for real after the server's header: the move is retried on a new socket."""
+    pids, ids = reference(PROMPT, 32)
+    hooks(page, edge_slow_from=6, drop_in_handover=1)
+    r = generate(page, PROMPT, 15, 32)
+    show("target 15, slow from token 6, first hand-over dropped", r)
+    s = r["stats"]
+    assert r["ids"] == ids, r["text"]
+    splits = [t["split"] for t in s["split_trace"]]
+    assert s["handover_retries"] == 1
+    assert min(splits) < splits[-1], splits       # moved down, then back up
+    assert s["split_final"] == splits[-1] > 15
+
+
+def test_socket_dropping_twice_is_a_clear_error(page):
+    hooks(page, drop_in_handover=2)
+    err = page.evaluate("(p) => pyapp.generate(p, {model: 'smollm2-135m', split: 15, progressive: true, "
+                        "greedy: true, maxNewTokens: 32}).then(() => null, (e) => [e.message, e.code])", PROMPT)
+    assert err is not None and err[1] == "network", err
+    assert "dropped twice during the hand-over" in err[0], err
+    # the page recovers: the next call (hooks spent) is right
+    hooks(page, drop_in_handover=0)
+    pids, ids = reference(PROMPT, 32)
+    r = generate(page, PROMPT, 15, 8)
+    assert r["ids"] == ids[:8]

@@ -483,8 +483,14 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
     _emit("start", {"kind": "generate", "backend": "webgpu", "model": em.name, "split": split,
                     "n_layers": n, "prompt_tokens": len(prompt_ids)})
     t_gen = time.perf_counter()
-    res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
-                               em.eos_ids, on_tok, lambda: state.stop_requested)
+    try:
+        res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
+                                   em.eos_ids, on_tok, lambda: state.stop_requested)
+    except BaseException:
+        if progressive:               # a failed hand-over: nothing half-moved is kept
+            loading.cancel()
+            runner.close()
+        raise
     end = crossings()
     trace = list(runner.trace) if progressive else [{"token": 0, "split": split}]
     if progressive:
