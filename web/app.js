@@ -2,6 +2,7 @@
 // window.pyapp and renders the events Python and the weight streamer dispatch:
 //   pyapp:status {message, phase}   pyapp:progress {id, layer, loaded, bytes, ms, done}
 //   pyapp:token {text, id}          pyapp:stats {...}          pyapp:loaded {...}
+//   pyapp:split {token, split, n_layers} (progressive: the split moved as layers landed)
 const $ = (id) => document.getElementById(id);
 const MB = (b) => (b / 1e6).toFixed(b < 1e7 ? 2 : 1) + ' MB';
 const fmt = (v, d = 2) => (v === undefined || v === null ? '–' : Number(v).toFixed(d));
@@ -46,6 +47,29 @@ addEventListener('pyapp:progress', (e) => {
   b.num.textContent = `${MB(d.done ? d.bytes : d.loaded)} · ${mbs.toFixed(0)} MB/s`;
   b.el.classList.toggle('done', !!d.done);
 });
+
+// Progressive offload: the split moving live, next to the layer bars (a moved layer's bar is
+// marked: it now runs on this GPU).
+let splitPath = [];
+addEventListener('pyapp:split', (e) => {
+  const d = e.detail;
+  let line = $('split-live');
+  if (!line) {
+    line = document.createElement('p');
+    line.id = 'split-live';
+    line.className = 'muted';
+    $('bars').before(line);
+  }
+  splitPath = splitPath.length ? splitPath : [d.n_layers];
+  splitPath.push(d.split);
+  line.textContent = `split ${splitPath.join(' → ')} (at token ${d.token}): layers ${d.split}..${d.n_layers - 1} run on this GPU`;
+  $('s-split').textContent = `${d.split} / ${d.n_layers}`;
+  for (const [id, b] of bars) {
+    const m = /^layer\.(\d+)$/.exec(id);
+    if (m) b.el.classList.toggle('on-edge', Number(m[1]) >= d.split);
+  }
+});
+addEventListener('pyapp:start', () => { splitPath = []; const l = $('split-live'); if (l) l.textContent = ''; });
 
 let cursor = null;
 let firstAt = null;   // seconds from the start of decoding to the first token (Python's clock)

@@ -363,6 +363,79 @@ async def get_runner(em, split):
     return r, st.bytes
 
 
+def _runner_key(em, split):
+    return (em.name, em.manifest.get("dtype", "f32"), split)
+
+
+async def _start_progressive(em, split, auto):
+    """(ProgressiveRunner, loading task): a backend for [split, N) + head whose parts are marked
+    ready as their chunks land (head first, then layers N-1 down to split, then the embedding),
+    a server session at split N; returns once the head is on the GPU (the only wait)."""
+    from ..gpu import GpuBackend
+
+    from .session import ProgressiveRunner, ServerSession
+
+    dev = await get_device()
+    n, m = em.model.n_layers, em.model
+    chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
+    be = GpuBackend(dev, m, split, n, split == 0, True, em.manifest.get("dtype", "f32"),
+                    shapes={t["name"]: tuple(t["shape"]) for t in chunks_all},
+                    dtypes={t["name"]: t["dtype"] for t in chunks_all})
+    be.track_ready()
+    chunks, owner = stream.select_chunks(em.manifest, needed=[nm for nm, _ in be.weight_layout()])
+    # the head first (the only wait), then layers from the top: each lets the split move one down
+    chunks.sort(key=lambda c: (0, 0) if c["id"] == "head" else
+                (1, -int(c["layer"])) if c.get("layer") is not None else (2, 0))
+    parts = {"head": set(m.tensors(m.ops(n, n, embed=False, head=True)))}
+    parts.update({i: set(m.tensors(m.ops(i, i + 1, embed=False, head=False))) for i in range(split, n)})
+    if split == 0:
+        parts["embed"] = set(m.tensors(m.ops(0, 0, embed=True, head=False)))
+    written, head_ready = set(), asyncio.Event()
+
+    def on_chunk(cs):
+        """A chunk is fetched, verified and written: mark every part now complete."""
+        written.update(nm for nm, cid in owner.items() if cid == cs.id)
+        for part in [p for p, names in parts.items() if names <= written]:
+            be.mark_ready(part)
+            parts.pop(part)
+            if part == "head":
+                head_ready.set()
+        _emit("ready", {"model": em.name, "part": cs.id, "runnable_from": be.runnable_from()})
+
+    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers {split}..{n - 1} "
+           f"of {em.name} while the server runs them (progressive)", phase="load",
+           chunks=[[c["id"], c["bytes"]] for c in chunks])
+    loading = asyncio.ensure_future(stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be),
+                                                         state.base_url, owner=owner, on_chunk=on_chunk))
+    try:
+        server = await ServerSession(em.name, n, state.base_url).open()
+        waiter = asyncio.ensure_future(head_ready.wait())
+        await asyncio.wait([loading, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if not head_ready.is_set():
+            waiter.cancel()
+            server.close()
+            await loading             # the load failed before the head: its error
+    except BaseException:
+        loading.cancel()
+        be.destroy()
+        raise
+    r = ProgressiveRunner(em, split, be, server, auto=auto)
+    r.on_move = lambda tok, k: _emit("split", {"model": em.name, "token": tok, "split": k, "n_layers": n})
+    return r, loading
+
+
+async def _keep_progressive(em, split, runner, st):
+    """After a progressive generation: the loaded tail kept as a fixed-split runner."""
+    key = _runner_key(em, split)
+    fixed = await runner.settle()
+    state.load_stats[key] = st.as_dict()
+    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(fixed.backend.gpu_bytes), **_brief_load(st)})
+    fixed.weight_bytes = st.bytes
+    state.runners[key] = fixed
+    _evict(key)
+    return fixed
+
+
 def _brief_load(st):
     return {"bytes": st.bytes, "seconds": round(st.seconds, 3), "mb_per_s": round(st.mb_per_s, 2),
             "wasm_heap_growth": st.wasm_heap_growth, "wasm_heap_after": st.wasm_heap_after,
@@ -429,6 +502,9 @@ def _check_prompt(prompt, chat):
 
 
 async def generate(prompt, **opts):
+    auto = opts.get("split") in (None, "auto")
+    if opts.get("split") == "auto":          # the chooser's target, re-evaluated while running
+        opts = {k: v for k, v in opts.items() if k != "split"}
     o = op.check(opts, op.GENERATE)
     chat = o.get("chat", False)
     prompt = _check_prompt(prompt, chat)
@@ -449,13 +525,22 @@ async def generate(prompt, **opts):
             return await _server_generate(em, prompt_ids, max_new, params, on_token, reason)
         if split is None:
             split = (await _choose_split(em)).split
-        return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token)
+        progressive = o.get("progressive")
+        if progressive is None:       # the default while the edge does not hold the weights
+            progressive = _runner_key(em, split) not in state.runners
+        return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token,
+                                   progressive and _runner_key(em, split) not in state.runners, auto)
 
 
-async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
+async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, progressive=False, auto=False):
     n = em.model.n_layers
     t_load = time.perf_counter()
-    runner, streamed = await get_runner(em, split)
+    loading = None
+    if progressive:
+        runner, loading = await _start_progressive(em, split, auto)
+        streamed = 0
+    else:
+        runner, streamed = await get_runner(em, split)
     load_s = time.perf_counter() - t_load
     await runner.reset(len(prompt_ids) + max_new)
     ds = em.tokenizer.decode_stream(skip_special_tokens=True)
@@ -487,9 +572,23 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
     _emit("start", {"kind": "generate", "backend": "webgpu", "model": em.name, "split": split,
                     "n_layers": n, "prompt_tokens": len(prompt_ids)})
     t_gen = time.perf_counter()
-    res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
-                               em.eos_ids, on_tok, lambda: state.stop_requested)
+    try:
+        res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
+                                   em.eos_ids, on_tok, lambda: state.stop_requested)
+    except BaseException:
+        if progressive:               # a failed hand-over: nothing half-moved is kept
+            loading.cancel()
+            runner.close()
+        raise
     end = crossings()
+    trace = list(runner.trace) if progressive else [{"token": 0, "split": split}]
+    if progressive:
+        ttft_total = t_gen - t_load + res.time_to_first_token
+        st = await loading
+        load_s, streamed = time.perf_counter() - t_load, st.bytes
+        prog = {"handover_bytes": runner.handover_bytes, "handover_retries": runner.retries,
+                "split_final": runner.split, "steps": [list(t) for t in runner.times]}
+        runner = await _keep_progressive(em, split, runner, st)
     tail = ds.flush()
     if tail and not tail.endswith("\ufffd"):
         pieces.append(tail)
@@ -507,8 +606,11 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
     stats = {
         "kind": "generate", "backend": "webgpu", "model": em.name, "split": split, "n_layers": n,
         "prompt_tokens": len(prompt_ids), "tokens": len(res.ids), "finish_reason": res.finish_reason,
-        "time_to_first_token": round(res.time_to_first_token, 4),
+        # progressive: from the call (the head's wait included); waiting: from the loaded tail
+        "time_to_first_token": round(ttft_total if progressive else res.time_to_first_token, 4),
+        "time_to_first_token_with_load": round((ttft_total if progressive else load_s + res.time_to_first_token), 4),
         "tokens_per_second": round(res.tokens_per_second, 3),
+        "progressive": progressive, "split_trace": trace, **(prog if progressive else {}),
         # this call's load: 0 bytes and ~0 s when the tail was already on the GPU
         "load_seconds": round(load_s, 3), "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32"),
         "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": int(runner.backend.gpu_bytes),
@@ -526,7 +628,7 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
         "gpu": dict(runner.backend.stats),
     }
     state.last_stats = stats
-    _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter")})
+    _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter", "steps")})
     status(f"{len(res.ids)} tokens · {res.finish_reason}", phase="done")
     return {"promptIds": list(prompt_ids), "ids": list(res.ids), "text": text, "stats": stats}
 
