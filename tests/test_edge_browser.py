@@ -243,8 +243,9 @@ def test_split_generation_matches_numpy(page, references, split):
     for kind, prompt, chat in (("raw", PROMPT, False), ("chat", CHAT, True)):
         pids, ids = references[(kind, 32)]
         mx = 32
+        # f32 weights: the numpy references run the f32 file (q4_1 is tests/test_edge_formats.py)
         r = page.evaluate("([p, k, chat, mx]) => pyapp.generate(p, {model: 'smollm2-135m', greedy: true, "
-                          "maxNewTokens: mx, split: k, chat})", [prompt, split, chat, mx])
+                          "maxNewTokens: mx, split: k, chat, format: 'f32'})", [prompt, split, chat, mx])
         s = r["stats"]
         print(f"\n[edge] split {split} {kind}: ttft {s['time_to_first_token'] * 1000:.0f} ms, "
               f"{s['tokens_per_second']:.2f} tok/s, load {s['load_seconds']:.1f} s, "
