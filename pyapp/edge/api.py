@@ -140,7 +140,13 @@ async def list_models():
     n_layers, context, ...}]}`` (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list
     module)."""
     if state.server_models is None:
-        state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
+        try:
+            state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
+        except EdgeError:
+            raise
+        except Exception as e:    # noqa: BLE001 - a JS network Error (offline, server gone): one shape
+            d = describe(e)
+            raise EdgeError(d["message"], d["code"] if d["code"] != "internal" else "network") from e
     return state.server_models
 
 
@@ -408,7 +414,10 @@ async def _start_progressive(em, split, auto):
     loading = asyncio.ensure_future(stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be),
                                                          state.base_url, owner=owner, on_chunk=on_chunk))
     try:
-        server = await ServerSession(em.name, n, state.base_url).open()
+        # the server's layers run the same weight file as the edge's, where it lists that format
+        fmt = em.manifest.get("dtype", "f32")
+        weights = fmt if fmt in (await _offered(em.name) or ()) else None
+        server = await ServerSession(em.name, n, state.base_url, weights).open()
         waiter = asyncio.ensure_future(head_ready.wait())
         await asyncio.wait([loading, waiter], return_when=asyncio.FIRST_COMPLETED)
         if not head_ready.is_set():
