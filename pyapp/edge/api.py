@@ -150,6 +150,15 @@ async def list_models():
     return state.server_models
 
 
+async def _has_server() -> bool:
+    """A pyapp server answers here (a static site or an offline page has none: /v1/models fails)."""
+    try:
+        await list_models()
+    except EdgeError:
+        return False
+    return True
+
+
 async def _model_name(name, kind):
     """``name``, or without one the server's first model of ``kind``."""
     if name is not None:
@@ -535,8 +544,12 @@ async def generate(prompt, **opts):
         if split is None:
             split = (await _choose_split(em)).split
         progressive = o.get("progressive")
+        server = await _has_server()
         if progressive is None:       # the default while the edge does not hold the weights
-            progressive = _runner_key(em, split) not in state.runners
+            progressive = server and _runner_key(em, split) not in state.runners
+        elif progressive and not server:
+            raise EdgeError("progressive offload needs a pyapp server (this is a static site or the "
+                            "server is unreachable): pass progressive: false", "bad_option", "progressive")
         return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token,
                                    progressive and _runner_key(em, split) not in state.runners, auto)
 
