@@ -25,7 +25,7 @@ def infer_shapes(model: Model):
         elif o.kind in ("rms_norm", "layer_norm"):
             for r in ("w", "b"):
                 if w.get(r):
-                    shapes[w[r]] = (acts[o.ins[0]],)
+                    shapes[w[r]] = (o.attrs.get("group") or acts[o.ins[0]],)
         elif o.kind == "embed":
             shapes[w["tokens"]] = (V, D)
             if w.get("positions"):
@@ -40,7 +40,8 @@ def activation_widths(model: Model, width: dict):
     acts = {"x": D, "h": D, "a": model.n_heads * model.head_dim, "e": D, "embedding": D}
     acts.update(width)
     for o in model.ops():
-        if o.kind in ("silu_mul", "gelu", "gelu_tanh", "add", "rms_norm", "layer_norm"):
+        if o.kind in ("silu_mul", "gelu", "gelu_tanh", "gelu_tanh_mul", "scale", "add", "rms_norm",
+                      "layer_norm"):
             acts.setdefault(o.outs[0], acts[o.ins[0]])
         elif o.kind == "split":
             for name, s in zip(o.outs, o.attrs["sizes"]):
