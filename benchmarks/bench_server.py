@@ -50,9 +50,20 @@ def pct(xs, p):
     return float(np.percentile(np.asarray(xs), p))
 
 
-async def session_loop(base, ws_base, model, split, prompt, steps, lat=None):
+async def open_session(c: httpx.AsyncClient, model: str, split: int) -> dict:
+    r = await c.post("/v1/sessions", json={"model": model, "split": split})
+    r.raise_for_status()
+    return r.json()
+
+
+async def end_session(c: httpx.AsyncClient, s: dict):
+    (await c.delete(f"/v1/sessions/{s['id']}", headers={"x-session-key": s["key"]})).raise_for_status()
+
+
+async def session_loop(base, ws_base, model, split, prompt, steps, lat=None, keep=False):
+    """A session's decode loop over its WebSocket (the ``ws`` URL carries the session key)."""
     async with httpx.AsyncClient(base_url=base, timeout=120) as c:
-        s = (await c.post("/v1/sessions", json={"model": model, "split": split})).json()
+        s = await open_session(c, model, split)
     async with connect(ws_base + s["ws"], max_size=None) as ws:
         await ws.send(ids_bytes(prompt))
         await ws.recv()
@@ -67,7 +78,28 @@ async def session_loop(base, ws_base, model, split, prompt, steps, lat=None):
             tok = 100 + (i * 7919) % 40000
             assert len(out) == 4 * s["hidden"]
         dt = time.perf_counter() - t_start
+    if not keep:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+            await end_session(c, s)
     return s, dt
+
+
+async def http_steps(base, model, split, prompt, steps):
+    """The same decode loop over HTTP: POST /forward with the session's X-Session-Key."""
+    lat = []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+        s = await open_session(c, model, split)
+        hdr = {"x-session-key": s["key"], "content-type": "application/octet-stream"}
+        r = await c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes(prompt), headers=hdr)
+        r.raise_for_status()
+        for i in range(steps):
+            t0 = time.perf_counter()
+            r = await c.post(f"/v1/sessions/{s['id']}/forward", content=ids_bytes([100 + i]), headers=hdr)
+            lat.append(time.perf_counter() - t0)
+            r.raise_for_status()
+            assert len(r.content) == 4 * s["hidden"]
+        await end_session(c, s)
+    return lat
 
 
 async def bench(base, ws_base, model, split, steps, conc_steps, prompt_len):
@@ -81,6 +113,9 @@ async def bench(base, ws_base, model, split, steps, conc_steps, prompt_len):
                                  "p50": round(pct(lat, 50) * 1e3, 3), "p90": round(pct(lat, 90) * 1e3, 3),
                                  "p99": round(pct(lat, 99) * 1e3, 3), "mean": round(float(np.mean(lat)) * 1e3, 3)}
     res["tokens_per_s"] = {"1_session": round(steps / dt, 2)}
+    hl = await http_steps(base, model, split, prompt, steps // 2)
+    res["http_step_latency_ms"] = {"split": split, "steps": steps // 2,
+                                   "p50": round(pct(hl, 50) * 1e3, 3), "p99": round(pct(hl, 99) * 1e3, 3)}
     t0 = time.perf_counter()
     outs = await asyncio.gather(*[session_loop(base, ws_base, model, split, prompt, conc_steps)
                                   for _ in range(16)])
@@ -93,15 +128,19 @@ async def bench(base, ws_base, model, split, steps, conc_steps, prompt_len):
 
 
 async def completions(base, model, n_conc, max_tokens):
-    async with httpx.AsyncClient(base_url=base, timeout=600) as c:
-        async def one(i):
+    """Tokens/s of n_conc concurrent completions, each from its own loopback address (the server
+    caps the requests in flight per client address)."""
+    async def one(i):
+        transport = httpx.AsyncHTTPTransport(local_address=f"127.0.0.{2 + i}")
+        async with httpx.AsyncClient(base_url=base, timeout=600, transport=transport) as c:
             r = await c.post("/v1/completions", json={"model": model, "prompt": f"Once upon a time {i}",
                                                       "max_tokens": max_tokens, "temperature": 0})
+            r.raise_for_status()
             return r.json()["usage"]["completion_tokens"]
-        await one(0)
-        t0 = time.perf_counter()
-        toks = await asyncio.gather(*[one(i) for i in range(n_conc)])
-        return round(sum(toks) / (time.perf_counter() - t0), 2)
+    await one(0)
+    t0 = time.perf_counter()
+    toks = await asyncio.gather(*[one(i) for i in range(n_conc)])
+    return round(sum(toks) / (time.perf_counter() - t0), 2)
 
 
 def main(argv=None):
@@ -117,8 +156,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    admin = {"authorization": "Bearer bench-admin"}   # to read the session table
     cmd = [sys.executable, "-m", "server.main", "--no-setup", "--model", a.model, "--port", str(port),
-           "--max-context", str(a.context), "--log-level", "warning"]
+           "--max-context", str(a.context), "--log-level", "warning", "--admin-token", "bench-admin"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     base, ws_base = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}"
     try:
@@ -137,16 +177,15 @@ def main(argv=None):
         res = asyncio.run(bench(base, ws_base, a.model, a.split, a.steps, a.conc_steps, a.prompt_len))
         # memory: accounted KV per session at the server's context, and measured RSS growth
         info = httpx.get(base + "/v1/models").json()["data"][0]
-        for s in httpx.get(base + "/v1/sessions").json()["data"]:
-            httpx.delete(f"{base}/v1/sessions/{s['id']}")
         rss_a = rss_kb(proc.pid)
 
         async def hold16():
             return await asyncio.gather(*[session_loop(base, ws_base, a.model, a.split,
-                                                       [5] * a.prompt_len, 4) for _ in range(16)])
+                                                       [5] * a.prompt_len, 4, keep=True)
+                                         for _ in range(16)])
         outs = asyncio.run(hold16())
         rss_b = rss_kb(proc.pid)
-        stats = httpx.get(base + "/v1/sessions").json()
+        stats = httpx.get(base + "/v1/sessions", headers=admin).json()
         res["memory"] = {
             "kv_bytes_per_session_accounted": outs[0][0]["bytes"],
             "context_tokens": outs[0][0]["context"],
@@ -156,8 +195,8 @@ def main(argv=None):
             "server_rss_mb_idle": round(rss0 / 1024, 1),
             "total_accounted_16_sessions": stats["bytes"],
         }
-        for s in stats["data"]:
-            httpx.delete(f"{base}/v1/sessions/{s['id']}")
+        for s, _ in outs:
+            httpx.delete(f"{base}/v1/sessions/{s['id']}", headers={"x-session-key": s["key"]}).raise_for_status()
         res["completions_tokens_per_s"] = {
             "1_request": asyncio.run(completions(base, a.model, 1, a.completion_tokens)),
             "16_concurrent_total": asyncio.run(completions(base, a.model, 16, a.completion_tokens // 2)),

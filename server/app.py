@@ -28,6 +28,7 @@ from . import openai_api
 from .guard import Guard, allowed_hosts, install_log_redaction
 from .httputil import (bearer_ok, client_id, compute_route, error_response, parse_json, read_body,
                        read_json, require_json_type)
+from .ring import Ring
 from .runtime import ApiError, ClientSlots, Limits, Registry
 from .sessions import SessionManager
 from .static import IMMUTABLE, REVALIDATE, file_response, safe_join
@@ -295,7 +296,8 @@ async def static_route(request: Request):
 
 async def health(request: Request):
     st = request.app.state.pyapp
-    return JSONResponse({"ok": True, "models": list(st.registry.entries), **st.sessions.stats()})
+    return JSONResponse({"ok": True, "node": st.node, "models": list(st.registry.entries),
+                         **st.sessions.stats()})
 
 
 async def openapi_route(request: Request):
@@ -315,22 +317,36 @@ async def _api_error(request, exc: ApiError):
     return JSONResponse(exc.body(), status_code=exc.status)
 
 
+def _ring(node: str | None, nodes: list[str] | None) -> Ring | None:
+    if not nodes:
+        if node is not None:
+            raise ValueError("--node needs --ring (every node's name, in the balancer's order)")
+        return None
+    if node not in nodes:
+        raise ValueError(f"--node {node!r} is not one of the ring's nodes {', '.join(nodes)}")
+    return Ring(list(nodes))
+
+
 def create_app(models: list[str] | None = None, backend: str = "numpy", token: str | None = None,
                web_dir: str | Path | None = DEFAULT_WEB_DIR, limits: Limits | dict | None = None,
                cors_origins: list[str] | None = None, preload: bool = False,
                hosts: list[str] | None = None, admin_token: str | None = None,
-               bind_host: str | None = None, log=None) -> Starlette:
+               bind_host: str | None = None, log=None, node: str | None = None,
+               ring: list[str] | None = None) -> Starlette:
     """``hosts``: Host names served besides the loopback ones ('*' for any); ``admin_token``:
     the bearer token that may list (and act on) every session; ``log``: where weight
-    verification reports (default: the ``pyapp.server`` logger)."""
+    verification reports (default: the ``pyapp.server`` logger); ``node`` and ``ring``: this
+    process's name and every node's, in the balancer's consistent-hash ring (server/ring.py)."""
     limits = Limits.from_dict(limits)
     if backend not in ("numpy", "wgpu"):
         raise ValueError(f"unknown backend {backend!r}: use numpy or wgpu")
     if not models:
         models = [m["name"] for m in store.list_models()]
+    hash_ring = _ring(node, ring)
     registry = Registry(list(models), backend, limits, log)
-    state = SimpleNamespace(registry=registry, sessions=SessionManager(registry, limits),
-                            limits=limits, token=token or None, admin_token=admin_token or None,
+    state = SimpleNamespace(registry=registry,
+                            sessions=SessionManager(registry, limits, hash_ring, node),
+                            limits=limits, node=node, token=token or None, admin_token=admin_token or None,
                             inflight=ClientSlots(limits.max_inflight_per_client),
                             store_root=store.models_dir(),
                             web_dir=Path(web_dir) if web_dir else None)

@@ -3,7 +3,8 @@
     pyapp serve [--model NAME ...] [--host 127.0.0.1] [--port 8000] [--backend numpy|wgpu]
                 [--token T] [--admin-token T] [--cors ORIGIN ...] [--allowed-host NAME ...]
                 [--max-sessions N] [--session-ttl S] [--max-context N] [--max-new-tokens N]
-                [--max-connections N] [--header-timeout S] [--no-setup]
+                [--max-connections N] [--header-timeout S] [--node NAME --ring A,B,...]
+                [--no-setup]
 
 Without --model it serves smollm2-135m and minilm-l6, pulling them into the store first if they
 are not there. The site's vendored files (Pyodide, tokenizer JS, the pyapp and micropip wheels)
@@ -50,6 +51,10 @@ def build_parser():
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--max-body", type=int, default=1 << 20, help="bytes")
     p.add_argument("--threads", type=int, default=4, help="compute threads")
+    p.add_argument("--node", default=None, metavar="NAME",
+                   help="this process's name in the balancer's consistent-hash ring (with --ring)")
+    p.add_argument("--ring", default=None, metavar="A,B,...",
+                   help="every node's name: session ids are minted so the ring maps them here")
     p.add_argument("--web-dir", default=None, help="static site folder (default: <repo>/web)")
     p.add_argument("--no-setup", action="store_true",
                    help="do not pull models or refresh web assets; serve what is there")
@@ -113,7 +118,8 @@ def main(argv=None) -> int:
         app = create_app(models, backend=a.backend, token=a.token, admin_token=a.admin_token,
                          web_dir=a.web_dir or DEFAULT_WEB_DIR, limits=limits,
                          cors_origins=a.cors, preload=not a.no_preload,
-                         hosts=a.allowed_host, bind_host=a.host, log=_log)
+                         hosts=a.allowed_host, bind_host=a.host, log=_log, node=a.node,
+                         ring=a.ring.split(",") if a.ring else None)
     except (PyappError, ValueError, OSError) as e:
         print(f"pyapp serve: error: {e}", file=sys.stderr)
         return 1
@@ -133,7 +139,8 @@ def main(argv=None) -> int:
                      f"context {e.context}, manifest {url}/models/{e.name}/manifest.json")
             _log(f"backend {a.backend}; auth {'bearer token' if a.token else 'off'}; "
                  f"CORS {', '.join(a.cors) if a.cors else 'off'}; max {a.max_sessions} sessions, "
-                 f"idle TTL {a.session_ttl:g} s")
+                 f"idle TTL {a.session_ttl:g} s"
+                 + (f"; node {a.node} of ring {a.ring}" if a.node else ""))
             _log(f"listening: site {url}/   OpenAI API {url}/v1   OpenAPI {url}/openapi.json")
 
     config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,

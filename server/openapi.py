@@ -6,8 +6,9 @@ thousands of requests from it and fails on any response it does not describe. Th
 """
 from __future__ import annotations
 
+from functools import partial
+
 ERR = {"$ref": "#/components/schemas/Error"}
-EXAMPLES: dict = {}   # path parameter -> example values (the served models), set per document
 DTYPES = ["f32", "f16"]
 # every route can answer these: bad Host (421), cross-origin (403), method (405), overload (503)
 COMMON = (403, 421)
@@ -19,7 +20,10 @@ def _json(schema):
 
 
 def _op(summary, req=None, ok=None, ok_code="200", errors=(400, 404), params=(), auth=False,
-        ok_content=None, extra_ok=None, headers=(), query=(), links=None, op_id=None):
+        ok_content=None, extra_ok=None, headers=(), query=(), links=None, op_id=None,
+        examples: dict | None = None):
+    """``examples``: path parameter -> example values (the served models' names and files)."""
+    examples = examples or {}
     d = {"summary": summary, "responses": {}}
     if op_id:
         d["operationId"] = op_id
@@ -33,7 +37,7 @@ def _op(summary, req=None, ok=None, ok_code="200", errors=(400, 404), params=(),
     for c in sorted(set(errors) | set(COMMON) | ({401} if auth else set())):
         d["responses"][str(c)] = {"description": "error", **_json(ERR)}
     parameters = [{"name": p, "in": "path", "required": True,
-                   "schema": {"type": "string", **({"examples": EXAMPLES[p]} if EXAMPLES.get(p) else {})}}
+                   "schema": {"type": "string", **({"examples": examples[p]} if examples.get(p) else {})}}
                   for p in params]
     parameters += [{"name": n, "in": "header", "required": req_, "schema": s} for n, s, req_ in headers]
     parameters += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in query]
@@ -62,13 +66,14 @@ def openapi_document(state=None) -> dict:
     stop = {"anyOf": [{"type": "string", "minLength": 1},
                       {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": 4},
                       {"type": "null"}]}
-    EXAMPLES.clear()
-    if names:
-        EXAMPLES.update(name=names, fname=["config.json", "model.safetensors", "tokenizer.json"])
+    files = ["config.json", "model.safetensors", "tokenizer.json"]
+    examples = {"name": names, "fname": files} if names else {}
+    op = partial(_op, examples=examples)
     sess = {"type": "object", "properties": {
         "id": text, "model": model_name, "split": integer, "n_layers": integer, "hidden": integer,
         "dtype": {"enum": DTYPES}, "weights": {"enum": DTYPES}, "position": integer,
-        "context": integer, "bytes": integer, "ws": text, "key": text}}
+        "context": integer, "bytes": integer, "ws": text, "key": text,
+        "node": {"type": ["string", "null"]}}}
     octet = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     a_file = {"content": {t: {"schema": {}} for t in ("application/octet-stream", "application/json")}}
     sampling = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -106,18 +111,18 @@ def openapi_document(state=None) -> dict:
     file_headers = [("Range", text, False), ("If-None-Match", text, False), ("If-Range", text, False)]
     compute_errors = (400, 404, 408, 413, 415, 429, 503)
     paths = {
-        "/healthz": {"get": _op("Liveness and session counts", ok=obj, errors=())},
-        "/openapi.json": {"get": _op("This document", ok=obj, errors=())},
-        "/v1/models": {"get": _op("List served models", ok=obj, errors=())},
-        "/v1/models/{name}": {"get": _op("One model", ok=obj, params=["name"], errors=(404,))},
-        "/v1/completions": {"post": _op("Text completion (SSE when stream=true)", comp, ok_content=sse,
+        "/healthz": {"get": op("Liveness and session counts", ok=obj, errors=())},
+        "/openapi.json": {"get": op("This document", ok=obj, errors=())},
+        "/v1/models": {"get": op("List served models", ok=obj, errors=())},
+        "/v1/models/{name}": {"get": op("One model", ok=obj, params=["name"], errors=(404,))},
+        "/v1/completions": {"post": op("Text completion (SSE when stream=true)", comp, ok_content=sse,
                                         errors=compute_errors, auth=True)},
-        "/v1/chat/completions": {"post": _op("Chat completion (SSE when stream=true)", chat,
+        "/v1/chat/completions": {"post": op("Chat completion (SSE when stream=true)", chat,
                                              ok_content=sse, errors=compute_errors, auth=True)},
-        "/v1/embeddings": {"post": _op("Embeddings (encoder models)", emb, ok=obj,
+        "/v1/embeddings": {"post": op("Embeddings (encoder models)", emb, ok=obj,
                                        errors=compute_errors, auth=True)},
         "/v1/sessions": {
-            "post": _op("Open a split session; the response's key is needed by every later call",
+            "post": op("Open a split session; the response's key is needed by every later call",
                         _obj({"model": model_name, "split": {"type": "integer", "minimum": 0},
                               "dtype": {"enum": DTYPES}, "weights": {"enum": DTYPES},
                               "context": {"type": "integer", "minimum": 1}}, ["model", "split"]),
@@ -130,32 +135,32 @@ def openapi_document(state=None) -> dict:
                                 "path.sid": "$response.body#/id", "header.X-Session-Key": "$response.body#/key"}},
                             "Delete": {"operationId": "deleteSession", "parameters": {
                                 "path.sid": "$response.body#/id", "header.X-Session-Key": "$response.body#/key"}}}),
-            "get": _op("List sessions and memory (admin token)", ok=obj, errors=(), auth=True)},
+            "get": op("List sessions and memory (admin token)", ok=obj, errors=(), auth=True)},
         "/v1/sessions/{sid}": {
-            "get": _op("Session info", ok=sess, params=["sid"], errors=(404,), auth=True, headers=key,
+            "get": op("Session info", ok=sess, params=["sid"], errors=(404,), auth=True, headers=key,
                        op_id="getSession"),
-            "delete": _op("End a session", ok=obj, params=["sid"], errors=(404,), auth=True,
+            "delete": op("End a session", ok=obj, params=["sid"], errors=(404,), auth=True,
                           headers=key, op_id="deleteSession")},
-        "/v1/sessions/{sid}/forward": {"post": _op(
+        "/v1/sessions/{sid}/forward": {"post": op(
             "Run layers [0, split) on little-endian int32 ids; returns [T, hidden] f32/f16 "
             "(headers X-Shape, X-Dtype, X-Position)", octet, ok_content=octet, params=["sid"],
             errors=(400, 404, 408, 409, 413, 415, 503), auth=True,
             headers=key + [("X-Dtype", text, False), ("X-Expect-Position", integer, False)],
             op_id="forward")},
-        "/v1/sessions/{sid}/reset": {"post": _op("Rewind to position 0", ok=obj, params=["sid"],
+        "/v1/sessions/{sid}/reset": {"post": op("Rewind to position 0", ok=obj, params=["sid"],
                                                  errors=(400, 404, 408, 413, 415), auth=True, headers=key)},
-        "/v1/sessions/{sid}/truncate": {"post": _op(
+        "/v1/sessions/{sid}/truncate": {"post": op(
             "Rewind to a length", _obj({"length": {"type": "integer", "minimum": 0}}, ["length"]), obj,
             params=["sid"], errors=(400, 404, 408, 413, 415), auth=True, headers=key,
             op_id="truncate")},
-        "/models/{name}/manifest.json": {"get": _op(
+        "/models/{name}/manifest.json": {"get": op(
             "Layer manifest", ok=obj, params=["name"], errors=(400, 404, 503),
             query=[("dtype", {"enum": DTYPES})])},
-        "/models/{name}/{digest}/{fname}": {"get": _op(
+        "/models/{name}/{digest}/{fname}": {"get": op(
             "A model file, content-addressed (immutable), Range/ETag aware", ok_content=a_file,
             params=["name", "digest", "fname"], errors=(404, 416, 503), extra_ok=file_ok,
             headers=file_headers)},
-        "/models/{name}/files/{fname}": {"get": _op(
+        "/models/{name}/files/{fname}": {"get": op(
             "A model file (revalidated), Range/ETag aware", ok_content=a_file,
             params=["name", "fname"], errors=(404, 416, 503), extra_ok=file_ok, headers=file_headers)},
     }

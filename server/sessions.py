@@ -18,6 +18,7 @@ import time
 import anyio
 import numpy as np
 
+from .ring import Ring, mint_id
 from .runtime import ApiError, Limits, ModelEntry, Registry
 
 WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
@@ -61,8 +62,9 @@ class PositionOnly:
 
 class Session:
     def __init__(self, sid: str, entry: ModelEntry, split: int, dtype: str, weights: str, cache,
-                 owner: str = ""):
+                 owner: str = "", node: str | None = None):
         self.id = sid
+        self.node = node
         self.key = secrets.token_urlsafe(24)
         self.owner = owner
         self.entry = entry
@@ -100,13 +102,16 @@ class Session:
                 "n_layers": m.n_layers, "hidden": m.hidden, "dtype": self.dtype,
                 "weights": self.weights, "position": self.position,
                 "context": self.cache.capacity if self.cache is not None else 0,
-                "bytes": self.nbytes, "ws": f"/v1/sessions/{self.id}/ws"}
+                "bytes": self.nbytes, "node": self.node, "ws": f"/v1/sessions/{self.id}/ws"}
 
 
 class SessionManager:
-    def __init__(self, registry: Registry, limits: Limits):
+    def __init__(self, registry: Registry, limits: Limits, ring: Ring | None = None,
+                 node: str | None = None):
         self.registry = registry
         self.limits = limits
+        self.ring = ring    # with ``node``: mint only ids the balancer's ring routes to this node
+        self.node = node
         self.sessions: dict[str, Session] = {}
         lazy_large_allocations()
         # one GPU queue: serialise its work; numpy releases the GIL in BLAS, so use threads
@@ -161,13 +166,20 @@ class SessionManager:
         """The session, if ``key`` is its key (or the caller holds the admin token)."""
         s = self.sessions.get(sid)
         if s is None or s.closed:
-            raise ApiError(404, f"unknown session {sid[:64]!r} (ended, evicted or never created)",
+            raise ApiError(404, f"unknown session {sid[:64]!r} ({self._why_unknown(sid)})",
                            param="session")
         if not admin and not s.key_ok(key):
             raise ApiError(403, "this session's key is missing or wrong: send the key from the "
                                 "create response as X-Session-Key (or ?key= on the WebSocket)",
                            "permission_error", param="session")
         return s
+
+    def _why_unknown(self, sid: str) -> str:
+        owner = self.ring.node_for(sid) if self.ring is not None else self.node
+        if owner == self.node:
+            return "ended, evicted or never created"
+        return (f"it belongs to node {owner!r}, this is node {self.node!r}: that server is gone "
+                "or the balancer's ring differs")
 
     # ------------------------------------------------------------------ lifecycle
     def _validate(self, body):
@@ -231,10 +243,10 @@ class SessionManager:
 
             cache = await anyio.to_thread.run_sync(make, limiter=self.limiter)
             self._make_room(owner, need)  # others may have taken the room meanwhile
-        sid = secrets.token_urlsafe(12)
-        s = Session(sid, entry, split, dtype, weights, cache, owner)
+        s = Session(mint_id(self.ring, self.node), entry, split, dtype, weights, cache, owner,
+                    self.node)
         s.nbytes = int(getattr(cache, "nbytes", 0) or need)
-        self.sessions[sid] = s
+        self.sessions[s.id] = s
         return s
 
     def delete(self, s: Session):

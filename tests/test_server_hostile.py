@@ -11,8 +11,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,57 +19,9 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from test_server_util import ROOT, TINY_BERT, TINY_LLAMA, ids_bytes, tiny_store  # noqa: F401
+from test_server_util import TINY_BERT, TINY_LLAMA, Serve, ids_bytes, tiny_store  # noqa: F401
 
 ADMIN = "adm-" + "x" * 20
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-class Serve:
-    """`python -m pyapp serve` in a subprocess on a free loopback port; its log in a file."""
-
-    def __init__(self, store: Path, tmp: Path, *args: str, models=(TINY_LLAMA, TINY_BERT)):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"serve-{self.port}.log"
-        env = {**os.environ, "PYAPP_MODELS_DIR": str(store), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "pyapp", "serve", "--no-setup", "--port", str(self.port),
-               "--web-dir", str(tmp)]
-        for m in models:
-            cmd += ["--model", m]
-        self.proc = subprocess.Popen(cmd + list(args), cwd=ROOT, env=env,
-                                     stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT)
-
-    def wait(self, timeout=90):
-        t0 = time.time()
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz").status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None and time.time() - t0 < timeout, self.log
-            time.sleep(0.2)
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def record_hashes(model_dir: Path):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,19 +10,11 @@ import time
 import httpx
 import pytest
 
-from test_server_util import ROOT, TINY_BERT, TINY_LLAMA, tiny_store  # noqa: F401
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from test_server_util import ROOT, TINY_BERT, TINY_LLAMA, free_port, tiny_store  # noqa: F401
 
 
 def test_pyapp_serve_process(tiny_store, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYAPP_MODELS_DIR": str(tiny_store), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
     log = open(tmp_path / "serve.log", "w+")
