@@ -67,7 +67,7 @@ def main(argv=None):
                   f"{out['default_split']['reason']}")
 
             st = json.loads(page.evaluate(
-                "() => pyapp.runPython(`import json, pyapp.edge.stream as s\n"
+                "() => pyapp.runPython(`import json, pyapp.edge.measure as s\n"
                 f"json.dumps(await s.bench('{SMOL}', 0, 'writeBuffer'))`)"))
             per = sorted(c["mb_per_s"] for c in st["chunks"])
             out["stream_split0"] = {k: st[k] for k in (

@@ -138,12 +138,20 @@ def _render_jinja2(template: str, context: dict) -> str:
 # --------------------------------------------------------------------------- Pyodide: @huggingface/jinja
 
 _js_templates: dict[str, Any] = {}
+_js_jinja: Any = None     # the @huggingface/jinja module object; pyapp.tokenizer.load_js_modules sets it
+
+
+def use_js_jinja(module: Any) -> None:
+    """The @huggingface/jinja ES module (a JsProxy) that renders templates in Pyodide."""
+    global _js_jinja
+    _js_jinja = module
 
 
 def _render_js(template: str, context: dict) -> str:
-    from pyapp import tokenizer as _tk  # the module holding the loaded JS modules
-
-    jinja = _tk._js_module("jinja")
+    jinja = _js_jinja
+    if jinja is None:
+        raise RuntimeError("the @huggingface/jinja module is not loaded: call "
+                           "`await pyapp.tokenizer.load_js_modules(...)` first")
     compiled = _js_templates.get(template)
     if compiled is None:
         if len(_js_templates) >= 16:

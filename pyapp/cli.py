@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -146,7 +147,10 @@ def _eos_ids(model_dir, model):
 def cmd_embed(a):
     d = _model_dir(a.model)
     tok = load_tokenizer(d)
-    tok.no_padding()   # one sentence at a time: padding (MiniLM's tokenizer.json has it) would be pooled
+    # one sentence at a time, whole: tokenizer.json's padding would be pooled, its truncation
+    # (MiniLM's cuts at 128) would drop text; too long is refused below
+    tok.no_padding()
+    tok.no_truncation()
     runner = Runner(d, a.backend, a.split, a.dtype)
     if runner.model.causal:
         raise PyappError(f"{a.model} is a decoder ({runner.model.arch}); use `pyapp generate`")
@@ -278,12 +282,24 @@ def build_parser():
     return p
 
 
+def _plugin_command(name):
+    """A subcommand an application package provides through the ``pyapp.commands`` entry point
+    group (the server registers ``serve``), so the library never imports the app."""
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="pyapp.commands", name=name):
+        return ep.load()
+    # an editable install made before the entry point existed: the checkout's own server/
+    import importlib.util
+    if importlib.util.find_spec("server.main") is not None:
+        return importlib.import_module("server.main").main
+    raise PyappError(f"`pyapp {name}` needs the server: pip install 'pyapp[server]'")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] == "serve":
-            from server.main import main as serve_main
-            return serve_main(argv[1:])
+            return _plugin_command("serve")(argv[1:])
         if argv and argv[0] == "bench":
             from .bench import main as bench_main
             return bench_main(argv[1:])

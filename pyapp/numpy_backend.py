@@ -132,11 +132,13 @@ class NumpyBackend:
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids=None, x=None, cache=None, start=0, stop=None, head=None,
-                all_logits=False):
+                all_logits=False, segments=None):
         """Run layers [start, stop) on `ids` (embedding first) or on a hidden state `x`.
 
         Returns the hidden state [T, D] if the head is not run, else logits
         ([T, V] with all_logits, else [1, V]) or the pooled embedding [1, D].
+        `segments` (encoders): the lengths of sequences packed in the T rows; each attends and
+        pools only within itself and its positions restart at 0; one embedding row each.
         """
         m = self.model
         stop = m.n_layers if stop is None else stop
@@ -161,9 +163,16 @@ class NumpyBackend:
                 raise ValueError("decoder models need a KV cache")
             if pos0 + T > cache.capacity:
                 raise ValueError(f"context overflow: {pos0} + {T} tokens > {cache.capacity}")
-        elif pos0 + T > m.max_context:
-            raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
-        ctx = dict(pos0=pos0, cache=cache)
+        seg = None
+        if segments is not None:
+            lens = [int(n) for n in segments]
+            if m.causal or sum(lens) != T or min(lens) <= 0:
+                raise ValueError(f"segments {lens} do not pack the {T} rows of an encoder step")
+            seg = np.repeat(np.arange(len(lens)), lens)          # the sequence of each row
+        longest = T if seg is None else max(lens)
+        if not m.causal and pos0 + longest > m.max_context:
+            raise ValueError(f"input of {longest} tokens exceeds the context of {m.max_context}")
+        ctx = dict(pos0=pos0, cache=cache, seg=seg)
         for o in m.ops(start, stop, embed=ids is not None, head=False):
             self.run_op(o, env, ctx)
         if head:
@@ -187,8 +196,12 @@ class NumpyBackend:
             ids = ins[0]
             y = w["tokens"][ids]
             if w.get("positions") is not None:
-                p0 = ctx["pos0"]
-                y = y + w["positions"][p0:p0 + ids.size]
+                p0, seg = ctx["pos0"], ctx.get("seg")
+                if seg is None:
+                    y = y + w["positions"][p0:p0 + ids.size]
+                else:        # positions restart in each packed sequence
+                    starts = np.searchsorted(seg, seg, side="left")
+                    y = y + w["positions"][np.arange(ids.size) - starts]
             if w.get("token_type") is not None:
                 y = y + w["token_type"][0]
             out = [y.astype(F32)]
@@ -243,7 +256,10 @@ class NumpyBackend:
         elif k == "add":
             out = [ins[0] + ins[1]]
         elif k == "mean_pool":
-            out = [ins[0].mean(axis=0, keepdims=True)]
+            seg = ctx.get("seg")
+            x = ins[0]
+            out = [x.mean(axis=0, keepdims=True) if seg is None else
+                   np.stack([x[seg == b].mean(axis=0) for b in range(int(seg[-1]) + 1)])]
         elif k == "l2_normalize":
             x = ins[0]
             n = np.sqrt((x * x).sum(axis=-1, keepdims=True))
@@ -273,5 +289,8 @@ class NumpyBackend:
             if a.get("window"):
                 seen &= kpos[None, :] > qpos - a["window"]
             s = np.where(seen, s, -np.inf)
+        elif ctx.get("seg") is not None:    # packed sequences: attend within one's own only
+            seg = ctx.get("seg")
+            s = np.where(seg[:, None] == seg[None, :], s, -np.inf)
         y = _softmax(s) @ v                                    # [H, T, hd]
         return y.transpose(1, 0, 2).reshape(T, H * hd)

@@ -83,6 +83,7 @@ def set_js_modules(tokenizers: Any = None, jinja: Any = None) -> None:
         _js_modules["tokenizers"] = tokenizers
     if jinja is not None:
         _js_modules["jinja"] = jinja
+        _chat.use_js_jinja(jinja)
 
 
 async def load_js_modules(tokenizers: Any = DEFAULT_TOKENIZERS_URL, jinja: Any = DEFAULT_JINJA_URL) -> None:
@@ -94,6 +95,8 @@ async def load_js_modules(tokenizers: Any = DEFAULT_TOKENIZERS_URL, jinja: Any =
         if spec is None or _js_modules[key] is not None:
             continue
         _js_modules[key] = await _js_import(spec) if isinstance(spec, str) else spec
+    if _js_modules["jinja"] is not None:
+        _chat.use_js_jinja(_js_modules["jinja"])
 
 
 def _js_module(key: str):

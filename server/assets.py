@@ -38,6 +38,7 @@ PYODIDE_FILES = ("pyodide.mjs", "pyodide.js", "pyodide.asm.mjs", "pyodide.asm.wa
 COPIES = {
     "@huggingface/tokenizers/dist/tokenizers.min.mjs": "tokenizers.min.mjs",
     "@huggingface/jinja/dist/index.js": "jinja/index.js",
+    "js-sha256/src/sha256.js": "js-sha256/sha256.js",   # the edge's SHA-256 without crypto.subtle
 }
 
 

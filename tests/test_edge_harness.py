@@ -1,13 +1,16 @@
 """Harness for the browser-edge tests (no tests here): the real server app on loopback behind a
-test-only fault injector, and headless Chromium with SwiftShader WebGPU.
+test-only fault injector, and headless Chromium with SwiftShader WebGPU; sentence-transformers
+as the embeddings reference.
 
 The fault injector is a thin ASGI layer in front of the real ``create_app`` (served by uvicorn
-exactly as ``pyapp serve`` does): ``faults.add(kind, path_contains, ...)`` arms a one-shot fault
-for the next matching model-file response, either flipping one byte of the body ("corrupt") or
-dropping the connection after ``after`` bytes ("cut").
+exactly as ``pyapp serve`` does): ``faults.add(kind, path_contains, ...)`` arms a fault for the
+next ``count`` matching model-file responses: flipping one byte of the body ("corrupt"), dropping
+the connection after ``after`` bytes ("cut"), or sending ``after`` bytes and then nothing for
+``hold`` seconds before dropping it ("stall").
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -59,13 +62,13 @@ class Faults:
         self.fired = []
         self.lock = threading.Lock()
 
-    def add(self, kind, path_contains, range_start=None, at=1000, after=None):
-        """One-shot: the next response whose path contains ``path_contains`` (and, if given,
-        whose Range starts at ``range_start``) gets byte ``at`` flipped ("corrupt") or is cut
-        after ``after`` bytes ("cut")."""
+    def add(self, kind, path_contains, range_start=None, at=1000, after=None, count=1, hold=8.0):
+        """The next ``count`` responses whose path contains ``path_contains`` (and, if given,
+        whose Range starts at ``range_start``) get byte ``at`` flipped ("corrupt"), are cut
+        after ``after`` bytes ("cut"), or stall after ``after`` bytes for ``hold`` s ("stall")."""
         with self.lock:
             self.rules.append(dict(kind=kind, path=path_contains, start=range_start, at=at,
-                                   after=after if after is not None else at))
+                                   after=after if after is not None else at, count=count, hold=hold))
 
     def take(self, path, range_header):
         start = None
@@ -77,7 +80,9 @@ class Faults:
         with self.lock:
             for r in self.rules:
                 if r["path"] in path and (r["start"] is None or r["start"] == start):
-                    self.rules.remove(r)
+                    r["count"] -= 1
+                    if r["count"] <= 0:
+                        self.rules.remove(r)
                     self.fired.append(dict(r, request_path=path, range=range_header))
                     return r
         return None
@@ -113,10 +118,12 @@ class FaultInjector:
                     b = bytearray(body)
                     b[rule["at"] - n0] ^= 0x5A
                     msg = dict(msg, body=bytes(b))
-                elif rule["kind"] == "cut" and n0 + len(body) > rule["after"]:
+                elif rule["kind"] in ("cut", "stall") and n0 + len(body) > rule["after"]:
                     keep = body[:max(0, rule["after"] - n0)]
                     if keep:
                         await send(dict(msg, body=keep, more_body=True))
+                    if rule["kind"] == "stall":
+                        await asyncio.sleep(rule["hold"])
                     raise Cut()
                 sent[0] += len(body)
             await send(msg)
@@ -191,9 +198,21 @@ def numpy_generate(model, prompt, max_new, chat=False):
     return pids, res.ids
 
 
-def numpy_embed(model, texts):
-    from pyapp.cli import Runner, _model_dir, load_tokenizer
-    d = _model_dir(model)
-    tok = load_tokenizer(d)
-    r = Runner(d, "numpy")
-    return [[float(v) for v in r.embed(tok.encode(t).ids)] for t in texts]
+_ST = {}
+
+
+def st_embed(model, texts):
+    """sentence-transformers (PyTorch) on the store's folder, the independent reference: whole
+    sequences (max_seq_length = the model's context, no truncation at 256), normalised."""
+    from sentence_transformers import SentenceTransformer
+    from pyapp.store import model_path
+    if model not in _ST:
+        m = SentenceTransformer(str(model_path(model)), device="cpu")
+        m.max_seq_length = m[0].auto_model.config.max_position_embeddings
+        _ST[model] = m
+    return [[float(v) for v in e] for e in _ST[model].encode(list(texts), normalize_embeddings=True, batch_size=64)]
+
+
+def cosine(a, b):
+    import math
+    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))

@@ -3,7 +3,6 @@ the async decode loop.  No browser."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
 import pytest
 
@@ -74,31 +73,6 @@ def test_plan_requests_coalesces_small_gaps():
 def test_tensor_slices_inside_chunk_buffer():
     c = _chunk("x", 0, [("a", 100, 8), ("b", 108, 4), ("c", 500, 12)])
     assert stream.tensor_slices(c) == [("a", 0, 8), ("b", 8, 4), ("c", 12, 12)]
-
-
-def test_simulated_stream_with_resume_and_corruption():
-    """The JS fetch loop's arithmetic, replayed in Python: pieces of a request land at the right
-    offsets of the chunk buffer whatever the body is cut into."""
-    data = bytes(range(256)) * 40
-    ranges = [[10, 100], [150, 300], [5000, 200]]
-    want = b"".join(data[o:o + n] for o, n in ranges)
-    for req_off, req_len, pieces in stream.plan_requests(ranges, gap=64):
-        pass
-    dst = bytearray(sum(n for _, n in ranges))
-    for req_off, req_len, pieces in stream.plan_requests(ranges, gap=64):
-        got = 0
-        for cut in (7, 33, 1000):            # a body delivered in odd pieces, resumed after each
-            body = data[req_off + got:req_off + req_len][:cut]
-            lo, hi = req_off + got, req_off + got + len(body)
-            for po, pl, pd in pieces:
-                s, e = max(lo, po), min(hi, po + pl)
-                if s < e:
-                    dst[pd + s - po:pd + e - po] = body[s - lo:e - lo]
-            got += len(body)
-            if got >= req_len:
-                break
-    assert bytes(dst) == want
-    assert hashlib.sha256(bytes(dst)).hexdigest() == hashlib.sha256(want).hexdigest()
 
 
 def test_split_choice_fallback_adapter_gets_high_split():

@@ -6,7 +6,9 @@ const $ = (id) => document.getElementById(id);
 const MB = (b) => (b / 1e6).toFixed(b < 1e7 ? 2 : 1) + ' MB';
 const fmt = (v, d = 2) => (v === undefined || v === null ? '–' : Number(v).toFixed(d));
 let busy = false;
-let nLayers = { 'smollm2-135m': 30, 'minilm-l6': 6 };
+const nLayers = {};          // model -> layers, from the server's /v1/models
+let embedModel = null;       // the server's first embedding model
+let defaultChoice = null;    // pyapp.defaultSplit() of the selected model
 
 function setStatus(msg, err) { const s = $('status'); s.textContent = msg; s.classList.toggle('err', !!err); }
 
@@ -60,6 +62,7 @@ addEventListener('pyapp:token', (e) => {
 addEventListener('pyapp:start', (e) => {
   const s = e.detail;
   firstAt = null;
+  for (const id of ['s-bytes', 's-load', 's-wasm', 's-js', 's-gpu']) $(id).textContent = '–';
   $('s-split').textContent = `${s.split} / ${s.n_layers}`;
   $('s-tps').textContent = '…'; $('s-ttft').textContent = '…'; $('s-tokens').textContent = '0'; $('s-ffi').textContent = '…';
   const badge = $('backend-badge');
@@ -82,7 +85,13 @@ function showStats(s) {
   badge.textContent = s.backend === 'server' ? 'server only' : `WebGPU · split ${s.split}`;
   badge.classList.toggle('server', s.backend === 'server');
 }
-addEventListener('pyapp:stats', (e) => showStats(e.detail));
+addEventListener('pyapp:stats', (e) => {
+  const s = e.detail || {};
+  if (s.kind === 'embed') {
+    $('embed-stats').textContent = `${s.texts} texts · ${s.tokens} tokens · ${fmt(s.embeddings_per_second)} embeddings/s · `
+      + `${s.backend === 'server' ? 'on the server' : `split ${s.split}`} · weights moved ${MB(s.weight_bytes)}`;
+  } else showStats(s);
+});
 addEventListener('pyapp:loaded', (e) => {
   const d = e.detail;
   $('s-load').textContent = `${fmt(d.seconds, 1)} s · ${fmt(d.mb_per_s, 0)} MB/s`;
@@ -94,17 +103,34 @@ addEventListener('pyapp:loaded', (e) => {
 
 function notice(msg) { const n = $('notice'); n.textContent = msg; n.hidden = false; }
 
-function splitChanged() { $('split-out').textContent = $('split').value; }
+// The hint under the slider describes the chosen split; the default's reason when it is chosen.
+function splitChanged() {
+  const k = Number($('split').value);
+  const n = Number($('split').max);
+  $('split-out').textContent = String(k);
+  if (!defaultChoice) return;
+  if (k === defaultChoice.split) { $('split-why').textContent = defaultChoice.reason; return; }
+  const where = k === 0 ? 'every layer on this GPU'
+    : k >= n ? 'every layer on the server, the final norm and head on this GPU'
+      : `layers 0..${k - 1} on the server, ${k}..${n - 1} and the head on this GPU`;
+  $('split-why').textContent = `split ${k}: ${where} (default ${defaultChoice.split})`;
+}
+
+function greedyChanged() {
+  const g = $('greedy').checked;
+  $('temperature').disabled = g;
+  $('topp').disabled = g;
+}
 
 async function refreshSplit() {
   const model = $('model').value;
-  const n = nLayers[model] || 30;
+  const n = nLayers[model];
   $('split').max = n;
   $('split-max').textContent = `${n} · server runs every layer`;
+  defaultChoice = null;
   try {
-    const d = await pyapp.defaultSplit(model);
-    $('split').value = d.split;
-    $('split-why').textContent = d.reason;
+    defaultChoice = await pyapp.defaultSplit(model);
+    $('split').value = defaultChoice.split;
   } catch (e) { $('split-why').textContent = 'could not pick a split: ' + e.message; }
   splitChanged();
 }
@@ -125,7 +151,7 @@ async function onGenerate() {
     setStatus(`${r.ids.length} tokens · ${r.stats.finish_reason}`);
     showStats(r.stats);
   } catch (e) {
-    setStatus('error: ' + (e.message || e).toString().split('\n').slice(-2).join(' '), true);
+    setStatus('error: ' + e.message, true);
     console.error(e);
   } finally {
     if (cursor) { cursor.remove(); cursor = null; }
@@ -138,7 +164,9 @@ async function onEmbed() {
   if (!texts.length) return;
   $('embed-go').disabled = true;
   try {
-    const v = await pyapp.embed(texts, { model: 'minilm-l6', split: Number($('embed-split').value) });
+    setStatus('embedding…');
+    const v = await pyapp.embed(texts, { model: embedModel, split: Number($('embed-split').value) });
+    setStatus(`${texts.length} embeddings`);
     const cos = (a, b) => a.reduce((s, x, i) => s + x * b[i], 0);
     let h = '<table><tr><th></th>' + texts.map((t, j) => `<th title="${t.replace(/"/g, '&quot;')}">${j + 1}</th>`).join('') + '</tr>';
     texts.forEach((t, i) => {
@@ -148,25 +176,35 @@ async function onEmbed() {
     $('sim').innerHTML = h + '</table>';
   } catch (e) {
     $('sim').textContent = 'error: ' + e.message;
+    setStatus('error: ' + e.message, true);
+    console.error(e);
   } finally { $('embed-go').disabled = false; }
 }
 
 async function main() {
   $('split').addEventListener('input', splitChanged);
+  $('greedy').addEventListener('change', greedyChanged);
   $('go').addEventListener('click', onGenerate);
   $('stop').addEventListener('click', () => pyapp.stop());
   $('embed-go').addEventListener('click', onEmbed);
   $('model').addEventListener('change', refreshSplit);
   $('reset').addEventListener('click', () => location.reload());
   $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) onGenerate(); });
-  splitChanged();
+  greedyChanged();
   await pyapp.ready;
-  try {
-    const ms = await pyapp.models();
-    const names = (ms.data || []).filter((m) => (m.pyapp || {}).kind !== 'encoder' && !/minilm|bert/i.test(m.id)).map((m) => m.id);
-    for (const m of ms.data || []) { const n = (m.pyapp || m).n_layers; if (n) nLayers[m.id] = n; }
-    if (names.length) $('model').innerHTML = names.map((n) => `<option>${n}</option>`).join('');
-  } catch (e) { /* keep the default list */ }
+  // the server's /v1/models (or, static/offline, the site's list: fields under `pyapp`)
+  const ms = ((await pyapp.models()).data || []).map((m) => ({ ...(m.pyapp || {}), ...m }));
+  for (const m of ms) nLayers[m.id] = m.n_layers;
+  const gen = ms.filter((m) => m.kind === 'causal_lm').map((m) => m.id);
+  const enc = ms.filter((m) => m.kind === 'encoder');
+  $('model').innerHTML = gen.map((n) => `<option>${n}</option>`).join('');
+  $('model').disabled = !gen.length;
+  if (enc.length) {
+    embedModel = enc[0].id;
+    $('embed-model').textContent = `${embedModel} · cosine similarity`;
+    $('embed-split').max = enc[0].n_layers;
+    $('embed-split').value = Math.floor(enc[0].n_layers / 2);
+  }
   const ad = await pyapp.adapter();
   $('s-adapter').textContent = ad.available ? `${ad.vendor || '?'} ${ad.architecture || ''}${ad.is_cpu ? ' (CPU)' : ''}` : 'none';
   if (!ad.available) {
@@ -174,7 +212,8 @@ async function main() {
     $('split').disabled = true; $('embed-split').disabled = true;
     $('bars').innerHTML = '<p class="muted">No WebGPU: the server runs every layer, so no weights stream to this page.</p>';
   }
-  await refreshSplit();
-  $('go').disabled = false; $('embed-go').disabled = false;
+  if (gen.length) await refreshSplit();
+  $('go').disabled = !gen.length; $('embed-go').disabled = !embedModel;
+  setStatus(gen.length || embedModel ? 'ready' : 'this server has no models');
 }
-main().catch((e) => setStatus('error: ' + e.message, true));
+main().catch((e) => { setStatus('error: ' + e.message, true); console.error(e); });

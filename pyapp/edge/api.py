@@ -1,28 +1,44 @@
-"""The edge's API: what ``window.pyapp`` (the console, the page) and ``import pyapp`` (Python in the
-page) call.
+"""The edge's API: what ``window.pyapp`` (the console, the page) and ``import pyapp`` (Python in
+the page) call.  Python names, snake_case options; the JS side takes camelCase too.
 
-    await generate(prompt, model=..., split=..., max_new_tokens=32, greedy=True, chat=False,
-                   temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None)
+    await generate(prompt, model=..., split=..., max_new_tokens=64, greedy=True, chat=False,
+                   temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None, wait=True)
         -> {"promptIds", "ids", "text", "stats"}
-    await embed(texts, model=..., split=...)  -> [[float, ...], ...]
-    await tokenize(text, model=...)           -> [int, ...]
-    await run_python(code)                    -> the value of the last expression
+    await embed(texts, model=..., split=..., wait=True) -> [[float, ...], ...]
+    await tokenize(text, model=..., chat=False)         -> [int, ...]
+    await default_split(model) -> {split, reason, ...};  await adapter() -> {...}
+    await list_models() -> {object, data: [{id, kind, n_layers, ...}]}  (JS: models());  stats(), stop(),
+    await run_python(code)
 
-Without WebGPU (or with ``backend="server"``) generation and embeddings go to the server's
-OpenAI-style API, still streamed token by token; ``stats["backend"]`` and ``stats["reason"]``
-say so.  The JS-facing wrappers (``*_js``) take and return plain JS objects.
+* Every option is checked first (:mod:`.options`): an unknown name, a wrong type or a value out
+  of range fails with one sentence naming the option; ``embed`` on a decoder and ``generate`` on
+  an encoder say so.  Without ``model`` the server's first model of the right kind is used.
+* One GPU job at a time (``state.lock``): a second call waits its turn, or with ``wait=False``
+  fails at once with code ``busy``.
+* Weights are loaded once per (model, dtype, split) and kept while they fit
+  :data:`RESIDENT_BUDGET` (least recently used out first); ``stats["weight_bytes"]`` is what this
+  call streamed (0 when warm).
+* Without WebGPU (or ``backend="server"``) generation and embeddings go to the server's
+  OpenAI-style API, still streamed token by token; ``stats["backend"]`` and ``["reason"]`` say so.
+* The ``*_js`` entries (made by :func:`install`) wrap each call for JS: errors become one JS
+  ``Error`` (``api.js``, :func:`.errors.describe`).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections import OrderedDict
 
-from ..decode import check_context
+from ..decode import check_context, generate_async
 from ..sampling import SamplingParams
+from . import options as op
 from . import split as splitmod
 from . import stream
+from .errors import EdgeError, describe
 
-DEFAULT_MODEL = "smollm2-135m"
+# GPU memory the loaded tails may hold together before the least recently used is dropped.
+RESIDENT_BUDGET = 1536 << 20
 
 
 class _State:
@@ -32,32 +48,31 @@ class _State:
         self.device = None
         self.device_error = None
         self.gflops = None
+        self.server_models = None    # the server's /v1/models data
         self.models = {}             # name -> EdgeModel
-        self.runners = {}            # (name, split) -> session.SplitRunner
+        self.runners = OrderedDict()  # (name, dtype, split) -> session.SplitRunner, LRU order
+        self.lock = asyncio.Lock()   # one GPU job at a time
+        self.probe_lock = asyncio.Lock()   # the GEMV timing runs once, whoever asks first
         self.stop_requested = False
         self.last_stats = {}
-        self.load_stats = {}         # (name, split) -> stream.LoadStats dict
+        self.load_stats = {}         # (name, dtype, split) -> stream.LoadStats dict
         self.ffi = 0
 
 
 state = _State()
-
-
 _emit_js = None
 
 
 def _emit(kind, detail):
     """A ``pyapp:<kind>`` DOM event for the page (status lines, stats): one FFI crossing."""
     global _emit_js
-    try:
-        if _emit_js is None:
-            from pyodide.code import run_js  # type: ignore[import-not-found]
-            _emit_js = run_js("((k, s) => { globalThis.dispatchEvent("
-                              "new CustomEvent('pyapp:' + k, { detail: JSON.parse(s) })); })")
-        _emit_js(kind, json.dumps(detail))
-        state.ffi += 1
-    except Exception:  # noqa: BLE001 - CPython, or a worker without events
-        pass
+    if not stream.IS_PYODIDE:
+        return
+    if _emit_js is None:
+        from pyodide.code import run_js  # type: ignore[import-not-found]
+        _emit_js = run_js("((k, s) => globalThis.dispatchEvent(new CustomEvent('pyapp:' + k, { detail: JSON.parse(s) })))")
+    _emit_js(kind, json.dumps(detail))
+    state.ffi += 1
 
 
 def status(msg, **kw):
@@ -75,12 +90,10 @@ class EdgeModel:
         self.manifest = manifest
         self.model = model
         self.tokenizer = tokenizer
-        self.eos_ids = sorted(set(manifest.get("eos_ids") or model.eos_ids) | _gen_eos(manifest))
+        self.eos_ids = list(manifest["eos_ids"])   # the server's own: config + generation_config
 
     @classmethod
     async def load(cls, name, base_url=""):
-        import js  # type: ignore[import-not-found]
-
         from ..arch import build_model
         from ..tokenizer import Tokenizer, load_js_modules
 
@@ -88,15 +101,17 @@ class EdgeModel:
         names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
         model = build_model(manifest["config"], names)
         await load_js_modules()
-        tk = manifest.get("tokenizer") or {}
-        resp = await js.fetch(stream.absolute_url(base_url, tk["tokenizer.json"]))
-        if not resp.ok:
-            raise OSError(f"tokenizer.json for {name}: HTTP {resp.status}")
-        tok_json = await resp.json()
+        tk = manifest["tokenizer"]
+        tok_json = await stream.fetch_doc(stream.absolute_url(base_url, tk["tokenizer.json"]), as_json=True)
         config = None
         if tk.get("tokenizer_config.json"):
             config = await stream.fetch_json(stream.absolute_url(base_url, tk["tokenizer_config.json"]))
         tok = Tokenizer.from_json(tok_json, config)
+        # each sequence runs at its own length, and one past the context is refused, not cut:
+        # tokenizer.json's padding/truncation (MiniLM's pads and cuts at 128) would change the
+        # embedding; the server and the CLI do the same
+        tok.no_padding()
+        tok.no_truncation()
         return cls(name, manifest, model, tok)
 
     def prompt_ids(self, prompt, chat=False):
@@ -107,17 +122,64 @@ class EdgeModel:
         return self.tokenizer.encode(prompt).ids
 
 
-def _gen_eos(manifest):
-    gc = (manifest.get("generation_config") or {}).get("eos_token_id")
-    return set(gc if isinstance(gc, list) else ([] if gc is None else [gc]))
+async def list_models():
+    """The server's ``/v1/models`` reply: ``{object, data: [{id, kind ("causal_lm" | "encoder"),
+    n_layers, context, ...}]}`` (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list
+    module)."""
+    if state.server_models is None:
+        state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
+    return state.server_models
+
+
+async def _model_name(name, kind):
+    """``name``, or without one the server's first model of ``kind``."""
+    if name is not None:
+        return name
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError as e:
+        raise EdgeError(f"no model was given and the server's model list is unavailable ({e}): "
+                        "pass the option model", "bad_option", "model") from e
+    hit = next((m["id"] for m in ms if m.get("kind") == kind), None)
+    if hit is None:
+        what = "text-generation" if kind == "causal_lm" else "embedding"
+        raise EdgeError(f"this server has no {what} model", "wrong_model", "model")
+    return hit
 
 
 async def get_model(name):
     em = state.models.get(name)
     if em is None:
-        status(f"reading the manifest of {name}")
-        em = await EdgeModel.load(name, state.base_url)
+        status(f"reading the manifest of {name}", phase="manifest")
+        try:
+            em = await EdgeModel.load(name, state.base_url)
+        except EdgeError as e:
+            if e.code != "bad_input" or "manifest.json" not in str(e):
+                raise
+            raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model") from e
         state.models[name] = em
+    return em
+
+
+async def _have():
+    """`` (this server has: a, b)``, or nothing when the list is unavailable."""
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError:
+        return ""
+    return f" (this server has: {', '.join(m['id'] for m in ms) or 'no models'})"
+
+
+async def _model_for(name, want):
+    """The EdgeModel for a call that needs a decoder ("causal_lm") or an encoder."""
+    em = await get_model(await _model_name(name, want))
+    if em.model.causal and want == "encoder":
+        raise EdgeError(f"{em.name} is a text-generation model ({em.model.arch}), not an embedding "
+                        "model: use generate(), or embed() with an encoder such as the server's "
+                        "embedding models", "wrong_model", "model")
+    if not em.model.causal and want == "causal_lm":
+        raise EdgeError(f"{em.name} is an embedding model ({em.model.arch}): use embed(), not generate()",
+                        "wrong_model", "model")
     return em
 
 
@@ -126,10 +188,7 @@ async def get_model(name):
 
 async def adapter_info():
     if state.adapter is None:
-        try:
-            state.adapter = await splitmod.probe_adapter()
-        except Exception as e:  # noqa: BLE001
-            state.adapter = splitmod.AdapterInfo(False, f"probing WebGPU failed: {e}")
+        state.adapter = await splitmod.probe_adapter()
     return state.adapter
 
 
@@ -144,73 +203,75 @@ async def get_device():
     try:
         from ..gpu import browser
         state.device = await browser.request_device()
-    except Exception as e:  # noqa: BLE001
-        state.device_error = f"could not open a WebGPU device: {e}"
-        return None
+    except Exception as e:  # noqa: BLE001 - the page falls back to the server and says why
+        state.device_error = f"could not open a WebGPU device: {describe(e)['message']}"
     return state.device
 
 
-async def default_split(name):
+async def _choose_split(em):
     """The split the page starts with: from the adapter (CPU fallback, limits) and a quick
     GEMV timing on the device (measured once per page, ~50 ms)."""
-    em = await get_model(name)
     ad = await adapter_info()
     dev = await get_device()
     if dev is not None and state.gflops is None:
-        try:
-            state.gflops = await splitmod.measure_gflops(getattr(dev, "device", dev))
-        except Exception as e:  # noqa: BLE001
-            status(f"kernel timing failed: {e}")
-            state.gflops = None
+        async with state.probe_lock:
+            if state.gflops is None:
+                state.gflops = await splitmod.measure_gflops(dev.device)
     if dev is None:
         ad = splitmod.AdapterInfo(False, state.device_error or ad.reason)
     return splitmod.choose_split(em.manifest, ad, state.gflops)
 
 
-async def get_runner(name, split, on_chunk=None):
+async def default_split(model=None):
+    """``{split, reason, edge_ms_per_token, ...}`` for ``model`` on this page's adapter."""
+    name = await _model_name(op.check({"model": model}, op.MODEL_ONLY).get("model"), "causal_lm")
+    return (await _choose_split(await get_model(name))).as_dict()
+
+
+def _evict(keep):
+    """Drop the least recently used tails until the resident ones fit RESIDENT_BUDGET."""
+    while len(state.runners) > 1 and sum(r.backend.gpu_bytes for r in state.runners.values()) > RESIDENT_BUDGET:
+        key = next(k for k in state.runners if k != keep)
+        state.runners.pop(key).close()
+        state.load_stats.pop(key, None)
+
+
+async def get_runner(em, split):
+    """(runner, bytes streamed now): the tail of ``em`` at ``split``, loaded once and kept."""
     from ..gpu import GpuBackend
 
     from .session import ServerSession, SplitRunner
 
-    key = (name, split)
+    dtype = em.manifest.get("dtype", "f32")
+    key = (em.name, dtype, split)
     r = state.runners.get(key)
     if r is not None:
-        return r
-    em = await get_model(name)
+        state.runners.move_to_end(key)
+        return r, 0
     dev = await get_device()
-    if dev is None:
-        raise RuntimeError(state.device_error or "no WebGPU")
     n = em.model.n_layers
-    # one tail resident at a time: drop other splits of any model (GPU memory)
-    for k in list(state.runners):
-        old = state.runners.pop(k)
-        old.close()
-        if hasattr(old.backend, "destroy"):
-            old.backend.destroy()
-    dtype = em.manifest.get("dtype", "f32")
-    shapes = {t["name"]: tuple(t["shape"]) for c in em.manifest["chunks"] for t in c["tensors"]}
-    dtypes = {t["name"]: t["dtype"] for c in em.manifest["chunks"] for t in c["tensors"]}
+    chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
+    shapes = {t["name"]: tuple(t["shape"]) for t in chunks_all}
+    dtypes = {t["name"]: t["dtype"] for t in chunks_all}
+    be = GpuBackend(dev, em.model, split, n, split == 0, True, dtype, shapes=shapes, dtypes=dtypes)
     try:
-        be = GpuBackend(dev, em.model, split, n, split == 0, True, dtype, shapes=shapes, dtypes=dtypes)
-    except TypeError:   # an older constructor
-        be = GpuBackend(dev, em.model, split, n, split == 0, True, dtype)
-    needed = [nm for nm, _ in be.weight_layout()]
-    chunks, owner = stream.select_chunks(em.manifest, needed=needed)
-    what = ("the final norm and head" if split >= n else
-            f"layers {split}..{n - 1}" + (" + embedding" if split == 0 else "") + " and the head")
-    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for {what} of {name}",
-           phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
-    st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url,
-                                    owner=owner, on_chunk=on_chunk)
+        chunks, owner = stream.select_chunks(em.manifest, needed=[nm for nm, _ in be.weight_layout()])
+        what = ("the final norm and head" if split >= n else
+                f"layers {split}..{n - 1}" + (" + embedding" if split == 0 else "") + " and the head")
+        status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for {what} of {em.name}",
+               phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
+        st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner)
+        server = await ServerSession(em.name, split, state.base_url).open() if split > 0 else None
+    except BaseException:
+        be.destroy()
+        raise
     state.load_stats[key] = st.as_dict()
-    _emit("loaded", {"model": name, "split": split, "gpu_bytes": int(be.gpu_bytes), **_brief_load(st)})
-    server = None
-    if split > 0:
-        server = await ServerSession(name, split, state.base_url).open()
+    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(be.gpu_bytes), **_brief_load(st)})
     r = SplitRunner(em, split, be, server)
     r.weight_bytes = st.bytes
     state.runners[key] = r
-    return r
+    _evict(key)
+    return r, st.bytes
 
 
 def _brief_load(st):
@@ -219,27 +280,34 @@ def _brief_load(st):
             "peak_js_heap": st.peak_js_heap, "refetches": st.refetches, "resumes": st.resumes}
 
 
-# --------------------------------------------------------------------------- options
+class _GpuJob:
+    """``async with _GpuJob(wait)``: one GPU job at a time; ``wait=False`` refuses when busy."""
+
+    def __init__(self, wait: bool, what: str):
+        self.wait = wait
+        self.what = what
+
+    async def __aenter__(self):
+        if not self.wait and state.lock.locked():
+            raise EdgeError(f"busy: another call is using the GPU; {self.what} was not started "
+                            "(pass wait: true to queue it)", "busy")
+        await state.lock.acquire()
+
+    async def __aexit__(self, *exc):
+        state.lock.release()
 
 
-def _opt(opts, *names, default=None):
-    for n in names:
-        if n in opts and opts[n] is not None:
-            return opts[n]
-    return default
-
-
-def _params(opts):
-    greedy = _opt(opts, "greedy")
-    temperature = _opt(opts, "temperature")
+def _params(o):
+    greedy = o.get("greedy")
+    temperature = o.get("temperature")
     if greedy is None:
-        greedy = temperature is None or float(temperature) == 0
+        greedy = temperature is None or temperature == 0
     if greedy:
         return SamplingParams(greedy=True)
-    return SamplingParams(greedy=False, temperature=float(temperature or 1.0),
-                          top_p=float(_opt(opts, "top_p", "topP", default=1.0)),
-                          top_k=int(_opt(opts, "top_k", "topK", default=0)),
-                          seed=int(_opt(opts, "seed", default=0)) & 0xFFFFFFFF)
+    if temperature == 0:
+        raise EdgeError("option temperature must be above 0 when greedy is false", "bad_option", "temperature")
+    return SamplingParams(greedy=False, temperature=float(temperature or 1.0), top_p=float(o.get("top_p", 1.0)),
+                          top_k=int(o.get("top_k", 0)), seed=int(o.get("seed", 0)) & 0xFFFFFFFF)
 
 
 def stop():
@@ -247,36 +315,58 @@ def stop():
     state.stop_requested = True
 
 
+async def _use_gpu(backend):
+    """The device, or None with the reason when the server must run everything."""
+    if backend == "server":
+        return None, "backend 'server' was asked for"
+    dev = await get_device()
+    if dev is None and backend == "webgpu":
+        raise EdgeError(f"backend 'webgpu' was asked for, but {state.device_error}", "no_webgpu", "backend")
+    return dev, state.device_error
+
+
 # --------------------------------------------------------------------------- generate
 
 
-async def generate(prompt, **opts):
-    model = _opt(opts, "model", default=DEFAULT_MODEL)
-    max_new = int(_opt(opts, "max_new_tokens", "maxNewTokens", default=64))
-    chat = bool(_opt(opts, "chat", default=False))
-    on_token = _opt(opts, "on_token", "onToken")
-    backend = _opt(opts, "backend", default="auto")
-    params = _params(opts)
-    em = await get_model(model)
-    if not em.model.causal:
-        raise ValueError(f"{model} is an encoder ({em.model.arch}); use embed()")
-    prompt_ids = em.prompt_ids(prompt, chat)
-    max_new = check_context(len(prompt_ids), max_new, em.model.max_context)
-    state.stop_requested = False
-    dev = None if backend == "server" else await get_device()
-    if dev is None:
-        reason = "backend='server' was asked for" if backend == "server" else state.device_error
-        return await _server_generate(em, prompt, prompt_ids, max_new, params, chat, on_token, reason)
+def _check_prompt(prompt, chat):
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise EdgeError("the prompt is empty", "bad_input")
+        return prompt
+    if chat and isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+        return prompt
+    raise EdgeError("the prompt must be a non-empty string" + (" or a list of {role, content} messages" if chat else ""),
+                    "bad_input")
 
-    split = _opt(opts, "split")
-    if split is None:
-        split = (await default_split(model)).split
-    split = int(split)
+
+async def generate(prompt, **opts):
+    o = op.check(opts, op.GENERATE)
+    chat = o.get("chat", False)
+    prompt = _check_prompt(prompt, chat)
+    params = _params(o)
+    em = await _model_for(o.get("model"), "causal_lm")
     n = em.model.n_layers
-    if not 0 <= split <= n:
-        raise ValueError(f"split must be in 0..{n}")
+    split = op.check_split(o["split"], n, em.name) if "split" in o else None
+    prompt_ids = em.prompt_ids(prompt, chat)
+    if len(prompt_ids) > em.model.max_context:
+        raise EdgeError(f"the prompt is {len(prompt_ids)} tokens, longer than {em.name}'s context of "
+                        f"{em.model.max_context}", "too_long")
+    max_new = check_context(len(prompt_ids), o.get("max_new_tokens", 64), em.model.max_context)
+    on_token = o.get("on_token")
+    async with _GpuJob(o.get("wait", True), "generate"):
+        state.stop_requested = False
+        dev, reason = await _use_gpu(o.get("backend", "auto"))
+        if dev is None:
+            return await _server_generate(em, prompt_ids, max_new, params, on_token, reason)
+        if split is None:
+            split = (await _choose_split(em)).split
+        return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token)
+
+
+async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token):
+    n = em.model.n_layers
     t_load = time.perf_counter()
-    runner = await get_runner(model, split)
+    runner, streamed = await get_runner(em, split)
     load_s = time.perf_counter() - t_load
     await runner.reset(len(prompt_ids) + max_new)
     ds = em.tokenizer.decode_stream(skip_special_tokens=True)
@@ -284,8 +374,7 @@ async def generate(prompt, **opts):
 
     def crossings():
         # (this module's: events + onToken, the WebSocket's, the GPU binding's)
-        return (state.ffi, runner.server.crossings if runner.server else 0,
-                int(getattr(dev, "crossings", 0)))
+        return (state.ffi, runner.server.crossings if runner.server else 0, int(dev.crossings))
 
     marks = [crossings(), None, None]
 
@@ -302,18 +391,17 @@ async def generate(prompt, **opts):
         if len(pieces) <= 2:
             marks[len(pieces)] = crossings()
 
-    from ..decode import generate_async
     status(f"generating: layers 0..{split - 1} on the server, {split}..{n - 1} + head on this GPU"
            if 0 < split < n else ("generating: every layer on this GPU" if split == 0 else
                                   "generating: every layer on the server, the head on this GPU"),
            phase="generate")
-    _emit("start", {"backend": "webgpu", "model": model, "split": split, "n_layers": n,
-                    "prompt_tokens": len(prompt_ids)})
+    _emit("start", {"kind": "generate", "backend": "webgpu", "model": em.name, "split": split,
+                    "n_layers": n, "prompt_tokens": len(prompt_ids)})
     t_gen = time.perf_counter()
     res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
                                em.eos_ids, on_tok, lambda: state.stop_requested)
     end = crossings()
-    tail = ds.flush() if hasattr(ds, "flush") else ""
+    tail = ds.flush()
     if tail and not tail.endswith("\ufffd"):
         pieces.append(tail)
         if on_token is not None:
@@ -328,13 +416,14 @@ async def generate(prompt, **opts):
     else:                            # no steady state yet: the one decode step, if any
         per = [float(x) for x in second]
     stats = {
-        "backend": "webgpu", "model": model, "split": split, "n_layers": n,
+        "kind": "generate", "backend": "webgpu", "model": em.name, "split": split, "n_layers": n,
         "prompt_tokens": len(prompt_ids), "tokens": len(res.ids), "finish_reason": res.finish_reason,
         "time_to_first_token": round(res.time_to_first_token, 4),
         "tokens_per_second": round(res.tokens_per_second, 3),
-        "load_seconds": round(load_s, 3), "weight_bytes": getattr(runner, "weight_bytes", 0),
-        "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": _gpu_bytes(runner),
-        "adapter": (state.adapter.as_dict() if state.adapter else None),
+        # this call's load: 0 bytes and ~0 s when the tail was already on the GPU
+        "load_seconds": round(load_s, 3), "weight_bytes": streamed,
+        "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": int(runner.backend.gpu_bytes),
+        "adapter": state.adapter.as_dict(),
         # Python->JS calls per decode token (steady state, from the third token): the page
         # events + onToken, the WebSocket send + receive, the GPU binding's (writes, submit,
         # readback); the prefill and the first decode step (which builds the one-token plan
@@ -344,164 +433,142 @@ async def generate(prompt, **opts):
         "ffi_first_token": {"events": first[0], "websocket": first[1], "gpu": first[2]},
         "ffi_second_token": {"events": second[0], "websocket": second[1], "gpu": second[2]},
         "js_heap": stream.js_heap_bytes(),
-        "load": state.load_stats.get((model, split)),
+        "load": state.load_stats.get((em.name, em.manifest.get("dtype", "f32"), split)) if streamed else None,
+        "gpu": dict(runner.backend.stats),
     }
-    bs = getattr(runner.backend, "stats", None)
-    if isinstance(bs, dict):
-        stats["gpu"] = dict(bs)
     state.last_stats = stats
     _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter")})
+    status(f"{len(res.ids)} tokens · {res.finish_reason}", phase="done")
     return {"promptIds": list(prompt_ids), "ids": list(res.ids), "text": text, "stats": stats}
-
-
-def _gpu_bytes(runner):
-    b = getattr(runner.backend, "gpu_bytes", None)
-    if b is not None:
-        return int(b() if callable(b) else b)
-    n = getattr(runner, "weight_bytes", 0)
-    c = runner.cache
-    return n + int(getattr(c, "nbytes", 0) or 0)
 
 
 # --------------------------------------------------------------------------- server only
 
-JS_SSE = r"""
-(async (url, body) => {
-  const resp = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
-  if (!resp.ok) throw new Error(`POST ${url}: HTTP ${resp.status}: ${(await resp.text()).slice(0, 300)}`);
-  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = '';
-  const pending = [];
-  return {
-    async next() {
-      while (true) {
-        if (pending.length) return pending.shift();
-        const i = buf.indexOf('\n\n');
-        if (i >= 0) {
-          const ev = buf.slice(0, i); buf = buf.slice(i + 2);
-          const data = ev.split('\n').filter(l => l.startsWith('data:')).map(l => l.slice(5).trim()).join('\n');
-          if (data) pending.push(data);
-          continue;
-        }
-        const { done, value } = await reader.read();
-        if (done) return null;
-        buf += value;
-      }
-    },
-    cancel() { reader.cancel().catch(() => {}); },
-  };
-})
-"""
 
-_sse = None
-
-
-async def _server_generate(em, prompt, prompt_ids, max_new, params, chat, on_token, reason):
+async def _server_generate(em, prompt_ids, max_new, params, on_token, reason):
     """No WebGPU: the server runs everything (``/v1/completions``, SSE), still token by token."""
-    global _sse
-    if _sse is None:
-        from pyodide.code import run_js  # type: ignore[import-not-found]
-        _sse = run_js(JS_SSE)
-    status(f"No WebGPU on this device ({reason}): generating on the server", phase="fallback")
+    from .jsfiles import load
+    status(f"generating on the server ({reason})", phase="fallback")
     body = {"model": em.name, "prompt": list(prompt_ids), "max_tokens": max_new, "stream": True,
             "temperature": 0 if params.greedy else params.temperature}
     if not params.greedy:
         body.update(top_p=params.top_p, top_k=params.top_k, seed=params.seed)
-    _emit("start", {"backend": "server", "model": em.name, "split": em.model.n_layers,
+    _emit("start", {"kind": "generate", "backend": "server", "model": em.name, "split": em.model.n_layers,
                     "n_layers": em.model.n_layers, "prompt_tokens": len(prompt_ids)})
     t0 = time.perf_counter()
-    it = await _sse(state.base_url + "/v1/completions", json.dumps(body))
+    it = await load("sse")(state.base_url + "/v1/completions", json.dumps(body), stream.NET["stall_s"] * 1000)
     pieces, ttft, ids, finish, n_events = [], None, None, "length", 0
-    try:
-        while True:
-            if state.stop_requested:
-                finish = "cancelled"
-                it.cancel()
-                break
-            ev = await it.next()
-            if ev is None:
-                break
-            ev = str(ev)
-            if ev == "[DONE]":
-                break
-            d = json.loads(ev)
-            if "error" in d:
-                raise RuntimeError(f"server: {d['error'].get('message', d['error'])}")
-            extra = d.get("pyapp") or {}
-            if extra.get("ids") is not None:
-                ids = list(extra["ids"])
-            for c in d.get("choices", []):
-                piece = c.get("text") or ""
-                if piece:
-                    if ttft is None:
-                        ttft = time.perf_counter() - t0
-                    n_events += 1
-                    pieces.append(piece)
-                    if on_token is not None:
-                        on_token(piece, -1)
-                    _emit("token", {"text": piece, "id": -1, "n": n_events,
-                                    "elapsed": round(time.perf_counter() - t0, 4)})
-                if c.get("finish_reason"):
-                    finish = c["finish_reason"]
-    finally:
-        it = None
+    while True:
+        if state.stop_requested:
+            finish = "cancelled"
+            it.cancel()
+            break
+        ev = await it.next()
+        if ev is None or str(ev) == "[DONE]":
+            break
+        d = json.loads(str(ev))
+        if "error" in d:
+            raise EdgeError(f"the server failed: {d['error'].get('message', d['error'])}", "server")
+        extra = d.get("pyapp") or {}
+        if extra.get("ids") is not None:
+            ids = list(extra["ids"])
+        for c in d.get("choices", []):
+            piece = c.get("text") or ""
+            if piece:
+                if ttft is None:
+                    ttft = time.perf_counter() - t0
+                n_events += 1
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece, -1)
+                _emit("token", {"text": piece, "id": -1, "n": n_events,
+                                "elapsed": round(time.perf_counter() - t0, 4)})
+            if c.get("finish_reason"):
+                finish = c["finish_reason"]
     total = time.perf_counter() - t0
     text = "".join(pieces)
     if ids is None:
         ids = em.tokenizer.encode(text, add_special_tokens=False).ids if text else []
     dec = total - (ttft or 0)
-    stats = {"backend": "server", "reason": reason, "model": em.name, "split": em.model.n_layers,
-             "n_layers": em.model.n_layers, "prompt_tokens": len(prompt_ids), "tokens": len(ids),
-             "finish_reason": finish, "time_to_first_token": round(ttft or 0.0, 4),
+    stats = {"kind": "generate", "backend": "server", "reason": reason, "model": em.name,
+             "split": em.model.n_layers, "n_layers": em.model.n_layers, "prompt_tokens": len(prompt_ids),
+             "tokens": len(ids), "finish_reason": finish, "time_to_first_token": round(ttft or 0.0, 4),
              "tokens_per_second": round((len(ids) - 1) / dec, 3) if len(ids) > 1 and dec > 0 else 0.0,
              "weight_bytes": 0, "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": 0}
     state.last_stats = stats
     _emit("stats", stats)
+    status(f"{len(ids)} tokens · {finish} (on the server)", phase="done")
     return {"promptIds": list(prompt_ids), "ids": ids, "text": text, "stats": stats}
 
 
 # --------------------------------------------------------------------------- embeddings
 
 
-async def embed(texts, **opts):
-    model = _opt(opts, "model", default="minilm-l6")
+def _check_texts(texts):
     if isinstance(texts, str):
         texts = [texts]
-    texts = list(texts)
-    em = await get_model(model)
-    backend = _opt(opts, "backend", default="auto")
-    dev = None if backend == "server" else await get_device()
-    if dev is None:
-        return await _server_embed(em, texts)
-    split = _opt(opts, "split")
-    split = em.model.n_layers // 2 if split is None else int(split)
-    runner = await get_runner(model, split)
-    out = []
-    for t in texts:
-        ids = em.tokenizer.encode(t).ids
-        if len(ids) > em.model.max_context:
-            raise ValueError(f"text of {len(ids)} tokens is longer than the context of {em.model.max_context}")
-        out.append(await runner.embed(ids))
+    if not isinstance(texts, (list, tuple)) or not texts:
+        raise EdgeError("embed() takes a string or a non-empty list of strings", "bad_input")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            raise EdgeError(f"text {i} is {'empty' if isinstance(t, str) else 'not a string'}: "
+                            "embed() takes non-empty strings", "bad_input")
+    return list(texts)
+
+
+async def embed(texts, **opts):
+    """Pooled, L2-normalised embeddings of ``texts``: each sequence at its own length, packed
+    with the others into as few GPU steps as fit (no padding; attention and pooling per text)."""
+    o = op.check(opts, op.EMBED)
+    texts = _check_texts(texts)
+    em = await _model_for(o.get("model"), "encoder")
+    n = em.model.n_layers
+    split = op.check_split(o["split"], n, em.name) if "split" in o else n // 2
+    seqs = [em.tokenizer.encode(t).ids for t in texts]
+    for i, s in enumerate(seqs):
+        if len(s) > em.model.max_context:
+            raise EdgeError(f"text {i} is {len(s)} tokens, longer than {em.name}'s context of "
+                            f"{em.model.max_context}", "too_long")
+    async with _GpuJob(o.get("wait", True), "embed"):
+        t0 = time.perf_counter()
+        dev, reason = await _use_gpu(o.get("backend", "auto"))
+        if dev is None:
+            out = await _server_embed(em, seqs)
+            streamed, backend, split = 0, "server", n
+        else:
+            runner, streamed = await get_runner(em, split)
+            out = await runner.embed(seqs)
+            backend = "webgpu"
+        secs = time.perf_counter() - t0
+    stats = {"kind": "embed", "backend": backend, "model": em.name, "split": split, "n_layers": n,
+             "texts": len(texts), "tokens": sum(len(s) for s in seqs), "seconds": round(secs, 3),
+             "embeddings_per_second": round(len(texts) / secs, 2) if secs > 0 else 0.0,
+             "weight_bytes": streamed}
+    if backend == "server":
+        stats["reason"] = reason
+    state.last_stats = stats
+    _emit("stats", stats)
+    status(f"{len(texts)} embeddings · {stats['embeddings_per_second']} a second", phase="done")
     return out
 
 
-async def _server_embed(em, texts):
-    import js  # type: ignore[import-not-found]
-    from pyodide.ffi import to_js  # type: ignore[import-not-found]
-    init = to_js({"method": "POST", "headers": {"content-type": "application/json"},
-                  "body": json.dumps({"model": em.name, "input": texts})},
-                 dict_converter=js.Object.fromEntries)
-    resp = await js.fetch(state.base_url + "/v1/embeddings", init)
-    txt = str(await resp.text())
-    if not resp.ok:
-        raise RuntimeError(f"/v1/embeddings: HTTP {resp.status}: {txt[:300]}")
-    d = json.loads(txt)
+async def _server_embed(em, seqs):
+    d = await stream.fetch_json(state.base_url + "/v1/embeddings", {
+        "method": "POST", "headers": {"content-type": "application/json"},
+        "body": json.dumps({"model": em.name, "input": seqs})})
     return [e["embedding"] for e in sorted(d["data"], key=lambda e: e["index"])]
 
 
 async def tokenize(text, **opts):
-    em = await get_model(_opt(opts, "model", default=DEFAULT_MODEL))
-    return em.prompt_ids(text, bool(_opt(opts, "chat", default=False)))
+    o = op.check(opts, op.TOKENIZE)
+    chat = o.get("chat", False)
+    em = await get_model(await _model_name(o.get("model"), "causal_lm"))
+    return em.prompt_ids(_check_prompt(text, chat), chat)
+
+
+async def adapter():
+    """This page's WebGPU adapter: {available, reason, vendor, architecture, is_cpu, limits...}."""
+    return (await adapter_info()).as_dict()
 
 
 async def run_python(code):
@@ -514,10 +581,12 @@ def stats():
     return {"last": state.last_stats, "adapter": state.adapter.as_dict() if state.adapter else None,
             "device_error": state.device_error, "gflops": state.gflops,
             "wasm_heap": stream.wasm_heap_bytes(), "js_heap": stream.js_heap_bytes(),
-            "loads": {f"{k[0]}@{k[1]}": v for k, v in state.load_stats.items()}}
+            "resident": [{"model": k[0], "dtype": k[1], "split": k[2], "gpu_bytes": int(r.backend.gpu_bytes)}
+                         for k, r in state.runners.items()],
+            "loads": {f"{k[0]}@{k[2]}": v for k, v in state.load_stats.items()}}
 
 
-# --------------------------------------------------------------------------- JS wrappers
+# --------------------------------------------------------------------------- JS entries
 
 
 def _to_js(v):
@@ -526,47 +595,65 @@ def _to_js(v):
     return to_js(v, dict_converter=js.Object.fromEntries)
 
 
-def _opts_from_js(o):
-    if o is None:
+def _py(v):
+    """A JS argument as Python data (options keep their JS functions, e.g. onToken)."""
+    return v.to_py(depth=1) if hasattr(v, "to_py") else v
+
+
+def _js_opts(o):
+    o = _py(o)
+    if o is None or type(o).__name__ == "JsNull":
         return {}
-    if hasattr(o, "to_py"):
-        d = o.to_py(depth=1)       # keeps onToken as a JS function
-        return dict(d)
-    return dict(o)
+    if not isinstance(o, dict):
+        raise EdgeError("options must be an object, e.g. {model: 'smollm2-135m'}", "bad_option")
+    return {k: (None if type(v).__name__ == "JsNull" else v) for k, v in o.items()}
 
 
-async def generate_js(prompt, opts=None):
-    p = prompt.to_py() if hasattr(prompt, "to_py") else prompt
-    return _to_js(await generate(p, **_opts_from_js(opts)))
+def _args(name):
+    """How each JS entry maps its JS arguments to the Python call."""
+    return {
+        "generate": lambda p, o=None: generate(_py_deep(p), **_js_opts(o)),
+        "embed": lambda t, o=None: embed(_py_deep(t), **_js_opts(o)),
+        "tokenize": lambda t, o=None: tokenize(_py_deep(t), **_js_opts(o)),
+        "default_split": lambda m=None: default_split(_py(m)),
+        "adapter": lambda: adapter(),
+        "models": lambda: list_models(),
+    }[name]
 
 
-async def embed_js(texts, opts=None):
-    t = texts.to_py() if hasattr(texts, "to_py") else texts
-    return _to_js(await embed(t, **_opts_from_js(opts)))
+def _py_deep(v):
+    return v.to_py() if hasattr(v, "to_py") else v
 
 
-async def tokenize_js(text, opts=None):
-    return _to_js(await tokenize(text, **_opts_from_js(opts)))
+def _js_entry(name):
+    """The JS-facing entry for ``name``: api.js turns {value} / {error} into a value or an Error."""
+    from pyodide.ffi import create_proxy  # type: ignore[import-not-found]
+
+    from .jsfiles import load
+    call = _args(name)
+
+    async def run(*args):
+        try:
+            return _to_js({"value": await call(*args)})
+        except Exception as e:  # noqa: BLE001 - every failure becomes one sentence for JS
+            d = describe(e)
+            if d["code"] == "internal":
+                status(d["message"], phase="error")
+            return _to_js({"error": d})
+    return load("api")(create_proxy(run))
 
 
-async def default_split_js(model):
-    return _to_js((await default_split(model)).as_dict())
-
-
-async def adapter_js():
-    return _to_js((await adapter_info()).as_dict())
+JS_ENTRIES = ("generate", "embed", "tokenize", "default_split", "adapter", "models")
 
 
 def stats_js():
     return _to_js(stats())
 
 
-async def models_js():
-    return _to_js(await stream.fetch_json(state.base_url + "/v1/models"))
-
-
 def install(base_url=""):
-    """Called once by the page's boot with the site's origin (``import pyapp`` reaches this
-    API through ``pyapp.__getattr__``)."""
+    """Called once by the page's boot with the site's origin: makes the ``<name>_js`` entries
+    (``import pyapp`` reaches the Python API through ``pyapp.__getattr__``)."""
     state.base_url = base_url.rstrip("/")
+    for name in JS_ENTRIES:
+        globals()[f"{name}_js"] = _js_entry(name)
     return True

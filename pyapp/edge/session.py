@@ -16,41 +16,16 @@ from __future__ import annotations
 import json
 
 
+from .errors import EdgeError
+from .jsfiles import load
+from .stream import NET, absolute_url, fetch_json
+
 # --------------------------------------------------------------------------- the WebSocket
-
-JS_WS = r"""
-((url) => {
-  const ws = new WebSocket(url);
-  ws.binaryType = 'arraybuffer';
-  const queue = [], waiters = [];
-  let closed = null;
-  const deliver = (m) => { const w = waiters.shift(); if (w) w.resolve(m); else queue.push(m); };
-  ws.onmessage = (e) => deliver(typeof e.data === 'string' ? { text: e.data } : { data: new Float32Array(e.data) });
-  ws.onclose = (e) => { closed = `closed (${e.code}${e.reason ? ': ' + e.reason : ''})`;
-                        while (waiters.length) waiters.shift().reject(new Error('WebSocket ' + closed)); };
-  const opened = new Promise((res, rej) => { ws.onopen = () => res(true); ws.onerror = () => rej(new Error('WebSocket error on ' + url)); });
-  return {
-    opened,
-    sendIds(ids) { if (closed) throw new Error('WebSocket ' + closed); ws.send(Int32Array.from(ids)); },
-    sendText(s) { if (closed) throw new Error('WebSocket ' + closed); ws.send(s); },
-    recv() { if (queue.length) return Promise.resolve(queue.shift());
-             if (closed) return Promise.reject(new Error('WebSocket ' + closed));
-             return new Promise((resolve, reject) => waiters.push({ resolve, reject })); },
-    close() { try { ws.close(); } catch (e) {} },
-    get isOpen() { return !closed && ws.readyState === 1; },
-  };
-})
-"""
-
-_ws_factory = None
 
 
 def _ws(url):
-    global _ws_factory
-    if _ws_factory is None:
-        from pyodide.code import run_js  # type: ignore[import-not-found]
-        _ws_factory = run_js(JS_WS)
-    return _ws_factory(url)
+    """A WebSocket (ws.js) whose open and every reply are bounded by NET["stall_s"]."""
+    return load("ws")(url, NET["stall_s"] * 1000)
 
 
 def ws_url(base_url, path):
@@ -70,21 +45,16 @@ class ServerSession:
         self.split = split
         self.base_url = base_url
         self.id = None
+        self.key = ""
         self.ws = None
         self.position = 0
         self.crossings = 0          # awaits/calls into JS per session (FFI crossings)
 
     async def open(self):
         import js  # type: ignore[import-not-found]
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
-        body = json.dumps({"model": self.model, "split": self.split})
-        init = to_js({"method": "POST", "headers": {"content-type": "application/json"}, "body": body},
-                     dict_converter=js.Object.fromEntries)
-        resp = await js.fetch(self.base_url + "/v1/sessions", init)
-        text = str(await resp.text())
-        if not resp.ok:
-            raise RuntimeError(f"POST /v1/sessions: HTTP {resp.status}: {text[:300]}")
-        info = json.loads(text)
+        info = await fetch_json(absolute_url(self.base_url, "/v1/sessions"), {
+            "method": "POST", "headers": {"content-type": "application/json"},
+            "body": json.dumps({"model": self.model, "split": self.split})})
         self.id = info["id"]
         self.key = info.get("key", "")   # the session's capability; info["ws"] already carries it
         self.ws = _ws(ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws"))
@@ -96,7 +66,7 @@ class ServerSession:
         if self.ws is None or not self.ws.isOpen:
             await self.open()
             if self.position:
-                raise RuntimeError("the server session was lost mid-generation")
+                raise EdgeError("the server session was lost mid-generation", "network")
         self.ws.sendIds(ids)
         msg = await self.ws.recv()
         self.crossings += 2
@@ -104,7 +74,7 @@ class ServerSession:
         if data is None:
             err = str(getattr(msg, "text", "")) or "no data"
             msg = None
-            raise RuntimeError(f"server: {err}")
+            raise EdgeError(f"the server's layers failed: {_server_message(err)}", "server")
         msg = None
         self.position += len(ids)
         return data
@@ -116,27 +86,52 @@ class ServerSession:
             txt = str(getattr(msg, "text", "") or "")
             msg = None
             if txt and '"error"' in txt:
-                raise RuntimeError(f"server reset: {txt[:200]}")
+                raise EdgeError(f"the server could not reset the session: {_server_message(txt)}", "server")
         self.position = 0
 
     def close(self):
         if self.ws is not None:
             self.ws.close()
             self.ws = None
-            self.ws = None
         if self.id:
-            try:
-                import js  # type: ignore[import-not-found]
-                from pyodide.ffi import to_js  # type: ignore[import-not-found]
-                js.fetch(f"{self.base_url}/v1/sessions/{self.id}",
-                         to_js({"method": "DELETE", "headers": {"x-session-key": self.key}},
-                               dict_converter=js.Object.fromEntries))
-            except Exception:  # noqa: BLE001
-                pass
+            import js  # type: ignore[import-not-found]
+            from pyodide.ffi import to_js  # type: ignore[import-not-found]
+            # fire and forget (the server also expires idle sessions); the key is the capability
+            js.fetch(f"{self.base_url}/v1/sessions/{self.id}",
+                     to_js({"method": "DELETE", "headers": {"x-session-key": self.key}},
+                           dict_converter=js.Object.fromEntries)).catch(lambda e: None)
             self.id = None
 
 
 # --------------------------------------------------------------------------- split runner
+
+
+def _server_message(text: str) -> str:
+    """The message of the server's ``{"error": {"message": ...}}`` text frame, else the text."""
+    try:
+        err = json.loads(text).get("error")
+        return str(err.get("message", err) if isinstance(err, dict) else err)
+    except (ValueError, AttributeError):
+        return text[:200]
+
+
+def _free(cache):
+    if cache is not None:
+        cache.destroy()
+
+
+def pack(seqs, max_rows):
+    """Consecutive groups of ``seqs`` of at most ``max_rows`` tokens together (order kept)."""
+    groups, cur, n = [], [], 0
+    for s in seqs:
+        if cur and n + len(s) > max_rows:
+            groups.append(cur)
+            cur, n = [], 0
+        cur.append(s)
+        n += len(s)
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 class SplitRunner:
@@ -148,82 +143,52 @@ class SplitRunner:
         self.backend = backend        # GpuBackend for [split, N) (+ embed when split == 0)
         self.server = server          # ServerSession, or None at split 0
         self.cache = None
-        self.ffi_calls = 0
-
-    def _new_cache(self, capacity):
-        be = self.backend
-        n = self.em.model.n_layers
-        try:
-            return be.new_cache(capacity, self.split, n)
-        except TypeError:
-            return be.new_cache(capacity)
+        self.weight_bytes = 0         # bytes streamed to build this runner
 
     async def reset(self, capacity):
+        """A fresh generation: the server's cache rewound, a new GPU cache here."""
         if self.server is not None:
             await self.server.reset()
-        old = self.cache
-        if old is not None and hasattr(old, "destroy"):
-            try:
-                old.destroy()
-            except Exception:  # noqa: BLE001
-                pass
-        self.cache = self._new_cache(capacity)
+        _free(self.cache)
+        self.cache = self.backend.new_cache(capacity, self.split, self.em.model.n_layers)
 
     async def step(self, ids, n, params):
         if self.server is None:
-            tok = await self.backend.step_async(ids=list(ids), cache=self.cache, params=params, n=n)
-            self.ffi_calls += 1
-            return int(tok)
+            return int(await self.backend.step_async(ids=list(ids), cache=self.cache, params=params, n=n))
         x = await self.server.forward(ids)
-        try:
-            tok = await self.backend.step_async(x=x, cache=self.cache, params=params, n=n)
-        finally:
-            x = None
-        self.ffi_calls += 3
-        return int(tok)
+        return int(await self.backend.step_async(x=x, cache=self.cache, params=params, n=n))
 
-    async def embed(self, ids):
-        """Encoder models: the pooled, normalised embedding of one text (a list of floats)."""
-        be = self.backend
-        cache = self._new_cache(len(ids)) if self.em.model.causal else None
-        if self.server is not None:
+    async def embed(self, seqs):
+        """Encoder models: the pooled, normalised embeddings of token sequences, packed into as
+        few GPU steps as fit ``max_tokens`` rows, never padded (``segments``: each sequence
+        attends and pools only within itself)."""
+        out = []
+        for group in pack(seqs, self.backend.max_tokens):
+            lens = [len(s) for s in group]
+            if self.server is None:
+                kw = {"ids": [i for s in group for i in s]}
+            else:
+                kw = {"x": await self._server_hidden(group)}
+            flat = await self.backend.forward_async(segments=lens, **kw)
+            D = len(flat) // len(group)
+            out += [[float(v) for v in flat[i * D:(i + 1) * D]] for i in range(len(group))]
+        return out
+
+    async def _server_hidden(self, group):
+        """Layers [0, split) of each sequence on the server, packed into one JS Float32Array."""
+        import js  # type: ignore[import-not-found]
+        D = self.em.model.hidden
+        packed = js.Float32Array.new(sum(len(s) for s in group) * D)
+        row = 0
+        for ids in group:
             await self.server.reset()
-            x = await self.server.forward(ids)
-            self.server.position = 0
-            kw = {"x": x}
-        else:
-            x = None
-            kw = {"ids": list(ids)}
-        try:
-            fwd = getattr(be, "forward_async", None) or getattr(be, "embed_async", None)
-            out = await fwd(cache=cache, **kw) if fwd is not None else await _embed_via_plan(be, cache, **kw)
-        finally:
-            if x is not None:
-                x = None
-        if hasattr(out, "to_py"):           # a small Float32Array: the embedding, not weights
-            vals = list(out.to_py())
-            out = None
-        else:
-            vals = list(out)
-        if vals and isinstance(vals[0], (list, tuple)):
-            vals = vals[0]
-        return [float(v) for v in vals]
+            packed.set(await self.server.forward(ids), row * D)
+            row += len(ids)
+        return packed
 
     def close(self):
         if self.server is not None:
             self.server.close()
-
-
-async def _embed_via_plan(be, cache, ids=None, x=None):
-    """Encoder forward on a GpuBackend without forward_async: its recorded plan, one submit,
-    then the pooled embedding (hidden floats, not weights) read back."""
-    import struct
-    m = be.model
-    rec, T, pos0, head, writes = be._prepare(ids, x, cache, None, None, True, False, False)
-    be.device.submit(rec, writes)
-    emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
-    raw = await be.device.read_async(be.acts[emb], 0, m.hidden * 4)
-    if hasattr(raw, "to_py"):
-        raw = raw.to_py()
-    raw = bytes(raw)
-    return list(struct.unpack(f"<{m.hidden}f", raw[:m.hidden * 4]))
+        _free(self.cache)
+        self.cache = None
+        self.backend.destroy()

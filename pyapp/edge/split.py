@@ -107,8 +107,8 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
         why = (f"{adapter.architecture or 'fallback'} is a CPU fallback adapter, slower than the "
                f"server's CPU: the server runs all {n} layers, the edge the final norm and head")
         if gflops:
-            why += (f" (measured {gflops:.1f} GFLOP/s here: all {n} layers would cost about "
-                    f"{ms_per_token(0):.0f} ms a token)")
+            why += (f" (measured {gflops:.2g} GFLOP/s here: the head costs about {ms:.0f} ms a "
+                    f"token on this GPU, all {n} layers would cost about {ms_per_token(0):.0f} ms)")
         return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
     if gflops is None:
         k = max(min_k, n // 2)
@@ -118,7 +118,7 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
     while k < n and ms_per_token(k) > budget_ms:
         k += 1
     ms = ms_per_token(k)
-    why = (f"measured {gflops:.1f} GFLOP/s: layers {k}..{n - 1} on this GPU cost about {ms:.1f} ms "
+    why = (f"measured {gflops:.2g} GFLOP/s: layers {k}..{n - 1} on this GPU cost about {ms:.1f} ms "
            f"a token (budget {budget_ms:.0f} ms)")
     if k > min_k and min_k > 0:
         why += f"; at most {edge_bytes(min_k) / 1e6:.0f} MB of weights fit"
@@ -127,70 +127,23 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
 
 # --------------------------------------------------------------------------- probing (browser)
 
-JS_PROBE = r"""
-(async () => {
-  const out = { available: false, reason: '' };
-  if (!globalThis.navigator || !navigator.gpu) { out.reason = 'this browser has no navigator.gpu (WebGPU is off or unsupported)'; return out; }
-  let adapter = null;
-  try { adapter = await navigator.gpu.requestAdapter(); } catch (e) { out.reason = 'requestAdapter failed: ' + e; return out; }
-  if (!adapter) { out.reason = 'navigator.gpu.requestAdapter() returned no adapter (blocked or no GPU)'; return out; }
-  const info = adapter.info || {};
-  Object.assign(out, { available: true, vendor: info.vendor || '', architecture: info.architecture || '',
-    description: info.description || '', is_fallback: !!(adapter.isFallbackAdapter || info.isFallbackAdapter),
-    max_buffer_size: Number(adapter.limits.maxBufferSize), max_storage_binding: Number(adapter.limits.maxStorageBufferBindingSize),
-    features: Array.from(adapter.features || []) });
-  return out;
-})()
-"""
-
-# f32 GEMV, one output row per invocation, vec4 loads: the shape of the edge's hot kernel.
-JS_GEMV_BENCH = r"""
-(async (device, rows, cols, iters) => {
-  const code = `
-@group(0) @binding(0) var<storage, read> W: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3<u32>) {
-  let r = g.x; if (r >= ${rows}u) { return; }
-  var s = 0.0; let n = ${cols / 4}u;
-  for (var i = 0u; i < n; i++) { s += dot(W[r * n + i], x[i]); }
-  y[r] = s;
-}`;
-  const mod = device.createShaderModule({ code });
-  const pipe = device.createComputePipeline({ layout: 'auto', compute: { module: mod, entryPoint: 'main' } });
-  const mk = (n, u) => device.createBuffer({ size: n * 4, usage: u });
-  const S = GPUBufferUsage.STORAGE;
-  const W = mk(rows * cols, S), x = mk(cols, S), y = mk(rows, S);
-  const bg = device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries: [
-    { binding: 0, resource: { buffer: W } }, { binding: 1, resource: { buffer: x } }, { binding: 2, resource: { buffer: y } }] });
-  const run = async (k) => {
-    const enc = device.createCommandEncoder(); const p = enc.beginComputePass(); p.setPipeline(pipe); p.setBindGroup(0, bg);
-    for (let i = 0; i < k; i++) p.dispatchWorkgroups(Math.ceil(rows / 64));
-    p.end(); device.queue.submit([enc.finish()]); await device.queue.onSubmittedWorkDone();
-  };
-  await run(1);
-  const t0 = performance.now(); await run(iters); const ms = (performance.now() - t0) / iters;
-  W.destroy(); x.destroy(); y.destroy();
-  return { ms, gflops: 2 * rows * cols / (ms * 1e6) };
-})
-"""
-
-
 async def probe_adapter():
-    """AdapterInfo for this page (no device requested)."""
-    from pyodide.code import run_js  # type: ignore[import-not-found]
-    r = await run_js(JS_PROBE)
-    d = r.to_py() if hasattr(r, "to_py") else dict(r)
+    """AdapterInfo for this page (no device requested): probe.js."""
+    from .jsfiles import load
+    d = (await load("probe")()).to_py()
     return AdapterInfo(**{k: v for k, v in d.items() if k in AdapterInfo.__dataclass_fields__})
+
+
+def gemv_bench_wgsl(rows: int, cols: int) -> str:
+    """The speed probe's kernel (pyapp/kernels/gemv_bench.wgsl) for a rows x cols f32 matrix."""
+    from string import Template
+
+    from ..kernels import source
+    return Template(source("gemv_bench")).substitute(ROWS=rows, COLS4=cols // 4)
 
 
 async def measure_gflops(device, rows=1536, cols=576, iters=8):
     """Quick f32 GEMV speed on ``device`` (an MLP-sized matrix; ~50 ms on SwiftShader)."""
-    from pyodide.code import run_js  # type: ignore[import-not-found]
-    fn = run_js(JS_GEMV_BENCH)
-    r = await fn(device, rows, cols, iters)
-    g = float(r.gflops)
-    r = None
-    fn = None
-    return g
+    from .jsfiles import load
+    r = await load("gemv_bench")(device, gemv_bench_wgsl(rows, cols), rows, cols, iters)
+    return float(r.gflops)

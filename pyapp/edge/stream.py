@@ -1,46 +1,42 @@
 """Weight streaming: manifest chunks -> GPU buffers, the bytes never entering the wasm heap.
 
-Python orchestrates (which chunks, how many in flight, where each tensor goes); a small JS
-helper (``JS_HELPER`` below, evaluated once) moves the bytes: ``fetch`` with a ``Range`` header,
-the response body read chunk by chunk into one JS ``Uint8Array`` per manifest chunk, resumed
-with a new ``Range`` from the first missing byte when a body breaks off or comes up short,
-checked with ``crypto.subtle.digest('SHA-256')`` and refetched (bypassing the HTTP cache) when
-the digest is wrong.  Python then sees a JsProxy of that array and hands ``subarray`` views of it
-to the GPU (``queue.writeBuffer`` or a ``mappedAtCreation`` buffer).  Never call ``to_py()`` or
-``bytes()`` on weight data.
-
-FFI crossings per chunk: one await of ``fetchChunk``, one call per tensor for the upload (or one
-for the whole chunk with :class:`GpuBufferSink`), and a handful of attribute reads.
+Python orchestrates (which chunks, how many in flight, where each tensor goes); ``stream.js``
+(evaluated once) moves the bytes: ``fetch`` with a ``Range`` header, the body read into one JS
+``Uint8Array`` per manifest chunk, resumed with a new ``Range`` from the first missing byte when a
+body breaks off, ends short or stalls, checked with SHA-256 (``crypto.subtle``, or the vendored
+js-sha256 where the page is not a secure context) and refetched (bypassing the HTTP cache) when
+the digest is wrong.  Every wait is bounded (:data:`NET`).  Python then sees a JsProxy of that
+array and hands ``subarray`` views of it to ``GpuBackend.write_weight``.  Never call ``to_py()``
+or ``bytes()`` on weight data.
 
 The planning half (:func:`select_chunks`, :func:`plan_requests`) is pure Python and runs on
-CPython for the tests.
+CPython for the tests; measurements (upload paths, plain fetch) live in ``measure.py``.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from dataclasses import dataclass, field
+
+from .errors import EdgeError, describe
 
 IS_PYODIDE = sys.platform == "emscripten"
 
 # Ranges of one chunk closer than this are fetched in one request and the gap dropped.
 COALESCE_GAP = 64 * 1024
 DEFAULT_PARALLEL = 3
+# Network limits: no bytes for stall_s aborts a request; it is retried from the missing byte at
+# most tries times (backoff up to 2 s), so a dead connection fails after about
+# (tries + 1) * stall_s.  Small documents (manifest, tokenizer, API replies) get doc_s each.
+NET = {"stall_s": 20.0, "tries": 4, "doc_s": 30.0, "doc_tries": 3}
 
 # --------------------------------------------------------------------------- planning (pure)
 
 
 def chunk_tensor_names(chunk):
     return [t["name"] for t in chunk["tensors"]]
-
-
-def chunk_ids_for(n_layers, start, stop, embed, head):
-    ids = ["embed"] if embed else []
-    ids += [f"layer.{i}" for i in range(start, stop)]
-    if head:
-        ids.append("head")
-    return ids
 
 
 def select_chunks(manifest, needed=None, ids=None):
@@ -125,172 +121,11 @@ def absolute_url(base, url):
 
 # --------------------------------------------------------------------------- the JS half
 
-JS_HELPER = r"""
-(() => {
-  const now = () => performance.now();
-  const hex = (buf) => Array.from(new Uint8Array(buf), b => b.toString(16).padStart(2, '0')).join('');
-  const sleep = (ms) => new Promise(r => setTimeout(r, ms));
-  const jsHeap = () => (globalThis.performance && performance.memory) ? performance.memory.usedJSHeapSize : 0;
-  const totals = { peakJsHeap: jsHeap(), bytes: 0, resumes: 0, errors: 0, refetches: 0, requests: 0 };
-  const sample = () => { const h = jsHeap(); if (h > totals.peakJsHeap) totals.peakJsHeap = h; };
-  let lastEmit = 0;
-  function emit(detail, force) {
-    const t = now();
-    if (!force && t - lastEmit < 80) return;
-    lastEmit = t;
-    try { globalThis.dispatchEvent(new CustomEvent('pyapp:progress', { detail })); } catch (e) {}
-  }
-
-  // Fill dst[pieces' dst offsets] with bytes [reqOff, reqOff+reqLen) of url, resuming on failure.
-  async function readRequest(url, reqOff, reqLen, pieces, dst, st, reload, opts) {
-    let got = 0, tries = 0;
-    const maxTries = opts.maxTries || 6;
-    while (got < reqLen) {
-      const a = reqOff + got, b = reqOff + reqLen - 1;
-      try {
-        totals.requests++;
-        const resp = await fetch(url, { headers: { Range: `bytes=${a}-${b}` },
-                                        cache: (reload || tries > 0) ? 'reload' : 'default' });
-        if (resp.status !== 206 && resp.status !== 200) {
-          const err = new Error(`HTTP ${resp.status} for ${url}`);
-          if (resp.status >= 400 && resp.status < 500 && resp.status !== 408 && resp.status !== 429) err.fatal = true;
-          throw err;
-        }
-        let skip = resp.status === 200 ? a : 0;   // the server ignored Range: skip to our offset
-        if (resp.status === 206) {
-          const cr = resp.headers.get('Content-Range') || '';
-          const m = /bytes\s+(\d+)-/.exec(cr);
-          if (m && Number(m[1]) !== a) throw new Error(`Content-Range ${cr} does not start at ${a}`);
-        }
-        const reader = resp.body.getReader();
-        try {
-          while (got < reqLen) {
-            const { done, value } = await reader.read();
-            if (done) break;
-            let v = value;
-            if (skip) {
-              if (v.length <= skip) { skip -= v.length; continue; }
-              v = v.subarray(skip); skip = 0;
-            }
-            let n = Math.min(v.length, reqLen - got);
-            // copy the kept pieces of file bytes [reqOff+got, reqOff+got+n) into dst
-            const lo = reqOff + got, hi = lo + n;
-            for (const [po, pl, pd] of pieces) {
-              const s = Math.max(lo, po), e = Math.min(hi, po + pl);
-              if (s < e) dst.set(v.subarray(s - lo, e - lo), pd + (s - po));
-            }
-            got += n; st.loaded += n; totals.bytes += n;
-            sample();
-            emit({ id: st.id, loaded: st.loaded, bytes: st.bytes, ms: now() - st.t0, layer: st.layer });
-          }
-        } finally {
-          if (got >= reqLen) reader.cancel().catch(() => {});
-        }
-        if (got < reqLen) { st.resumes++; totals.resumes++; }
-      } catch (e) {
-        st.errors++; totals.errors++;
-        st.lastError = String(e && e.message || e);
-        if (e && e.fatal) throw e;
-      }
-      if (got < reqLen) {
-        if (++tries > maxTries) throw new Error(`giving up on ${url} bytes ${a}-${b} after ${tries} tries: ${st.lastError || 'short body'}`);
-        await sleep(Math.min(2000, 50 * 2 ** tries));
-      }
-    }
-  }
-
-  // One manifest chunk: its (coalesced) requests, then the sha256 of the concatenated ranges.
-  async function fetchChunk(url, requests, bytes, sha256, id, layer, opts) {
-    opts = opts || {};
-    const st = { id, layer, bytes, loaded: 0, resumes: 0, errors: 0, refetches: 0, requests: requests.length,
-                 t0: now(), msFetch: 0, msDigest: 0, lastError: null };
-    const maxAttempts = opts.maxAttempts || 4;
-    for (let attempt = 0; ; attempt++) {
-      let dst = new Uint8Array(bytes);
-      st.loaded = 0;
-      const t1 = now();
-      for (const [ro, rl, pieces] of requests)
-        await readRequest(url, ro, rl, pieces, dst, st, attempt > 0, opts);
-      st.msFetch += now() - t1;
-      const t2 = now();
-      const digest = (sha256 && opts.verify !== false && globalThis.crypto && crypto.subtle)
-        ? hex(await crypto.subtle.digest('SHA-256', dst)) : null;
-      st.msDigest += now() - t2;
-      st.verified = digest !== null;
-      if (digest === null || digest === sha256) {
-        st.ms = now() - st.t0;
-        emit({ id, loaded: bytes, bytes, ms: st.ms, layer, done: true }, true);
-        return { data: dst, stats: st };
-      }
-      st.refetches++; totals.refetches++;
-      st.lastError = `sha256 mismatch for chunk ${id} (got ${digest.slice(0, 12)}..)`;
-      console.warn('[pyapp] ' + st.lastError + ', refetching');
-      dst = null;
-      if (attempt + 1 >= maxAttempts) throw new Error(st.lastError + ` after ${maxAttempts} attempts`);
-    }
-  }
-
-  // A plain fetch of the same bytes, for comparison (arrayBuffer(), nothing else).
-  async function plainFetch(url, requests) {
-    const t0 = now(); let n = 0;
-    for (const [ro, rl] of requests) {
-      const r = await fetch(url, { headers: { Range: `bytes=${ro}-${ro + rl - 1}` }, cache: 'reload' });
-      n += (await r.arrayBuffer()).byteLength;
-    }
-    return { bytes: n, ms: now() - t0 };
-  }
-
-  const align4 = (n) => (n + 3) & ~3;
-  // Upload the tensors of one chunk into fresh GPU buffers: one FFI call per chunk.
-  //   mode 'writeBuffer': createBuffer + queue.writeBuffer(buf, 0, data, off, len)
-  //   mode 'mapped':      createBuffer({mappedAtCreation}) + set() into the mapped range + unmap
-  function uploadTensors(device, data, slices, mode, usage) {
-    const t0 = now();
-    const out = new Map();
-    usage = usage || (GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC);
-    for (const [name, off, len] of slices) {
-      const size = align4(len);
-      if (mode === 'mapped') {
-        const buf = device.createBuffer({ size, usage, mappedAtCreation: true, label: name });
-        new Uint8Array(buf.getMappedRange(0, size)).set(data.subarray(off, off + len));
-        buf.unmap();
-        out.set(name, buf);
-      } else {
-        const buf = device.createBuffer({ size, usage, label: name });
-        if (len % 4 === 0) device.queue.writeBuffer(buf, 0, data, off, len);
-        else { const pad = new Uint8Array(size); pad.set(data.subarray(off, off + len)); device.queue.writeBuffer(buf, 0, pad); }
-        out.set(name, buf);
-      }
-    }
-    sample();
-    return { buffers: out, ms: now() - t0 };
-  }
-
-  // Tensor views for a Python sink: one JS array of subarrays, so Python crosses once per chunk.
-  function views(data, slices) { return slices.map(([name, off, len]) => data.subarray(off, off + len)); }
-
-  function wasmHeap() {
-    const py = globalThis.pyodide || globalThis.__pyodide;
-    try { return py._module.HEAPU8.buffer.byteLength; } catch (e) { return 0; }
-  }
-
-  async function gpuDone(device) { if (device) await device.queue.onSubmittedWorkDone(); }
-
-  return { fetchChunk, plainFetch, uploadTensors, views, jsHeap, wasmHeap, totals, sample, emit, gpuDone,
-           resetTotals() { Object.assign(totals, { peakJsHeap: jsHeap(), bytes: 0, resumes: 0, errors: 0, refetches: 0, requests: 0 }); } };
-})()
-"""
-
-_helper = None
-
 
 def js_helper():
-    """The JS helper object (created once per page)."""
-    global _helper
-    if _helper is None:
-        from pyodide.code import run_js  # type: ignore[import-not-found]
-        _helper = run_js(JS_HELPER)
-    return _helper
+    """The ``stream.js`` object (evaluated once per page)."""
+    from .jsfiles import load
+    return load("stream")
 
 
 def wasm_heap_bytes():
@@ -333,47 +168,6 @@ class BackendSink:
             js_slices = None
 
 
-class GpuBufferSink:
-    """Uploads into fresh GPU buffers it owns, one per tensor (``mode``: 'writeBuffer' | 'mapped').
-
-    ``buffers`` maps tensor name -> GPUBuffer (JsProxy).  Used to measure the two upload paths
-    and by the heap test; a backend that can adopt buffers may take them over.
-    """
-
-    def __init__(self, device, mode="writeBuffer"):
-        self.device = device
-        self.mode = mode
-        self.buffers = {}
-        self.upload_ms = 0.0
-
-    async def write(self, helper, data, slices):
-        from pyodide.ffi import to_js  # type: ignore[import-not-found]
-        js_slices = to_js([list(s) for s in slices])
-        res = helper.uploadTensors(self.device, data, js_slices, self.mode)
-        js_slices = None
-        self.upload_ms += float(res.ms)
-        bufs = res.buffers
-        for name, _o, _l in slices:
-            self.buffers[name] = bufs.get(name)
-        bufs = None
-        res = None
-
-    def destroy(self):
-        for b in self.buffers.values():
-            try:
-                b.destroy()
-            except Exception:  # noqa: BLE001
-                pass
-        self.buffers.clear()
-
-
-class NullSink:
-    """Drops the bytes (fetch + verify only)."""
-
-    async def write(self, helper, data, slices):
-        return None
-
-
 # --------------------------------------------------------------------------- the loader
 
 
@@ -410,8 +204,6 @@ class LoadStats:
     refetches: int = 0
     requests: int = 0
     chunks: list = field(default_factory=list)
-    plain_fetch_seconds: float | None = None
-    mode: str = ""
 
     @property
     def wasm_heap_growth(self):
@@ -433,8 +225,7 @@ class LoadStats:
             "wasm_heap_growth_ratio": self.wasm_heap_growth_ratio,
             "js_heap_before": self.js_heap_before, "peak_js_heap": self.peak_js_heap,
             "resumes": self.resumes, "errors": self.errors, "refetches": self.refetches,
-            "requests": self.requests, "mode": self.mode,
-            "plain_fetch_seconds": self.plain_fetch_seconds,
+            "requests": self.requests,
             "chunks": [dict(c.__dict__, mb_per_s=round(c.mb_per_s, 2)) for c in self.chunks],
         }
 
@@ -444,16 +235,18 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
     """Fetch, verify and upload ``chunks`` with at most ``parallel`` in flight.
 
     ``owner`` (tensor -> chunk id) says which chunk writes a tensor present in several;
-    ``on_chunk(ChunkStat)`` is called as each chunk lands.  Returns :class:`LoadStats`.
+    ``on_chunk(ChunkStat)`` is called as each chunk lands; ``opts`` overrides stream.js's limits
+    (``stallMs``, ``maxTries``, ``maxAttempts``).  Returns :class:`LoadStats`.
     """
     from pyodide.ffi import to_js  # type: ignore[import-not-found]
 
+    await ensure_sha256(base_url)
     helper = js_helper()
     helper.resetTotals()
-    stats = LoadStats(mode=getattr(sink, "mode", type(sink).__name__))
+    stats = LoadStats()
     stats.wasm_heap_before = wasm_heap_bytes()
     stats.js_heap_before = js_heap_bytes()
-    js_opts = to_js(opts or {}, dict_converter=_js_object)
+    js_opts = _to_js(chunk_opts(opts))
     sem = asyncio.Semaphore(max(1, parallel))
     t0 = time.perf_counter()
 
@@ -508,88 +301,46 @@ def _js_object(entries):
     return js.Object.fromEntries(entries)
 
 
-async def plain_fetch_seconds(manifest, chunks, base_url=""):
-    """The same bytes with a plain ``fetch(...).arrayBuffer()`` each, sequentially."""
+def _to_js(v):
     from pyodide.ffi import to_js  # type: ignore[import-not-found]
-    helper = js_helper()
-    total = 0.0
-    for c in chunks:
-        url = absolute_url(base_url, manifest["files"][c["file"]]["url"])
-        reqs = to_js(plan_requests(c["ranges"]))
-        r = await helper.plainFetch(url, reqs)
-        total += float(r.ms) / 1e3
-        reqs = None
-        r = None
-    return total
+    return to_js(v, dict_converter=_js_object)
 
 
-async def fetch_json(url):
-    """A small JSON document (a manifest) as Python data."""
-    import json
+def chunk_opts(opts=None) -> dict:
+    """stream.js's options: :data:`NET` in milliseconds, overridden by ``opts``."""
+    return {"stallMs": NET["stall_s"] * 1000, "maxTries": NET["tries"], **(opts or {})}
 
+
+async def ensure_sha256(base_url=""):
+    """Integrity is never off: where the page has no ``crypto.subtle`` (plain http on a LAN
+    address), load the vendored js-sha256 before streaming, or refuse."""
     import js  # type: ignore[import-not-found]
-    resp = await js.fetch(url)
-    if not resp.ok:
-        raise OSError(f"GET {url}: HTTP {resp.status}")
-    return json.loads(str(await resp.text()))
+    from pyodide.code import run_js  # type: ignore[import-not-found]
+    if js_helper().hasSubtle() or getattr(js.globalThis, "sha256", None) is not None:
+        return
+    try:
+        run_js(await fetch_doc(absolute_url(base_url, "/vendor/js-sha256/sha256.js"), as_json=False))
+    except Exception as e:  # noqa: BLE001
+        raise EdgeError("cannot verify the weights: this page has no crypto.subtle and the vendored "
+                        f"SHA-256 library did not load ({describe(e)['message']})", "integrity") from e
+
+
+async def fetch_doc(url, init=None, as_json=False):
+    """A small document, bounded in time and retried (:data:`NET`): its text, or with ``as_json``
+    a JS object (parsed in JS: tokenizer.json stays out of Python)."""
+    r = await js_helper().fetchDoc(url, _to_js(init) if init else None, NET["doc_s"] * 1000,
+                                   NET["doc_tries"], as_json)
+    if not r.ok:
+        why = f": {r.message}" if r.message else ""
+        raise EdgeError(f"the server answered HTTP {r.status} for {url}{why}",
+                        "bad_input" if 400 <= r.status < 500 else "server")
+    return r.json if as_json else str(r.text)
+
+
+async def fetch_json(url, init=None):
+    """A small JSON document (a manifest, an API reply) as Python data."""
+    return json.loads(await fetch_doc(url, init))
 
 
 async def load_manifest(model, base_url=""):
     return await fetch_json(absolute_url(base_url, f"/models/{model}/manifest.json"))
-
-
-# --------------------------------------------------------------------------- measuring
-
-JS_RAW_DEVICE = r"""
-(async () => {
-  if (!navigator.gpu) throw new Error('no navigator.gpu');
-  const a = await navigator.gpu.requestAdapter();
-  if (!a) throw new Error('no WebGPU adapter');
-  return await a.requestDevice({ requiredLimits: { maxBufferSize: a.limits.maxBufferSize,
-    maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize } });
-})()
-"""
-
-
-async def raw_device():
-    """A bare GPUDevice (JsProxy) with the adapter's largest buffer limits, for measurements."""
-    from pyodide.code import run_js  # type: ignore[import-not-found]
-    return await run_js(JS_RAW_DEVICE)
-
-
-def tail_tensor_names(manifest, split, embed=None, head=True):
-    """The tensor names the edge needs for layers [split, N) (+ embedding at split 0, + head)."""
-    from ..arch import build_model
-    names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
-    model = build_model(manifest["config"], names)
-    embed = (split == 0) if embed is None else embed
-    return model.tensors(model.ops(split, model.n_layers, embed=embed, head=head))
-
-
-async def bench(model, split=0, mode="writeBuffer", parallel=DEFAULT_PARALLEL, base_url="",
-                plain=True, warmup=True, device=None, keep=False):
-    """Stream the edge's weights for ``split`` into fresh GPU buffers and measure.
-
-    Returns LoadStats.as_dict() plus ``plain_fetch_seconds`` (the same bytes through a plain
-    ``fetch().arrayBuffer()``).  The buffers are destroyed afterwards unless ``keep``.
-    """
-    manifest = await load_manifest(model, base_url)
-    needed = tail_tensor_names(manifest, split)
-    chunks, owner = select_chunks(manifest, needed=needed)
-    dev = device if device is not None else await raw_device()
-    if warmup:       # exercise every code path once (imports, JIT, first allocations)
-        small = min(chunks, key=lambda c: c["bytes"])
-        s0 = GpuBufferSink(dev, mode)
-        await stream_chunks(manifest, [small], s0, base_url, owner=owner)
-        s0.destroy()
-    sink = GpuBufferSink(dev, mode)
-    st = await stream_chunks(manifest, chunks, sink, base_url, parallel=parallel, owner=owner)
-    if plain:
-        st.plain_fetch_seconds = await plain_fetch_seconds(manifest, chunks, base_url)
-    out = st.as_dict()
-    out["upload_ms"] = round(sink.upload_ms, 1)
-    out["tensors"] = len(sink.buffers)
-    out["split"] = split
-    if not keep:
-        sink.destroy()
-    return out

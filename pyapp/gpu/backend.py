@@ -114,6 +114,8 @@ class GpuBackend:
                 if n not in self.acts and n not in ("ids", "logits"):
                     self.acts[n] = device.create_buffer(self.max_tokens * self.widths[n] * 4)
         self.ids_buf = device.create_buffer(self.max_tokens * 4)
+        # encoders: the segment table of packed steps (lower.seg_decl): 2 u32 per row + per sequence
+        self.seg_buf = None if model.causal else device.create_buffer(self.max_tokens * 16)
         self.params = device.create_buffer(UNIFORM_BYTES, "uniform")
         self.logit_rows = 0
         self.logits = None
@@ -227,9 +229,9 @@ class GpuBackend:
     def act(self, name):
         return self.logits if name == "logits" else self.acts[name]
 
-    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample):
+    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample, segs=0):
         """The recorded dispatch list of one step; built once per key, replayed."""
-        key = (T, start, stop, embed, head, all_logits, sample, self._gen)
+        key = (T, start, stop, embed, head, all_logits, sample, segs, self._gen)
         plans = cache.plans if cache is not None else self._enc_plans
         rec = plans.get(key)
         if rec is not None:
@@ -237,10 +239,11 @@ class GpuBackend:
         m = self.model
         self._planning = cache
         try:
-            disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache))
+            disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache, segs=segs))
             if head:
                 last = m.causal and not all_logits
-                disp += lower.lower(self, list(m.head), lower.Step(T, cache, head=last), head_first_row=last)
+                disp += lower.lower(self, list(m.head), lower.Step(T, cache, head=last, segs=segs),
+                                    head_first_row=last)
                 if sample:
                     src = kernels.render("sample", V=m.vocab)
                     disp.append(self.dispatch(src, {1: self.logits, 2: self.tok_buf}, 1, head=True))
@@ -261,8 +264,9 @@ class GpuBackend:
                             temp, top_p)
         return main + b"\0" * (PARAMS_HEAD - len(main)) + headp + b"\0" * (UNIFORM_BYTES - PARAMS_HEAD - len(headp))
 
-    def _prepare(self, ids, x, cache, start, stop, head, all_logits, sample, sp=None, n=0):
-        """Validate, write inputs + params, return (recording, T, pos0, head, writes)."""
+    def _prepare(self, ids, x, cache, start, stop, head, all_logits, sample, sp=None, n=0, segments=None):
+        """Validate, write inputs + params, return (recording, T, pos0, head, writes).
+        ``segments``: encoders only, the lengths of the sequences packed in ids/x (in order)."""
         m = self.model
         start = self.start if start is None else start
         stop = self.stop if stop is None else stop
@@ -295,22 +299,47 @@ class GpuBackend:
                 raise ValueError("decoder models need a KV cache")
             if pos0 + T > cache.capacity:
                 raise ValueError(f"context overflow: {pos0} + {T} tokens > {cache.capacity}")
-        elif T > m.max_context:
+        segs = self._segments(segments, T, writes)
+        if not segs and not m.causal and T > m.max_context:
             raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
         if head and m.causal and all_logits:
             self._grow_logits(T)
-        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample)
+        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample, segs)
         writes.append((self.params, 0, self._params(T, pos0, sp, n)))
         self.stats["steps"] += 1
         self.stats["dispatches"] += nd
         self.stats["submits"] += 1
         return rec, T, pos0, head, writes
 
-    def _submit_forward(self, ids, x, cache, start, stop, head, all_logits):
-        """Encode and submit one forward step; (buffer, rows, width) of what it produced:
-        the hidden state [T, D], logits [rows, V] or the pooled embedding [1, D]."""
+    def _segments(self, segments, T, writes):
+        """Packed sequences: their count (0 for one), the segment table queued in ``writes``."""
+        if segments is None or len(segments) <= 1:
+            if segments is not None and sum(segments) != T:
+                raise ValueError(f"segments {list(segments)} do not add up to the {T} rows")
+            return 0
         m = self.model
-        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False)
+        if m.causal:
+            raise ValueError("packed sequences are for encoders (decoders keep a KV cache per sequence)")
+        lens = [int(n) for n in segments]
+        if sum(lens) != T or min(lens) <= 0:
+            raise ValueError(f"segments {lens} do not add up to the {T} rows")
+        if max(lens) > m.max_context:
+            raise ValueError(f"input of {max(lens)} tokens exceeds the context of {m.max_context}")
+        rows, table, a = [], [], 0
+        for n in lens:
+            rows += [a, a + n] * n
+            table += [a, a + n]
+            a += n
+        writes.append((self.seg_buf, 0, array("I", rows + [0] * (2 * (self.max_tokens - T)) + table)))
+        return len(lens)
+
+    def _submit_forward(self, ids, x, cache, start, stop, head, all_logits, segments=None):
+        """Encode and submit one forward step; (buffer, rows, width) of what it produced:
+        the hidden state [T, D], logits [rows, V] or the pooled embedding [1, D] (one row per
+        packed sequence)."""
+        m = self.model
+        rec, T, pos0, head, writes = self._prepare(ids, x, cache, start, stop, head, all_logits, False,
+                                                   segments=segments)
         self.device.submit(rec, writes)
         if m.causal and cache is not None:
             cache.length = pos0 + T
@@ -320,20 +349,21 @@ class GpuBackend:
         if m.causal:
             return self.logits, (T if all_logits else 1), m.vocab
         emb = next(o for o in m.head if o.kind == "l2_normalize").outs[0]
-        return self.acts[emb], 1, m.hidden
+        return self.acts[emb], max(1, len(segments or ())), m.hidden
 
-    def forward(self, ids=None, x=None, cache=None, start=None, stop=None, head=None, all_logits=False):
+    def forward(self, ids=None, x=None, cache=None, start=None, stop=None, head=None, all_logits=False,
+                segments=None):
         """CPython convenience mirroring NumpyBackend.forward; returns numpy arrays."""
         import numpy as np
 
-        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits, segments)
         return np.frombuffer(self.device.read(buf, 0, rows * w * 4), np.float32).reshape(rows, w).copy()
 
     async def forward_async(self, ids=None, x=None, cache=None, start=None, stop=None, head=None,
-                            all_logits=False):
+                            all_logits=False, segments=None):
         """forward() for the browser: the same result, row-major in one flat array('f'),
         after awaiting the readback (activations, not weights: small)."""
-        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits)
+        buf, rows, w = self._submit_forward(ids, x, cache, start, stop, head, all_logits, segments)
         raw = await self.device.read_async(buf, 0, rows * w * 4)
         return array("f", bytes(raw))
 
@@ -352,7 +382,7 @@ class GpuBackend:
         """Free the GPU buffers now (the browser keeps them until GC otherwise)."""
         bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
         bufs += [b for b in (self.logits, self.rope_buf, self.ids_buf, self.params, self.tok_buf,
-                             self.readback) if b is not None]
+                             self.readback, self.seg_buf) if b is not None]
         for b in bufs:
             try:
                 b.destroy()

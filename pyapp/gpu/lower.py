@@ -25,6 +25,7 @@ class Step:
     cache: object          # GpuKVCache or None
     head: bool = False     # head ops of a decoder (params at PARAMS_HEAD: one row)
     last_row: bool = False  # this op reads only the step's last row (the head's first op)
+    segs: int = 0          # encoders: sequences packed in the step (0: one, no segment table)
 
     @property
     def rows(self) -> int:
@@ -32,6 +33,21 @@ class Step:
 
 
 # ----------------------------------------------------------------------------- op kinds
+
+def seg_decl(b, s: Step) -> str:
+    """The segment table of a packed encoder step (binding 5, ``b.seg_buf``: per row its
+    segment's first and end row, then per segment the same), or a stand-in when unpacked."""
+    if not s.segs:
+        return "const SEG: bool = false;\nconst SEGT: u32 = 0u;\nfn seg_at(i: u32) -> u32 { return 0u; }"
+    return ("@group(0) @binding(5) var<storage, read> seg: array<u32>;\nconst SEG: bool = true;\n"
+            f"const SEGT: u32 = {2 * b.max_tokens}u;\nfn seg_at(i: u32) -> u32 {{ return seg[i]; }}")
+
+
+def _seg_entry(b, s: Step, ent: dict) -> dict:
+    if s.segs:
+        ent[5] = b.seg_buf
+    return ent
+
 
 def _embed(b, o, s: Step):
     D, w, out = b.model.hidden, o.weights, []
@@ -44,8 +60,8 @@ def _embed(b, o, s: Step):
             t = b.tensors[w[role]]
             for buf, r0, rows, _b0, _nb in t.chunks:
                 src = kernels.render("add_row", WDECL=wgsl.wdecl(1, "w", t.dtype, 1), D=D, POS=pos,
-                                     R0=r0, R=rows)
-                out.append(b.dispatch(src, {1: buf, 3: b.acts["x"]}, ceil(s.T * D, 64)))
+                                     R0=r0, R=rows, SEGDECL=seg_decl(b, s))
+                out.append(b.dispatch(src, _seg_entry(b, s, {1: buf, 3: b.acts["x"]}), ceil(s.T * D, 64)))
     return out
 
 
@@ -162,12 +178,12 @@ def _attention(b, o, s: Step):
         out.append(b.dispatch(src, {1: kk, 2: vv, 3: kc, 4: vc}, ceil(s.T * Hkv * hd, 64)))
         kk, vv = kc, vc
     common = dict(H=H, HKV=Hkv, HD=hd, CAP=cap, SCALE=wgsl.f32lit(a["scale"]),
-                  CAUSAL="true" if a["causal"] else "false")
+                  CAUSAL="true" if a["causal"] else "false", SEGDECL=seg_decl(b, s))
     if b.variants.get("attention", "row") == "wg":
         src, gx = kernels.render("attention_wg", **common), s.T * H
     else:
         src, gx = kernels.render("attention", WG=32, **common), ceil(s.T * H, 32)
-    out.append(b.dispatch(src, {1: q, 2: kk, 3: vv, 4: b.acts[o.outs[0]]}, gx))
+    out.append(b.dispatch(src, _seg_entry(b, s, {1: q, 2: kk, 3: vv, 4: b.acts[o.outs[0]]}), gx))
     return out
 
 
@@ -181,8 +197,10 @@ def _elementwise(b, o, s: Step):
 
 
 def _pool(b, o, s: Step, out=None, norm=False):
-    src = kernels.render("pool", D=b.widths[o.ins[0]], NORM="true" if norm else "false")
-    return [b.dispatch(src, {1: b.acts[o.ins[0]], 2: b.acts[out or o.outs[0]]}, 1)]
+    src = kernels.render("pool", D=b.widths[o.ins[0]], NORM="true" if norm else "false",
+                         SEGDECL=seg_decl(b, s))
+    ent = _seg_entry(b, s, {1: b.acts[o.ins[0]], 2: b.acts[out or o.outs[0]]})
+    return [b.dispatch(src, ent, max(1, s.segs))]      # one workgroup per sequence
 
 
 def _fused_only(b, o, s: Step):
@@ -262,7 +280,7 @@ def lower(b, ops, s: Step, head_first_row: bool = False):
     """Dispatches of `ops`; with `head_first_row`, the first op reads only the last row."""
     out, i = [], 0
     while i < len(ops):
-        si = Step(s.T, s.cache, s.head, head_first_row and i == 0)
+        si = Step(s.T, s.cache, s.head, head_first_row and i == 0, s.segs)
         for rule in RULES:
             r = rule(b, ops, i, si)
             if r is not None:

@@ -13,6 +13,9 @@ const HD: u32 = ${HD}u;
 const CAP: u32 = ${CAP}u;
 const SCALE: f32 = ${SCALE};
 const CAUSAL: bool = ${CAUSAL};
+// SEG: the step packs several sequences (segments); seg_at(2t), seg_at(2t + 1) = first and end
+// row of row t's segment; seg_at(SEGT + 2b), seg_at(SEGT + 2b + 1) = those of segment b.
+${SEGDECL}
 const WG: u32 = 64u;
 const CH: u32 = 16u;
 var<workgroup> red: array<f32, 64>;
@@ -29,14 +32,16 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let h = id % H;
   let kvh = h / (H / HKV);
   var S = p.T;
+  var s0 = 0u;
   if (CAUSAL) { S = p.pos0 + t + 1u; }
+  if (SEG) { s0 = seg_at(2u * t); S = seg_at(2u * t + 1u); }
   let qo = (t * H + h) * HD;
   var qv: array<f32, ${HD}>;
   for (var d = 0u; d < HD; d++) { qv[d] = q[qo + d] * SCALE; }
   var acc: array<f32, ${HD}>;
   var m = -3.0e38;
   var ls = 0.0;
-  for (var s = l; s < S; s += WG) {
+  for (var s = s0 + l; s < S; s += WG) {
     let ko = kv_index(kvh, s, 0u);
     var sc = 0.0;
     for (var d = 0u; d < HD; d++) { sc += qv[d] * kk[ko + d]; }

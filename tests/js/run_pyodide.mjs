@@ -31,7 +31,7 @@ function copyTree(src, dst) {
     const s = path.join(src, ent.name);
     const d = dst + "/" + ent.name;
     if (ent.isDirectory()) copyTree(s, d);
-    else if (/\.(py|wgsl)$/.test(ent.name)) pyodide.FS.writeFile(d, fs.readFileSync(s));
+    else if (/\.(py|wgsl|js)$/.test(ent.name)) pyodide.FS.writeFile(d, fs.readFileSync(s));
   }
 }
 copyTree(path.join(repo, "pyapp"), "/home/pyodide/pyapp");
