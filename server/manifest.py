@@ -44,10 +44,11 @@ def _sha256_file(path: Path, buf=1 << 20) -> str:
     return h.hexdigest()
 
 
-def _piece_cuts(tensors, ranges, piece=PIECE_BYTES) -> list:
+def _piece_cuts(tensors, ranges) -> list:
     """[[start, length]] of a chunk's pieces in its byte stream (its ranges concatenated), each
-    at most `piece` bytes; a cut inside a tensor falls on a 4-byte boundary of that tensor (the
+    at most PIECE_BYTES; a cut inside a tensor falls on a 4-byte boundary of that tensor (the
     GPU takes writes at multiples of 4)."""
+    piece = PIECE_BYTES
     starts, pos = {}, 0
     for off, length in ranges:                   # file offset -> stream offset, per range
         starts[off] = pos
