@@ -295,6 +295,7 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
             tu = time.perf_counter()
             try:
                 await sink.write(helper, data, p["slices"])
+                helper.releaseBuffer(data)      # on the GPU now: the next piece reuses it
             finally:
                 data = None
                 res = None
