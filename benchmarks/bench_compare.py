@@ -133,11 +133,21 @@ def _capture_kernel_names():
     return names, orig
 
 
+def autotuned(dev, cfg, dtype):
+    from pyapp.arch import build_model
+    from pyapp.gpu.autotune import autotune_variants
+    from pyapp.gpu.shapes import infer_shapes
+    model = build_model(cfg, tensor_names(cfg))
+    shapes = infer_shapes(model)
+    return autotune_variants(dev, model, shapes, {n: dtype for n in shapes})
+
+
 def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
     from pyapp import kernels
     from pyapp.arch import build_model
     from pyapp.gpu import GpuBackend
-    from pyapp.gpu.backend import autotune_variants, infer_shapes
+    from pyapp.gpu.autotune import autotune_variants
+    from pyapp.gpu.shapes import infer_shapes
     from pyapp.sampling import SamplingParams
 
     model = build_model(cfg, tensor_names(cfg))
@@ -167,11 +177,21 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
             return prefill, time.perf_counter() - t, be.stats["dispatches"] - d0, toks, c
         run(2)
         prefill, dec, nd, toks, cache = run(N)
+
+        def pipelined(depth):
+            c = be.new_cache(P + N + 8)
+            t = time.perf_counter()
+            out = be.decode(prompt, c, sp, N + 1, depth=depth)
+            return time.perf_counter() - t - prefill, out
+        pipelined(2)
+        pdec, ptoks = pipelined(2)
         rec, _ = be._plan(1, cache, 0, model.n_layers, True, True, False, True)
         res = {"binding": "native (wgpu-py)", "variants": be.variants, "load_seconds": load_s,
                "prefill_seconds": prefill, "decode_seconds": dec, "decode_tokens_per_s": N / dec,
                "ms_per_token": dec / N * 1e3, "dispatches_per_token": nd / N, "tokens": toks,
-               "host_encode_ms_per_token": host_encode_ms(dev, rec)}
+               "host_encode_ms_per_token": host_encode_ms(dev, rec),
+               "pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": 2,
+               "pipelined_first_token_diff": first_diff(ptoks, toks)}
         if profile:
             pipe_src = {id(p): s for s, p in dev._pipelines.items()}
             res["profile"] = profile_classes(dev, be, rec, {k: src_names.get(s, "?") for k, s in pipe_src.items()},
@@ -240,7 +260,7 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
 def gemv_variants(dev, cfg, dtype):
     """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
     (measure_linear: 8 GEMVs per submit, best of 3, the submit + 4-byte readback included)."""
-    from pyapp.gpu.backend import LINEAR_VARIANTS, _run_sync, measure_linear
+    from pyapp.gpu.autotune import LINEAR_VARIANTS, _run_sync, measure_linear
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
     shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}
@@ -431,8 +451,8 @@ def first_diff(a, b):
 
 
 def table(rows):
-    cols = ["shape", "pyapp native", "pyapp Deno (browser binding)", "PyTorch eager", "HF generate",
-            "native / eager", "Deno / native", "dispatches/token", "limit tok/s", "native % of limit",
+    cols = ["shape", "pyapp native", "native pipelined", "pyapp Deno (browser binding)", "Deno pipelined",
+            "PyTorch eager", "HF generate", "native / eager", "Deno / native", "dispatches/token", "limit tok/s", "native % of limit",
             "host encode % of token"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
@@ -446,8 +466,12 @@ def table(rows):
         lim = r.get("limit_tokens_per_s")
         enc = r.get("native", {}).get("host_encode_ms_per_token")
         ms = r.get("native", {}).get("ms_per_token")
+        natp = r.get("native", {}).get("pipelined_decode_tokens_per_s")
+        denp = r.get("deno", {}).get("pipelined_decode_tokens_per_s")
+        nat, den = max(nat or 0, natp or 0) or None, max(den or 0, denp or 0) or None
         lines.append("| " + " | ".join([
-            r["shape"], f(nat), f(den), f(eag), f(hf),
+            r["shape"], f(r.get("native", {}).get("decode_tokens_per_s")), f(natp),
+            f(r.get("deno", {}).get("decode_tokens_per_s")), f(denp), f(eag), f(hf),
             f(nat / eag if nat and eag else None, 2) + ("×" if nat and eag else ""),
             f(den / nat if den and nat else None, 2) + ("×" if den and nat else ""),
             f(r.get("native", {}).get("dispatches_per_token"), 0), f(lim, 0),
@@ -470,11 +494,15 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="per-kernel-class GPU time (timestamp queries)")
     ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
     ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
+    ap.add_argument("--variants", help="JSON merged into the variants of the native rows, e.g. "
+                    '\'{"fold": false, "off": ["fuse_rope_attention", "fuse_add_norm"]}\' (the plan before the rules)')
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--label", default="", help="a name for this run in the JSON")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
 
     from pyapp.gpu.native import NativeDevice
-    torch = torch_cuda()
+    torch = None if a.no_torch else torch_cuda()
     shapes = (a.shapes or (",".join(SHAPES) if torch else "smollm2-135m-f32")).split(",")
     deno = None if a.no_deno else find_deno(a.deno)
     deno_shapes = set((a.deno_shapes or ",".join(shapes)).split(","))
@@ -482,7 +510,7 @@ def main(argv=None):
     P, N = a.prompt_tokens, a.new_tokens
     res = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": platform.node(), "adapter": dev.info,
            "features": sorted(dev.features), "prompt_tokens": P, "new_tokens": N, "torch": None,
-           "deno": deno, "rows": []}
+           "deno": deno, "label": a.label, "extra_variants": a.variants, "rows": []}
     if torch:
         res["torch"] = {"version": torch.__version__, "gpu": torch.cuda.get_device_name()}
         res["copy_GBps"] = torch_copy_GBps(torch)
@@ -496,9 +524,12 @@ def main(argv=None):
         if a.linear:
             variants = {"linear": a.linear, "norm_wg": 1 if a.linear == "row" else 64,
                         "attention": "row" if a.linear == "row" else "wg"}
+        if a.variants:
+            variants = {**(variants or autotuned(dev, cfg, dtype)), **json.loads(a.variants)}
         try:
             row["native"] = run_native(dev, cfg, dtype, P, N, variants, a.profile)
-            print(f"{s}: native {row['native']['decode_tokens_per_s']:.1f} tok/s, "
+            print(f"{s}: native {row['native']['decode_tokens_per_s']:.1f} tok/s "
+                  f"(pipelined {row['native']['pipelined_decode_tokens_per_s']:.1f}), "
                   f"{row['native']['dispatches_per_token']:.0f} dispatches/token", flush=True)
         except Exception as e:  # noqa: BLE001
             row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
@@ -512,7 +543,8 @@ def main(argv=None):
             row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
             if "tokens" in row["deno"] and "tokens" in row["native"]:
                 row["deno"]["first_token_diff_vs_native"] = first_diff(row["deno"]["tokens"], row["native"]["tokens"])
-            print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))}", flush=True)
+            print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))} "
+                  f"pipelined {row['deno'].get('pipelined_decode_tokens_per_s')}", flush=True)
         if torch:
             try:
                 row.update(run_torch(torch, cfg, dtype, P, N))

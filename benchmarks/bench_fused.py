@@ -46,7 +46,7 @@ def bench_attention(dev, H, HKV, HD, ctx, reps):
     def d(src, ent, gx, gy=1):
         pipe = dev.pipeline(src)
         return (pipe, dev.bind_group(pipe, {0: (params, 0, 32), **ent}), gx, gy, 1)
-    c = dict(H=H, HKV=HKV, HD=HD, CAP=cap, SCALE=repr(HD ** -0.5), CAUSAL="true")
+    c = dict(H=H, HKV=HKV, HD=HD, CAP=cap, SCALE=repr(HD ** -0.5), CAUSAL="true", WIN=0)
     old = [d(kernels.render("rope", H=H, HKV=HKV, HD=HD, HALF=HD // 2), {1: cs, 2: q, 3: k}, -(-(H + HKV) * HD // 2 // 64)),
            d(kernels.render("kv_write", HKV=HKV, HD=HD, CAP=cap), {1: k, 2: v, 3: kc, 4: vc}, -(-HKV * HD // 64)),
            d(kernels.render("attention_wg", **c), {1: q, 2: kc, 3: vc, 4: y}, H)]

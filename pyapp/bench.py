@@ -107,7 +107,9 @@ def _one_op_backend(dev, layer, shapes, hidden, variants, T, n_heads=1, n_kv_hea
                       max_tokens=max(T, 1), max_positions=max_pos, variants=variants, widths=widths)
 
 
-def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
+def bench_kernels(dev, model, big=False, reps=50, dtype="f32", gemv_only=None):
+    """Every kernel at the model's shapes; `gemv_only`: just the decode GEMVs (T = 1) of those
+    variants (format comparisons on slow adapters)."""
     from .gpu.autotune import LINEAR_VARIANTS, candidate_variants
     from .models import op
     rows = []
@@ -145,9 +147,11 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
     par = [v for v in candidate_variants(dev) if v["linear"] != "row"][:1] or [{}]
     lvars = [{**({"norm_wg": 1, "attention": "row"} if n == "row" else par[0]), "linear": n}
              for n in LINEAR_VARIANTS if n == "row" or n == "wg" or "subgroups" in dev.features]
+    if gemv_only:
+        lvars = [v for v in lvars if v["linear"] in gemv_only]
     for N, K, what in shapes:
         for v in lvars:
-            for T in ((1,) if what == "big" else (1, 32)):
+            for T in ((1,) if what == "big" or gemv_only else (1, 32)):
                 try:
                     b = _one_op_backend(dev, [op("linear", "x", "y", {"w": "w", "b": None})],
                                         {"w": (N, K)}, K, v, T, dtype=dtype, widths={"y": N})
@@ -161,6 +165,8 @@ def bench_kernels(dev, model, big=False, reps=50, dtype="f32"):
                     rows.append({"kernel": f"linear {N}x{K} ({what})", "variant": v["linear"],
                                  "error": str(e)[:200]})
                 del b
+    if gemv_only:
+        return rows
     # norms
     for wg in (1, 64):
         b = _one_op_backend(dev, [op("rms_norm", "x", "h", {"w": "w"}, eps=1e-5)], {"w": (D,)}, D,
@@ -349,6 +355,7 @@ def main(argv=None):
                     help="force the lm head's GEMV variant (`same`: the layers' variant, as before "
                          "`linear_head` existed); default: autotuned (--random only)")
     ap.add_argument("--no-fuse", action="store_true", help="one dispatch per linear (no q/k/v, gate/up fusion)")
+    ap.add_argument("--gemv-only", help="kernels: only the T = 1 GEMVs of these variants (comma list)")
     a = ap.parse_args(argv)
     from .gpu.native import NativeDevice
     dev = NativeDevice.create()
@@ -357,7 +364,8 @@ def main(argv=None):
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if a.what == "kernels":
         result["copy"] = copy_bandwidth(dev)
-        rows = bench_kernels(dev, model, big=a.big, reps=a.reps, dtype=a.dtype)
+        rows = bench_kernels(dev, model, big=a.big, reps=a.reps, dtype=a.dtype,
+                             gemv_only=a.gemv_only.split(",") if a.gemv_only else None)
         result["kernels"] = rows
         print(f"device: {dev.info.get('device') or dev.info.get('description')}  "
               f"copyBufferToBuffer {result['copy']['GBps']:.1f} GB/s (read+write)")

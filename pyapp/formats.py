@@ -184,10 +184,10 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
     WeightFormat("f16", 1, 2, "F16", 1, wgsl="f16"),
     WeightFormat("q4_0", 32, 18, "U8", 2, _decode_q4_0),
     WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1, wgsl="q4_1"),
-    WeightFormat("q5_0", 32, 22, "U8", 6, _decode_q5_0),
+    WeightFormat("q5_0", 32, 22, "U8", 6, _decode_q5_0, wgsl="q5_0"),
     WeightFormat("q8_0", 32, 34, "U8", 8, _decode_q8_0, wgsl="q8_0"),
-    WeightFormat("q4_k", 256, 144, "U8", 12, _decode_q4_k),
-    WeightFormat("q6_k", 256, 210, "U8", 14, _decode_q6_k),
+    WeightFormat("q4_k", 256, 144, "U8", 12, _decode_q4_k, wgsl="q4_k"),
+    WeightFormat("q6_k", 256, 210, "U8", 14, _decode_q6_k, wgsl="q6_k"),
 )}
 
 # GGUF tensor type names (gguf.GGMLQuantizationType.name) -> format name
@@ -197,8 +197,8 @@ GGML_NAMES = {f.name.upper(): f.name for f in FORMATS.values()}
 # (a K-quant GGUF keeps its mix of block types in one file named after its file type: q4_k_m)
 FILE_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 # the weight files both backends run (numpy decodes at load, WGSL loaders in kernels/formats/),
-# so the server offers them in manifests (q4_k_m: numpy only until q5_0/q4_k/q6_k have WGSL loaders)
-SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0")
+# so the server offers them in manifests
+SERVED_TAGS = ("f32", "f16", "q4_1", "q8_0", "q4_k_m")
 
 
 def get(name: str) -> WeightFormat:

@@ -121,3 +121,22 @@ class Model:
         """The head's linear reads the token embedding (one tensor serves both ends)."""
         tok = next((o.weights["tokens"] for o in self.embed if o.kind == "embed"), None)
         return tok is not None and tok in self.head_tensors()
+
+
+def attention_windows(model: Model) -> dict:
+    """{layer: W} of the layers whose attention sees a sliding window of W keys."""
+    return {i: o.attrs["window"] for i, layer in enumerate(model.layers)
+            for o in layer if o.kind == "attention" and o.attrs.get("window")}
+
+
+def check_rewind(length: int, n: int, rings: dict) -> None:
+    """Raise unless a cache of `length` tokens may be truncated to `n`: `rings` maps each
+    sliding-window layer to (slots, window) of its ring, which still holds every key position
+    n needs only if the rewind is at most slots - window + 1 tokens (0 always works)."""
+    if not 0 <= n <= length:
+        raise ValueError(f"cannot truncate a cache of {length} tokens to {n}")
+    for slots, w in rings.values():
+        depth = slots - w + 1
+        if n and length - n > depth:
+            raise ValueError(f"a sliding-window cache rewinds at most {depth} tokens "
+                             f"(asked {length - n}); rewind to 0 instead")

@@ -11,16 +11,11 @@ import math
 import numpy as np
 
 from . import formats
-from .models import Model
+from .kvwire import check_floors, check_handover, window_start
+from .models import Model, attention_windows, check_rewind
 from .weightfile import load_model_dir, read_safetensors_header, weight_files
 
 F32 = np.float32
-
-
-def attention_windows(model: Model) -> dict:
-    """{layer: W} of the layers whose attention sees a sliding window of W keys."""
-    return {i: o.attrs["window"] for i, layer in enumerate(model.layers)
-            for o in layer if o.kind == "attention" and o.attrs.get("window")}
 
 
 class KVCache:
@@ -31,27 +26,63 @@ class KVCache:
     tokens still finds every key the next step needs."""
 
     def __init__(self, model: Model, start: int, stop: int, capacity: int):
+        self.model = model
         self.capacity = capacity
-        self.windows = {i: w for i, w in attention_windows(model).items() if start <= i < stop}
-        slots = {i: min(capacity, 2 * self.windows[i]) if i in self.windows else capacity
-                 for i in range(start, stop)} if model.causal else {}
-        self.k = {i: np.zeros((model.n_kv_heads, n, model.head_dim), F32) for i, n in slots.items()}
-        self.v = {i: np.zeros((model.n_kv_heads, n, model.head_dim), F32) for i, n in slots.items()}
+        self.windows, self.k, self.v = {}, {}, {}
+        self.floors = {}     # layer -> its first valid position, after a hand-over (kvwire)
         self.length = 0
+        for i in range(start, stop) if model.causal else ():
+            self.add_layer(i)
 
     @property
     def nbytes(self):
         return sum(a.nbytes for a in self.k.values()) + sum(a.nbytes for a in self.v.values())
 
+    def layer_bytes(self, i: int) -> int:
+        """What add_layer(i) allocates."""
+        w = attention_windows(self.model).get(i)
+        slots = min(self.capacity, 2 * w) if w else self.capacity
+        return 2 * self.model.n_kv_heads * slots * self.model.head_dim * 4
+
     def truncate(self, n: int):
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
-        for i, w in self.windows.items():
-            depth = self.k[i].shape[1] - w + 1  # the ring still holds every key position n needs
-            if n and self.length - n > depth:
-                raise ValueError(f"a sliding-window cache rewinds at most {depth} tokens "
-                                 f"(asked {self.length - n}); rewind to 0 instead")
+        check_rewind(self.length, n, {i: (self.k[i].shape[1], w) for i, w in self.windows.items()})
+        check_floors(n, self.floors, self.windows)
         self.length = n
+        if n == 0:
+            self.floors.clear()
+
+    # ------------------------------------------------------------------ hand-over (pyapp.kvwire)
+    def add_layer(self, i: int):
+        """Allocate layer i's (empty) K/V: a ring of min(capacity, 2W) slots on a window layer."""
+        m = self.model
+        w = attention_windows(m).get(i)
+        slots = min(self.capacity, 2 * w) if w else self.capacity
+        if w:
+            self.windows[i] = w
+        self.k[i] = np.zeros((m.n_kv_heads, slots, m.head_dim), F32)
+        self.v[i] = np.zeros((m.n_kv_heads, slots, m.head_dim), F32)
+
+    def drop_layer(self, i: int):
+        for d in (self.k, self.v, self.windows, self.floors):
+            d.pop(i, None)
+
+    def read_layer(self, i: int):
+        """(p0, K, V): layer i's keys/values [Hkv, length - p0, hd] for positions p0..length-1."""
+        p0 = window_start(self.length, self.windows.get(i))
+        slots = np.arange(p0, self.length) % self.k[i].shape[1]
+        return p0, np.ascontiguousarray(self.k[i][:, slots]), np.ascontiguousarray(self.v[i][:, slots])
+
+    def write_layer(self, i: int, p0: int, k, v):
+        """Store K/V [Hkv, n, hd] of positions p0..p0+n-1 (ending at `length`) into layer i."""
+        n = k.shape[1]
+        check_handover(i, p0, n, self.length, self.windows.get(i))
+        slots = np.arange(p0, p0 + n)[-self.k[i].shape[1]:]   # a ring keeps the newest
+        self.k[i][:, slots % self.k[i].shape[1]] = k[:, slots - p0]
+        self.v[i][:, slots % self.v[i].shape[1]] = v[:, slots - p0]
+        if p0:
+            self.floors[i] = p0
+        else:
+            self.floors.pop(i, None)
 
     def step(self, i: int, pos0: int, k, v):
         """Store the step's k, v [Hkv, T, hd] at positions pos0.. and return (K, V, key positions)

@@ -32,4 +32,7 @@ fi
 # Models into the store (skips what is already there), then the site's vendored files.
 python3 -m pyapp pull smollm2-135m
 python3 -m pyapp pull minilm-l6
+if [ "$mode" = test ]; then
+  python3 -m pyapp pull gemma3-270m   # the Gemma 3 tests; prints the Gemma terms notice
+fi
 python3 -m server.assets

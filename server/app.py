@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pyapp import store
+from pyapp.kvwire import KVHeader, read_header
 
 from . import manifest as mf
 from . import openai_api
@@ -234,6 +235,10 @@ async def session_ws(ws: WebSocket):
             try:
                 if msg.get("bytes") is not None:
                     data = msg["bytes"]
+                    if s.move is not None and s.move.owner is ws and not s.move.to_edge:
+                        if await st.sessions.receive_frame(s, data, ws):
+                            await ws.send_text(json.dumps(_moved(s, "move")))
+                        continue
                     if len(data) > limit:
                         raise ApiError(413, f"frame of {len(data)} bytes is over the limit of {limit}")
                     out, T, pos = await st.sessions.forward(s, data)
@@ -241,6 +246,16 @@ async def session_ws(ws: WebSocket):
                     continue
                 req = parse_json(msg.get("text") or "")
                 op = req.get("op") if isinstance(req, dict) else None
+                if op == "move":
+                    await _ws_move(st, s, ws, req)
+                    continue
+                if op in ("commit", "cancel"):
+                    if op == "commit":
+                        await st.sessions.commit_move(s, ws)
+                    else:
+                        st.sessions.cancel_move(s, ws)
+                    await ws.send_text(json.dumps(_moved(s, op)))
+                    continue
                 if op == "reset":
                     pos = await st.sessions.rewind(s, 0)
                 elif op == "truncate":
@@ -253,7 +268,8 @@ async def session_ws(ws: WebSocket):
                     await ws.send_text(json.dumps(s.info()))
                     continue
                 else:
-                    raise ApiError(400, f"unknown op {op!r}: use reset, truncate or info")
+                    raise ApiError(400, f"unknown op {op!r}: use reset, truncate, info, move, "
+                                        "commit or cancel")
                 await ws.send_text(json.dumps({"ok": True, "op": op, "position": pos}))
             except ApiError as e:
                 await ws.send_text(json.dumps(e.body()))
@@ -266,6 +282,85 @@ async def session_ws(ws: WebSocket):
         pass  # client went away, or the session ended and closed this socket
     finally:
         s.sockets.discard(ws)
+        st.sessions.cancel_move(s, ws)   # a cut hand-over leaves the session at its old split
+
+
+def _moved(s, op: str) -> dict:
+    return {"ok": True, "op": op, "split": s.split, "position": s.position}
+
+
+async def _ws_move(st, s, ws, req: dict):
+    """``{"op": "move", ...}``: the handover header, then (to the edge) its KV frames; the
+    client answers with commit, or (to the server) with its KV frames."""
+    move, frames = await st.sessions.start_move(s, req, owner=ws)
+    await ws.send_text(json.dumps({**move.info(), "frames": len(frames),
+                                   "bytes": sum(len(f) for f in frames)}))
+    for f in frames:
+        await ws.send_bytes(f)
+    if not move.to_edge and not move.layers:   # nothing to receive: done at once
+        await st.sessions.finish_move(s, ws)
+        await ws.send_text(json.dumps(_moved(s, "move")))
+
+
+@compute_route
+async def split_route(request: Request):
+    """POST /v1/sessions/<id>/split: JSON {split, holds?, kv_dtype?, position?} moves the split
+    (down: the response is the KV frames, and the server has dropped its copy); an
+    application/octet-stream body of KV frames with X-Split moves it up."""
+    st = request.app.state.pyapp
+    s = _session(request)
+    ct = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ct == "application/octet-stream":
+        return await _http_move_up(request, st, s)
+    body = await read_json(request, st.limits.max_body)
+    move, frames = await st.sessions.start_move(s, body)
+    try:
+        if not move.to_edge and move.layers:
+            raise ApiError(400, f"moving the split up to {move.new} needs the edge's KV of layers "
+                                f"{move.old}..{move.new - 1}: send its frames as "
+                                "application/octet-stream with X-Split", param="split")
+        if move.to_edge:
+            await st.sessions.commit_move(s)
+        else:
+            await st.sessions.finish_move(s)
+    finally:
+        st.sessions.cancel_move(s)
+    return Response(b"".join(frames), media_type="application/octet-stream", headers={
+        "x-split-from": str(move.old), "x-split": str(s.split), "x-position": str(s.position),
+        "x-layers": ",".join(str(i) for i in move.layers), "cache-control": "no-store"})
+
+
+async def _http_move_up(request, st, s):
+    new = _int_header(request, "x-split")
+    if new is None:
+        raise ApiError(400, "send X-Split: the split to move up to", param="x-split")
+    expect = _int_header(request, "x-expect-position")
+    move, _ = await st.sessions.start_move(s, {"split": new, **({} if expect is None else {"position": expect})})
+    try:
+        if move.to_edge:
+            raise ApiError(400, f"X-Split {new} is below the split {move.old}: moving down takes "
+                                "a JSON request", param="x-split")
+        m = s.entry.model
+        full = KVHeader(0, 0, move.position, m.n_kv_heads, m.head_dim).frame_bytes
+        body = await read_body(request, max(1, full * len(move.layers)))
+        frames, off = [], 0
+        while off < len(body):
+            try:
+                n = read_header(body, off).frame_bytes
+            except ValueError as e:
+                raise ApiError(400, str(e))
+            frames.append(memoryview(body)[off:off + n])
+            off += n
+        if len(frames) != len(move.layers):
+            raise ApiError(400, f"moving the split from {move.old} to {move.new} at position "
+                                f"{move.position} takes {len(move.layers)} KV frame(s), not {len(frames)}")
+        if not frames:
+            await st.sessions.finish_move(s)
+        for f in frames:
+            await st.sessions.receive_frame(s, f)
+    finally:
+        st.sessions.cancel_move(s)
+    return JSONResponse({"id": s.id, **_moved(s, "move")})
 
 
 # --------------------------------------------------------------------------- site
@@ -383,6 +478,7 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
         Route("/sessions/{sid}/forward", forward_route, methods=["POST"]),
         Route("/sessions/{sid}/reset", reset_route, methods=["POST"]),
         Route("/sessions/{sid}/truncate", truncate_route, methods=["POST"]),
+        Route("/sessions/{sid}/split", split_route, methods=["POST"]),
         WebSocketRoute("/sessions/{sid}/ws", session_ws),
     ]
     routes = [
@@ -406,8 +502,9 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
                                      allow_methods=["GET", "HEAD", "POST", "DELETE", "OPTIONS"],
                                      allow_headers=["authorization", "content-type", "range",
                                                     "if-none-match", "if-range", "x-dtype",
-                                                    "x-expect-position", "x-session-key"],
-                                     expose_headers=["x-shape", "x-dtype", "x-position", "etag",
+                                                    "x-expect-position", "x-session-key", "x-split"],
+                                     expose_headers=["x-shape", "x-dtype", "x-position", "x-split", "x-split-from",
+                                                     "x-layers", "etag",
                                                      "content-range", "accept-ranges"]))
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, ApiError: _api_error})

@@ -153,6 +153,20 @@ def openapi_document(state=None) -> dict:
             "Rewind to a length", _obj({"length": {"type": "integer", "minimum": 0}}, ["length"]), obj,
             params=["sid"], errors=(400, 404, 408, 413, 415), auth=True, headers=key,
             op_id="truncate")},
+        "/v1/sessions/{sid}/split": {"post": op(
+            "Move the split (docs/server.md, Moving the split). JSON {split, holds?, kv_dtype?, "
+            "position?}: down, the response is the KV frames of the layers handed to the edge "
+            "(the server drops its copy; headers X-Split-From, X-Split, X-Layers, X-Position); "
+            "application/octet-stream KV frames with X-Split: up, the server takes the edge's KV",
+            {"content": {"application/json": {"schema": _obj({
+                "split": {"type": "integer", "minimum": 0},
+                "holds": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "kv_dtype": {"enum": DTYPES}, "position": {"type": "integer", "minimum": 0}},
+                ["split"])}, **octet["content"]}},
+            ok_content={"content": {**octet["content"], "application/json": {"schema": sess}}},
+            params=["sid"], errors=(400, 404, 408, 409, 413, 415, 429, 503), auth=True,
+            headers=key + [("X-Split", integer, False), ("X-Expect-Position", integer, False)],
+            op_id="moveSplit")},
         "/models/{name}/manifest.json": {"get": op(
             "Layer manifest", ok=obj, params=["name"], errors=(400, 404, 503),
             query=[("dtype", {"enum": DTYPES})])},
@@ -173,8 +187,11 @@ def openapi_document(state=None) -> dict:
         "paths": paths,
         "x-websockets": {"/v1/sessions/{sid}/ws": {
             "query": {"key": "the session's key (or X-Session-Key)", "token": "bearer token, if set"},
-            "client": "binary int32 ids | text {op: reset|truncate|info, length?}",
-            "server": "binary hidden states | text JSON reply or {error}",
+            "client": "binary int32 ids | binary PKV1 KV frames (during a move to the server) | "
+                      "text {op: reset|truncate|info|move|commit|cancel, length?, split?, holds?, "
+                      "kv_dtype?, position?}",
+            "server": "binary hidden states | binary PKV1 KV frames (after a handover reply) | "
+                      "text JSON reply, {op: handover, ...} or {error}",
             "close codes": {"4403": "wrong key", "4404": "session ended", "4408": "evicted (idle)",
                             "1008": "bad token or Origin"}}},
         "components": {

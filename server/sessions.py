@@ -18,6 +18,9 @@ import time
 import anyio
 import numpy as np
 
+from pyapp.kvwire import HEADER, KVHeader, check_handover, parse_header
+from pyapp.models import attention_windows
+
 from .ring import Ring, mint_id
 from .runtime import ApiError, Limits, ModelEntry, Registry
 
@@ -60,6 +63,29 @@ class PositionOnly:
         self.length = n
 
 
+class Move:
+    """A split move waiting for its other half: ``to_edge`` waits for the client's commit (the
+    server keeps its copy until then), ``to_server`` for the client's KV frames (the server's
+    cache is untouched until every frame is in). It belongs to one WebSocket (``owner``; None
+    over HTTP) and is dropped with it, so a cut hand-over leaves the session at ``old``."""
+
+    def __init__(self, old: int, new: int, position: int, kv_dtype: str, owner=None):
+        self.old, self.new, self.position, self.kv_dtype, self.owner = old, new, position, kv_dtype, owner
+        self.to_edge = new < old
+        self.layers = list(range(old - 1, new - 1, -1)) if self.to_edge else list(range(old, new))
+        self.frames: dict[int, tuple] = {}   # to_server: layer -> (p0, K, V) f32 [Hkv, n, hd]
+
+    def info(self) -> dict:
+        return {"op": "handover", "from": self.old, "split": self.new, "position": self.position,
+                "direction": "to_edge" if self.to_edge else "to_server", "layers": self.layers,
+                "kv_dtype": self.kv_dtype}
+
+
+def kv_bytes(m, ctx: int, split: int) -> int:
+    """KV accounted for layers [0, split) of a session of ``ctx`` tokens (f32 K and V)."""
+    return (2 * split * m.n_kv_heads * ctx * m.head_dim * 4) if (m.causal and split) else 0
+
+
 class Session:
     def __init__(self, sid: str, entry: ModelEntry, split: int, dtype: str, weights: str, cache,
                  owner: str = "", node: str | None = None):
@@ -80,6 +106,8 @@ class Session:
         self.nbytes = getattr(cache, "nbytes", 0)
         self.steps = 0
         self.sockets: set = set()   # open WebSockets, closed when the session ends
+        self.holds: set[int] = set()      # layers the edge says it holds (the last move's "holds")
+        self.move: Move | None = None     # a hand-over in progress (the split moves when it ends)
 
     @property
     def position(self) -> int:
@@ -206,7 +234,7 @@ class SessionManager:
         if isinstance(ctx, bool) or not isinstance(ctx, int) or not 1 <= ctx <= entry.context:
             raise ApiError(400, f"context must be an integer in 1..{entry.context}", param="context")
         # memory: preallocated K and V (f32) for layers [0, split)
-        need = (2 * split * m.n_kv_heads * ctx * m.head_dim * 4) if (m.causal and split) else 0
+        need = kv_bytes(m, ctx, split)
         if need > self.limits.max_session_bytes:
             raise ApiError(400, f"a session of {ctx} tokens at split {split} needs {need} bytes of "
                                 f"KV cache, over the per-session limit of {self.limits.max_session_bytes}; "
@@ -275,6 +303,7 @@ class SessionManager:
                 s.last_used = time.monotonic()
                 ids = self.parse_ids(s, body)
                 cache = s.cache
+                self._no_move(s)
                 if expect_position is not None and expect_position != cache.length:
                     raise ApiError(409, f"session is at position {cache.length}, not {expect_position}")
                 T = int(ids.size)
@@ -312,6 +341,7 @@ class SessionManager:
                 if s.closed:
                     raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
                 s.last_used = time.monotonic()
+                self._no_move(s)
                 n = length
                 if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= s.cache.length:
                     raise ApiError(400, f"length must be an integer in 0..{s.cache.length}",
@@ -320,3 +350,188 @@ class SessionManager:
                 return s.cache.length
         finally:
             s.busy -= 1
+
+    # ------------------------------------------------------------------ moving the split
+    @staticmethod
+    def _pending(s: Session, owner, to_edge: bool, what: str) -> Move:
+        """The session's move of this socket and direction, or the error that says why not."""
+        if s.closed:
+            raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
+        move = s.move
+        if move is None or move.owner is not owner or move.to_edge != to_edge:
+            raise ApiError(409, f"no hand-over {what}")
+        return move
+
+    @staticmethod
+    def _no_move(s: Session):
+        if s.move is not None:
+            raise ApiError(409, f"the split is moving from {s.move.old} to {s.move.new}: finish the "
+                                "hand-over (commit, or send its KV frames) or cancel it first")
+
+    def _check_move(self, s: Session, body) -> tuple[int, str]:
+        """(new split, KV wire dtype) of a move request, or the ApiError that refuses it."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "a move is a JSON object {split, holds?, kv_dtype?, position?}")
+        unknown = set(body) - {"op", "split", "holds", "kv_dtype", "position"}
+        if unknown:
+            raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+        m = s.entry.model
+        new = body.get("split")
+        if isinstance(new, bool) or not isinstance(new, int) or not 0 <= new <= m.n_layers:
+            raise ApiError(400, f"split must be an integer in 0..{m.n_layers}", param="split")
+        kv_dtype = body.get("kv_dtype", "f32")
+        if kv_dtype not in WIRE_DTYPES:
+            raise ApiError(400, "kv_dtype must be 'f32' or 'f16'", param="kv_dtype")
+        holds = body.get("holds")
+        if holds is not None:
+            if (not isinstance(holds, list) or len(holds) > m.n_layers
+                    or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < m.n_layers
+                           for i in holds)):
+                raise ApiError(400, f"holds must be a list of layer indices in 0..{m.n_layers - 1}",
+                               param="holds")
+            s.holds = set(holds)
+        pos = body.get("position")
+        if pos is not None and pos != s.position:
+            raise ApiError(409, f"session is at position {s.position}, not {pos}")
+        self._no_move(s)
+        if new < s.split:
+            missing = [i for i in range(new, s.split) if i not in s.holds]
+            if missing:
+                low = s.split
+                while low > 0 and (low - 1) in s.holds:
+                    low -= 1
+                raise ApiError(400, f"the edge does not hold layer {missing[-1]} (holds says so): "
+                                    f"the split can move from {s.split} down to {low} only",
+                               param="split")
+        elif new > s.split:
+            ctx = s.cache.capacity
+            need = kv_bytes(m, ctx, new)
+            if need > self.limits.max_session_bytes:
+                raise ApiError(400, f"split {new} needs {need} bytes of KV cache for {ctx} tokens, "
+                                    f"over the per-session limit of {self.limits.max_session_bytes}",
+                               param="split")
+            if self.total_bytes - s.nbytes + need > self.limits.max_total_bytes:
+                raise ApiError(429, f"the server's KV-cache memory is full: it cannot take layers "
+                                    f"{s.split}..{new - 1} back now; keep the split or try later",
+                               "rate_limit_error")
+        return new, kv_dtype
+
+    def _real_cache(self, s: Session):
+        """The session's cache as one that holds layers (a split-0 session only tracked the
+        position until now)."""
+        if isinstance(s.cache, PositionOnly):
+            c = s.entry.backend(s.weights).new_cache(s.cache.capacity, 0, 0)
+            c.length = s.cache.length
+            s.cache = c
+        return s.cache
+
+    def _frames(self, s: Session, move: Move) -> list[bytes]:
+        """The KV frames of a move to the edge (worker thread)."""
+        m = s.entry.model
+        wire = WIRE_DTYPES[move.kv_dtype]
+        out = []
+        for i in move.layers:
+            p0, k, v = s.cache.read_layer(i)
+            k, v = (np.frombuffer(a, "<f4") if isinstance(a, bytes) else a for a in (k, v))
+            h = KVHeader(i, p0, s.cache.length, m.n_kv_heads, m.head_dim, move.kv_dtype)
+            out.append(h.pack() + np.ascontiguousarray(k, wire).tobytes()
+                       + np.ascontiguousarray(v, wire).tobytes())
+        return out
+
+    async def start_move(self, s: Session, body, owner=None) -> tuple[Move, list[bytes]]:
+        """Validate a move; for a move to the edge also the KV frames to send. Nothing changes
+        until ``commit_move`` (to the edge) or the last ``receive_frame`` (to the server)."""
+        s.busy += 1
+        try:
+            async with s.lock:
+                if s.closed:
+                    raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
+                s.last_used = time.monotonic()
+                new, kv_dtype = self._check_move(s, body)
+                move = Move(s.split, new, s.position, kv_dtype, owner)
+                kv = s.entry.model.causal and s.position > 0
+                frames = []
+                if move.to_edge and kv:
+                    frames = await anyio.to_thread.run_sync(self._frames, s, move, limiter=self.limiter)
+                if not kv:
+                    move.layers = []
+                s.move = move
+                return move, frames
+        finally:
+            s.busy -= 1
+
+    def cancel_move(self, s: Session, owner=None):
+        if s.move is not None and s.move.owner is owner:
+            s.move = None
+
+    def _apply(self, s: Session, move: Move):
+        """Drop or add the moved layers and take the new split (worker thread)."""
+        m = s.entry.model
+        if m.causal:
+            cache = self._real_cache(s) if not move.to_edge else s.cache
+            if move.to_edge:
+                for i in range(move.new, move.old):
+                    if hasattr(cache, "drop_layer"):
+                        cache.drop_layer(i)
+            else:
+                for i in range(move.old, move.new):
+                    cache.add_layer(i)
+                    if i in move.frames:
+                        p0, k, v = move.frames[i]
+                        cache.write_layer(i, p0, k, v)
+        s.split = move.new
+        s.nbytes = kv_bytes(m, s.cache.capacity, move.new)
+        s.move = None
+
+    async def commit_move(self, s: Session, owner=None) -> Session:
+        """The edge has every frame of a move to it: the server drops its copy."""
+        async with s.lock:
+            move = self._pending(s, owner, True, "to the edge is waiting for a commit")
+            await anyio.to_thread.run_sync(self._apply, s, move, limiter=self.limiter)
+            s.last_used = time.monotonic()
+            return s
+
+    async def receive_frame(self, s: Session, data, owner=None) -> bool:
+        """One KV frame of a move to the server; True once the move is done. A bad frame cancels
+        the move (the session stays at its old split) and raises."""
+        async with s.lock:
+            move = self._pending(s, owner, False, "to the server is waiting for KV frames")
+            try:
+                self._take_frame(s, move, data)
+            except ApiError:
+                s.move = None
+                raise
+            if len(move.frames) < len(move.layers):
+                return False
+            await anyio.to_thread.run_sync(self._apply, s, move, limiter=self.limiter)
+            s.last_used = time.monotonic()
+            return True
+
+    async def finish_move(self, s: Session, owner=None):
+        """End a move to the server that needs no frames (position 0, or an encoder)."""
+        async with s.lock:
+            move = self._pending(s, owner, False, "to the server is ready to finish")
+            if move.layers:
+                raise ApiError(409, f"the move waits for the KV of layers {move.layers}")
+            await anyio.to_thread.run_sync(self._apply, s, move, limiter=self.limiter)
+
+    def _take_frame(self, s: Session, move: Move, data):
+        m = s.entry.model
+        try:
+            h = parse_header(data)
+            if h.layer not in move.layers or h.layer in move.frames:
+                raise ValueError(f"KV frame of layer {h.layer} is not one this move waits for "
+                                 f"({', '.join(str(i) for i in move.layers if i not in move.frames)})")
+            if (h.n_kv_heads, h.head_dim) != (m.n_kv_heads, m.head_dim):
+                raise ValueError(f"KV frame of layer {h.layer} is [{h.n_kv_heads}, n, {h.head_dim}]; "
+                                 f"this model's is [{m.n_kv_heads}, n, {m.head_dim}]")
+            windows = attention_windows(m)
+            check_handover(h.layer, h.p0, h.positions, move.position, windows.get(h.layer))
+        except ValueError as e:
+            raise ApiError(400, str(e))
+        wire = WIRE_DTYPES[h.dtype]
+        body = memoryview(data)[HEADER.size:]
+        shape = (h.n_kv_heads, h.positions, h.head_dim)
+        k = np.frombuffer(body[:h.part_bytes], wire).reshape(shape).astype(np.float32)
+        v = np.frombuffer(body[h.part_bytes:], wire).reshape(shape).astype(np.float32)
+        move.frames[h.layer] = (h.p0, k, v)

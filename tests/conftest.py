@@ -23,3 +23,13 @@ def tiny_dir(tmp_path_factory):
             cache[arch] = (d, make_tiny(arch, d))
         return cache[arch]
     return get
+
+
+@pytest.fixture(scope="module")
+def device():
+    """A native WebGPU device (wgpu-py: lavapipe here), one per test module; skips without one."""
+    from pyapp.gpu.native import NativeDevice
+    try:
+        return NativeDevice.create()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"no WebGPU adapter: {e}")

@@ -19,7 +19,6 @@ pytestmark = pytest.mark.gpu
 pytest.importorskip("wgpu")
 gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize, quantize  # noqa: E402
-from test_gpu_kernels import device  # noqa: E402,F401  (the lavapipe device fixture)
 
 TOL = 1e-5
 QFORMATS = ["q4_1", "q8_0"]

@@ -24,15 +24,6 @@ WDECL_F32 = ("@group(0) @binding(1) var<storage, read> w: array<f32>;\n"
              "fn ldw(i: u32) -> f32 { return w[i]; }")
 
 
-@pytest.fixture(scope="module")
-def device():
-    from pyapp.gpu.native import NativeDevice
-    try:
-        return NativeDevice.create()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no WebGPU adapter: {e}")
-
-
 def relerr(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert np.isfinite(a).all(), "non-finite output (poison survived?)"
@@ -137,11 +128,118 @@ def test_add_norm_matches_numpy(device, D, T, add):
     w = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
     r = Run(device, T, 0)
     bx, y = r.buf(x), r.poisoned(T * D)
-    src = kernels.render("add_norm", WDECL=WDECL_F32, D=D, EPS="1e-05",
+    rdecl = ("@group(0) @binding(2) var<storage, read> r: array<f32>;\nfn ldr(i: u32) -> f32 { return r[i]; }"
+             if add else "fn ldr(i: u32) -> f32 { return 0.0; }")
+    src = kernels.render("add_norm", WDECL=WDECL_F32, RDECL=rdecl, D=D, EPS="1e-05",
                          ADD="true" if add else "false")
-    r.add(src, {1: r.buf(w), 2: r.buf(res), 3: bx, 4: y}, T)
+    r.add(src, {1: r.buf(w), **({2: r.buf(res)} if add else {}), 3: bx, 4: y}, T)
     r.go()
     u = x.astype(np.float64) + (res if add else 0)
     ref = u / np.sqrt((u * u).mean(-1, keepdims=True) + 1e-5) * w
     assert relerr(r.read(y, T * D).reshape(T, D), ref) <= TOL
     assert relerr(r.read(bx, T * D).reshape(T, D), u) <= 1e-7
+
+
+# ----------------------------------------------------------------------------- through the executor
+# The rewrite rules of pyapp/gpu/lower.py on whole (random, odd-shaped) llama models: logits of a
+# prefill and of decode steps against the numpy executor (a separate implementation), on every
+# reduction variant, short caches (one split) and long ones (split context + merge).
+
+LLAMA_SHAPES = {
+    # hidden 90: K % 4 != 0 (scalar loads), 5 heads of 18 over one kv head (MQA), I = 77
+    "odd": dict(hidden_size=90, intermediate_size=77, num_attention_heads=5, num_key_value_heads=1,
+                vocab_size=103, tie_word_embeddings=True),
+    # vec4 loads, GQA 2:1, hd 32, untied head
+    "vec4": dict(hidden_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=211, tie_word_embeddings=False),
+}
+
+
+def random_llama(path, shape, layers=2, seed=0):
+    """config.json + model.safetensors of random weights (norms near 1)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from pyapp.arch import build_model
+    from pyapp.gpu.shapes import infer_shapes
+    cfg = dict(model_type="llama", num_hidden_layers=layers, max_position_embeddings=512,
+               rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2,
+               **LLAMA_SHAPES[shape])
+    names = [f"model.layers.{i}.{n}.weight" for i in range(layers) for n in (
+        "input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    names += ["model.embed_tokens.weight", "model.norm.weight"]
+    if not cfg["tie_word_embeddings"]:
+        names.append("lm_head.weight")
+    shapes = infer_shapes(build_model(cfg, names))
+    rng = np.random.default_rng(seed)
+    t = {}
+    for n in names:
+        s = shapes[n]
+        t[n] = ((1 + 0.1 * rng.standard_normal(s)) if len(s) == 1
+                else rng.standard_normal(s) * (2 / s[1]) ** 0.5).astype(np.float32)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    save_file(t, str(path / "model.safetensors"))
+    return cfg
+
+
+GPU_VARIANTS = ["wg", "sg", "sg4"]
+
+
+@pytest.mark.parametrize("shape", list(LLAMA_SHAPES))
+@pytest.mark.parametrize("variant", GPU_VARIANTS)
+def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
+    from pyapp.gpu import GpuBackend
+    from pyapp.numpy_backend import NumpyBackend
+    if variant.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups on this adapter")
+    cfg = random_llama(tmp_path / shape, shape)
+    L = cfg["num_hidden_layers"]
+    nb = NumpyBackend.load(tmp_path / shape)
+    gb = GpuBackend.load(tmp_path / shape, device=device,
+                         variants={"linear": variant, "norm_wg": 64, "attention": "wg"})
+    rng = np.random.default_rng(7)
+    for capacity, prompt_len, n_splits in ((30, 9, 1), (400, 261, 13)):   # 32-key splits
+        prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], prompt_len)]
+        nc, gc = nb.new_cache(capacity), gb.new_cache(capacity)
+        ref = nb.forward(ids=prompt, cache=nc, all_logits=True)
+        got = gb.forward(ids=prompt, cache=gc, all_logits=True)
+        assert relerr(got, ref) <= 1e-4, "prefill"
+        tok = int(ref[-1].argmax())
+        for step in range(4):
+            d0 = gb.stats["dispatches"]
+            ref = nb.forward(ids=[tok], cache=nc)
+            got = gb.forward(ids=[tok], cache=gc)
+            assert relerr(got, ref) <= 1e-4, f"decode step {step}"
+            # embed + per layer (norm+qkv, attention, o+add, norm+gate/up+silu, down+add) + head
+            # (+ the merge of the split attention per layer)
+            assert gb.stats["dispatches"] - d0 == 1 + L * (5 + (n_splits > 1)) + 1
+            tok = int(ref[-1].argmax())
+
+
+@pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
+def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
+    """GpuBackend.decode (steps in flight, each embedding the token the GPU sampled) gives the
+    ids of step() one token at a time, stops at a stop token like decode.generate, and leaves
+    the cache where the step-by-step loop leaves it (the next step's logits are equal)."""
+    from pyapp.decode import generate
+    from pyapp.gpu import GpuBackend
+    from pyapp.sampling import SamplingParams
+    random_llama(tmp_path / "m", "vec4")
+    v = {"linear": variant, "norm_wg": 64 if variant != "row" else 1, "attention": "wg" if variant != "row" else "row"}
+    gb = GpuBackend.load(tmp_path / "m", device=device, variants=v)
+    prompt = [5, 17, 200, 3, 99, 41, 7]
+    for sp in (SamplingParams(), SamplingParams(temperature=0.9, top_k=20, top_p=0.9, seed=11)):
+        c1 = gb.new_cache(64)
+        ref = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20).ids
+        c2 = gb.new_cache(64)
+        assert gb.decode(prompt, c2, sp, 20, depth=depth) == ref
+        stop = ref[6]
+        c1, c2 = gb.new_cache(64), gb.new_cache(64)
+        r1 = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20, eos_ids=[stop]).ids
+        r2 = gb.decode(prompt, c2, sp, 20, eos_ids=[stop], depth=depth)
+        assert r2 == r1 == ref[:ref.index(stop) + 1]
+        assert c2.length == c1.length
+        assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0

@@ -15,15 +15,6 @@ pytest.importorskip("wgpu")
 PROMPTS = [[1, 5, 17, 33, 2, 99, 64], [1, 100], [7]]
 
 
-@pytest.fixture(scope="module")
-def device():
-    from pyapp.gpu.native import NativeDevice
-    try:
-        return NativeDevice.create()
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"no WebGPU adapter: {e}")
-
-
 def numpy_step(nb, cache, sp, split=None, gpu=None, gcache=None):
     def step(ids, n):
         if split is None:

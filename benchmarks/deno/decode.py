@@ -8,7 +8,7 @@ import js
 import pyapp.gpu.browser as gb
 from pyapp.arch import build_model
 from pyapp.gpu import GpuBackend
-from pyapp.gpu.backend import autotune_async
+from pyapp.gpu.autotune import autotune_async
 from pyapp.sampling import SamplingParams
 
 spec = json.loads(js.SPEC)
@@ -42,6 +42,24 @@ async def run(n_new):
 
 await run(2)                       # warm-up: pipelines, plans
 prefill, dec, nd, nx, toks = await run(N)
+DEPTH = 4
+
+
+async def pipelined():
+    """GpuBackend.decode_async: DEPTH steps in flight, their mapAsync pending together."""
+    c = be.new_cache(P + N + 8)
+    t = time.perf_counter()
+    out = await be.decode_async(prompt, c, sp, N + 1, depth=DEPTH)
+    return time.perf_counter() - t - prefill, out
+
+
+try:
+    await pipelined()
+    pdec, ptoks = await pipelined()
+    pipe = {"pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": DEPTH,
+            "pipelined_same_tokens": ptoks == toks}
+except Exception as e:  # noqa: BLE001  (keep the step-by-step row)
+    pipe = {"pipelined_error": repr(e)[:500]}
 
 
 async def host_costs(reps=10):
@@ -72,5 +90,6 @@ json.dumps({
     "prompt_tokens": P, "new_tokens": N, "prefill_seconds": prefill,
     "decode_seconds": dec, "decode_tokens_per_s": N / dec, "ms_per_token": dec / N * 1e3,
     "dispatches_per_token": nd / N,
+    **pipe,
     "empty_submit_readback_ms": roundtrip_ms, "host_encode_submit_ms_per_token": encode_ms, "ffi_crossings_per_token": nx / N, "tokens": toks,
 })

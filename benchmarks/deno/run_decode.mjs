@@ -23,14 +23,14 @@ const { loadPyodide } = await import(path.resolve(spec.pyodide, "pyodide.mjs"));
 const pyodide = await loadPyodide({ indexURL: path.resolve(spec.pyodide) + "/" });
 const bootS = (performance.now() - t0) / 1000;
 
-// Copy pyapp/**/*.{py,wgsl} into the Pyodide home, as micropip would install the wheel.
+// Copy pyapp/**/*.{py,wgsl,js} into the Pyodide home, as micropip would install the wheel.
 function copyTree(src, dst) {
   pyodide.FS.mkdirTree(dst);
   for (const ent of fs.readdirSync(src, { withFileTypes: true })) {
     if (ent.name === "__pycache__") continue;
     const s = path.join(src, ent.name), d = dst + "/" + ent.name;
     if (ent.isDirectory()) copyTree(s, d);
-    else if (/\.(py|wgsl)$/.test(ent.name)) pyodide.FS.writeFile(d, fs.readFileSync(s));
+    else if (/\.(py|wgsl|js)$/.test(ent.name)) pyodide.FS.writeFile(d, fs.readFileSync(s));
   }
 }
 copyTree(path.join(spec.pyapp, "pyapp"), "/home/pyodide/pyapp");

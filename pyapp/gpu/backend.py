@@ -21,14 +21,19 @@ import struct
 from array import array
 
 from .. import formats, kernels
-from ..models import Model
+from ..kvwire import check_floors, check_handover, ring_runs, window_start
+from ..models import Model, attention_windows, check_rewind
 from . import lower
 from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
 from .device import Device, GpuError
 from .shapes import infer_shapes, widths_from_shapes
 
+ON_GPU = "on-gpu"             # `ids` of a pipelined step: the token the last step's sampler left in tok_buf
 PARAMS_HEAD = 256            # offset of the head's params (T = 1) in the uniform buffer
 UNIFORM_BYTES = 512
+# rows per weight chunk: a GEMV variant with one output row per workgroup (`wg`) dispatches
+# one workgroup per row, and a dispatch holds at most 65,535 (Gemma's 262,144-row head)
+MAX_CHUNK_ROWS = 65535
 
 
 class Tensor:
@@ -42,34 +47,126 @@ class Tensor:
 
 
 class GpuKVCache:
-    """Per-layer K/V buffers [Hkv, capacity, hd] on the GPU; `length` tokens valid."""
+    """Per-layer K/V buffers [Hkv, slots, hd] on the GPU; `length` tokens valid.
+
+    A sliding-window layer (window W) keeps a ring of min(capacity, W + max(W, max_tokens))
+    slots (position p in slot p mod slots): the W keys a query sees plus room for one step's
+    rows (written before they are read) and, as on numpy, a rewind of up to W + 1 tokens."""
 
     def __init__(self, backend, start, stop, capacity):
-        m = backend.model
+        self.device, self.model, self.max_tokens = backend.device, backend.model, backend.max_tokens
         self.capacity = capacity
         self.length = 0
-        self.k, self.v = {}, {}
-        nb = m.n_kv_heads * capacity * m.head_dim * 4
-        if m.causal:
-            for i in range(start, stop):
-                self.k[i] = backend.device.create_buffer(nb)
-                self.v[i] = backend.device.create_buffer(nb)
-        self.nbytes = 2 * nb * len(self.k)
+        self.k, self.v, self.slots, self.windows = {}, {}, {}, {}
+        self.floors = {}     # layer -> its first valid position, after a hand-over (kvwire)
         self.plans = {}      # step key -> recorded dispatches over this cache's buffers
         self.groups = {}     # bind groups that hold this cache's buffers (built with the plans)
-        self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        self.buffer_ids = set()
+        self._scratch = None     # split-attention partials, [T*H, NS, HD+2] (lower.py)
+        for i in range(start, stop) if self.model.causal else ():
+            self.add_layer(i)
+
+    @property
+    def nbytes(self):
+        return 2 * self.model.n_kv_heads * self.model.head_dim * 4 * sum(self.slots.values())
+
+    def scratch(self, nbytes):
+        """A scratch buffer of at least `nbytes` owned by this cache (planned once per
+        capacity: the split count depends only on it)."""
+        if self._scratch is None or self._scratch[1] < nbytes:
+            self._scratch = (self.device.create_buffer(nbytes), nbytes)
+            self.buffer_ids.add(id(self._scratch[0]))
+        return self._scratch[0]
 
     def truncate(self, n):
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot truncate a cache of {self.length} tokens to {n}")
+        check_rewind(self.length, n, {i: (self.slots[i], w) for i, w in self.windows.items()})
+        check_floors(n, self.floors, self.windows)
         self.length = n
+        if n == 0:
+            self.floors.clear()
+
+    # ------------------------------------------------------------------ hand-over (pyapp.kvwire)
+    def _changed(self):
+        """Layers came or went: recorded plans and bind groups over the old set are stale."""
+        self.plans.clear()
+        self.groups.clear()
+        self.buffer_ids = {id(b) for b in list(self.k.values()) + list(self.v.values())}
+        if self._scratch is not None:
+            self.buffer_ids.add(id(self._scratch[0]))
+
+    def add_layer(self, i):
+        """Allocate layer i's K/V: a ring of min(capacity, W + max(W, max_tokens)) slots on a
+        window layer (the W keys a query sees, plus one step's rows and rewind slack)."""
+        m = self.model
+        w = attention_windows(m).get(i)
+        n = min(self.capacity, w + max(w, self.max_tokens)) if w else self.capacity
+        if w:
+            self.windows[i] = w
+        self.slots[i] = n
+        nb = m.n_kv_heads * n * m.head_dim * 4
+        self.k[i] = self.device.create_buffer(nb)
+        self.v[i] = self.device.create_buffer(nb)
+        self._changed()
+
+    def drop_layer(self, i):
+        for b in (self.k.pop(i, None), self.v.pop(i, None)):
+            if b is not None:
+                b.destroy()
+        for d in (self.slots, self.windows, self.floors):
+            d.pop(i, None)
+        self._changed()
+
+    def _layer_reads(self, i):
+        """(p0, n, [(buffer offset, bytes)] per head and ring run) of what read_layer returns."""
+        m = self.model
+        p0 = window_start(self.length, self.windows.get(i))
+        row = m.head_dim * 4
+        S = self.slots[i]
+        spans = [((h * S + s) * row, cnt * row) for h in range(m.n_kv_heads)
+                 for s, _off, cnt in ring_runs(p0, self.length, S)]
+        return p0, spans
+
+    def read_layer(self, i):
+        """(p0, K bytes, V bytes): layer i's f32 keys/values [Hkv, length - p0, hd] for positions
+        p0..length-1 (native binding: blocking reads)."""
+        p0, spans = self._layer_reads(i)
+        return (p0, b"".join(self.device.read(self.k[i], o, n) for o, n in spans if n),
+                b"".join(self.device.read(self.v[i], o, n) for o, n in spans if n))
+
+    async def read_layer_async(self, i):
+        """read_layer for the browser (mapAsync readbacks)."""
+        p0, spans = self._layer_reads(i)
+        k = [bytes(await self.device.read_async(self.k[i], o, n)) for o, n in spans if n]
+        v = [bytes(await self.device.read_async(self.v[i], o, n)) for o, n in spans if n]
+        return p0, b"".join(k), b"".join(v)
+
+    def write_layer(self, i, p0, k, v):
+        """Store f32 K/V [Hkv, n, hd] (buffer-protocol bytes or JS typed arrays, written as
+        they are) of positions p0..p0+n-1, ending at `length`, into layer i."""
+        m = self.model
+        row = m.head_dim * 4
+        n = data_nbytes(k) // (m.n_kv_heads * row)
+        if data_nbytes(k) != n * m.n_kv_heads * row or data_nbytes(v) != data_nbytes(k):
+            raise ValueError(f"KV of layer {i}: K and V must both be [{m.n_kv_heads}, n, {m.head_dim}] f32")
+        check_handover(i, p0, n, self.length, self.windows.get(i))
+        S = self.slots[i]
+        for h in range(m.n_kv_heads):
+            for s, off, cnt in ring_runs(p0, p0 + n, S):
+                a = (h * n + off) * row
+                for src, dst in ((k, self.k[i]), (v, self.v[i])):
+                    self.device.write(dst, (h * S + s) * row, byte_slice(src, a, a + cnt * row))
+        if p0:
+            self.floors[i] = p0
+        else:
+            self.floors.pop(i, None)
 
     def destroy(self):
         """Free the K/V buffers now (they also go with the cache object: the backend keeps
         no reference to them)."""
-        for b in list(self.k.values()) + list(self.v.values()):
+        for b in list(self.k.values()) + list(self.v.values()) + ([self._scratch[0]] if self._scratch else []):
             b.destroy()
-        self.k, self.v, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, set()
+        self.k, self.v, self.slots, self.plans, self.groups, self.buffer_ids = {}, {}, {}, {}, {}, set()
+        self._scratch = None
 
 
 # ----------------------------------------------------------------------------- backend
@@ -87,6 +184,7 @@ class GpuBackend:
         self.embed = (start == 0) if embed is None else embed
         self.head = (self.stop == model.n_layers) if head is None else head
         self.ops = model.ops(self.start, self.stop, embed=self.embed, head=self.head)
+        lower.check_ops(self.ops)
         self.dtype = dtype
         shapes = dict(shapes) if shapes is not None else infer_shapes(model)
         self.widths = widths_from_shapes(model, shapes, widths or {})
@@ -114,6 +212,8 @@ class GpuBackend:
                 if n not in self.acts and n not in ("ids", "logits"):
                     self.acts[n] = device.create_buffer(self.max_tokens * self.widths[n] * 4)
         self.ids_buf = device.create_buffer(self.max_tokens * 4)
+        self.ids_src = self.ids_buf   # what `embed` reads while a plan is built (tok_buf: pipelined)
+        self._ring = []               # readback buffers of pipelined decode
         # encoders: the segment table of packed steps (lower.seg_decl): 2 u32 per row + per sequence
         self.seg_buf = None if model.causal else device.create_buffer(self.max_tokens * 16)
         self.params = device.create_buffer(UNIFORM_BYTES, "uniform")
@@ -127,21 +227,23 @@ class GpuBackend:
             self._grow_logits(1)
         self.tok_buf = device.create_buffer(16)
         self.readback = device.create_buffer(16, "readback")
-        self.rope_buf = None
-        if any(o.kind == "rope" for o in self.ops):
-            self._upload_rope()
+        self.ready = None             # progressive loading: parts whose weights are on the GPU
+        self.rope_bufs = {}           # theta -> cos/sin table (Gemma: one per local/global base)
+        for o in self.ops:
+            if o.kind == "rope" and o.attrs["theta"] not in self.rope_bufs:
+                self.rope_bufs[o.attrs["theta"]] = self._upload_rope(o.attrs["head_dim"], o.attrs["theta"])
 
     # ------------------------------------------------------------------ weights
     def _alloc(self, t: Tensor, splittable):
         if not splittable and t.nbytes > self.max_binding:
             raise GpuError(f"{t.name}: {t.nbytes} bytes exceed the device's binding limit "
                            f"{self.max_binding} and cannot be split")
-        if len(t.shape) == 1 or t.nbytes <= self.max_binding:
+        if len(t.shape) == 1 or (t.nbytes <= self.max_binding and t.shape[0] <= MAX_CHUNK_ROWS):
             rows = t.shape[0]
             t.chunks.append([self.device.create_buffer(t.nbytes), 0, rows, 0, t.nbytes])
             return
         rows, rb = t.shape[0], t.nbytes // t.shape[0]
-        per = self.max_binding // rb
+        per = min(self.max_binding // rb, MAX_CHUNK_ROWS)
         while per > 0 and (per * rb) % 4:       # chunks start on 4-byte boundaries
             per -= 1
         if per < 1:
@@ -151,6 +253,38 @@ class GpuBackend:
             n = min(per, rows - r0)
             t.chunks.append([self.device.create_buffer(n * rb), r0, n, r0 * rb, n * rb])
             r0 += n
+
+    # ------------------------------------------------------------------ progressive loading
+    def track_ready(self):
+        """From now on steps only run over parts marked ready (weights streamed and verified):
+        a backend built for [start, stop) runs [K, stop) for any K >= runnable_from()."""
+        self.ready = set()
+
+    def mark_ready(self, part):
+        """`part`: a layer index, "embed" or "head", whose every tensor is written and verified."""
+        if self.ready is not None:
+            self.ready.add(part)
+
+    def runnable_from(self):
+        """The lowest K such that [K, stop) (and the head, if built with one) can run; None
+        while nothing can (stop when only the head is there)."""
+        if self.ready is None:
+            return self.start
+        if self.head and "head" not in self.ready:
+            return None
+        k = self.stop
+        while k > self.start and (k - 1) in self.ready:
+            k -= 1
+        return k
+
+    def _check_ready(self, start, stop, embed, head):
+        if self.ready is None:
+            return
+        missing = [i for i in range(start, stop) if i not in self.ready]
+        missing += [p for p, need in (("embed", embed), ("head", head)) if need and p not in self.ready]
+        if missing:
+            raise ValueError(f"weights of {', '.join(map(str, missing))} have not arrived yet: "
+                             f"this backend runs from layer {self.runnable_from()}")
 
     def weight_layout(self):
         """[(tensor name, nbytes)] in upload order (the dtype's raw little-endian bytes)."""
@@ -174,9 +308,8 @@ class GpuBackend:
             part = data if (lo == byte_offset and hi == end) else byte_slice(data, lo - byte_offset, hi - byte_offset)
             self.device.write(buf, lo - b0, part)
 
-    def _upload_rope(self):
-        rope = next(o for o in self.ops if o.kind == "rope")
-        hd, theta = rope.attrs["head_dim"], rope.attrs["theta"]
+    def _upload_rope(self, hd, theta):
+        """The cos/sin table [positions, hd/2, 2] of base `theta`, in float64 like numpy."""
         half = hd // 2
         inv = [1.0 / (theta ** (i * 2 / hd)) for i in range(half)]
         tab = array("f")
@@ -185,8 +318,9 @@ class GpuBackend:
                 a = pos * f
                 tab.append(math.cos(a))
                 tab.append(math.sin(a))
-        self.rope_buf = self.device.create_buffer(len(tab) * 4)
-        self.device.write(self.rope_buf, 0, tab)
+        buf = self.device.create_buffer(len(tab) * 4)
+        self.device.write(buf, 0, tab)
+        return buf
 
     def _grow_logits(self, rows):
         if rows <= self.logit_rows:
@@ -229,15 +363,18 @@ class GpuBackend:
     def act(self, name):
         return self.logits if name == "logits" else self.acts[name]
 
-    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample, segs=0):
-        """The recorded dispatch list of one step; built once per key, replayed."""
-        key = (T, start, stop, embed, head, all_logits, sample, segs, self._gen)
+    def _plan(self, T, cache, start, stop, embed, head, all_logits, sample, gpu_ids=False, segs=0):
+        """The recorded dispatch list of one step; built once per key, replayed. `gpu_ids`:
+        the embedding reads the id the previous step sampled (tok_buf), not ids_buf; `segs`:
+        encoder sequences packed in the step (0: one)."""
+        key = (T, start, stop, embed, head, all_logits, sample, self._gen, gpu_ids, segs)
         plans = cache.plans if cache is not None else self._enc_plans
         rec = plans.get(key)
         if rec is not None:
             return rec
         m = self.model
         self._planning = cache
+        self.ids_src = self.tok_buf if gpu_ids else self.ids_buf
         try:
             disp = lower.lower(self, m.ops(start, stop, embed=embed, head=False), lower.Step(T, cache, segs=segs))
             if head:
@@ -249,6 +386,7 @@ class GpuBackend:
                     disp.append(self.dispatch(src, {1: self.logits, 2: self.tok_buf}, 1, head=True))
         finally:
             self._planning = None
+            self.ids_src = self.ids_buf
         rec = (self.device.record(disp), len(disp))
         plans[key] = rec
         self.stats["plans_built"] += 1
@@ -278,7 +416,11 @@ class GpuBackend:
         if (ids is None) == (x is None):
             raise ValueError("give exactly one of ids or x")
         writes = []
-        if ids is not None:
+        if ids is ON_GPU:
+            if start != 0 or not self.embed or cache is None:
+                raise ValueError("a pipelined step starts at layer 0 from a sampled token")
+            T = 1
+        elif ids is not None:
             if start != 0 or not self.embed:
                 raise ValueError("token ids enter at layer 0; give x for a later start")
             ids = [int(i) for i in id_list(ids)]
@@ -289,6 +431,7 @@ class GpuBackend:
         else:
             data, T = hidden_rows(x, m.hidden)
             writes.append((self.acts["x"], 0, data))
+        self._check_ready(start, stop, ids is not None, head)
         if T == 0:
             raise ValueError("empty step")
         if T > self.max_tokens:
@@ -304,7 +447,8 @@ class GpuBackend:
             raise ValueError(f"input of {T} tokens exceeds the context of {m.max_context}")
         if head and m.causal and all_logits:
             self._grow_logits(T)
-        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample, segs)
+        rec, nd = self._plan(T, cache, start, stop, ids is not None, head, all_logits, sample, ids is ON_GPU,
+                             segs)
         writes.append((self.params, 0, self._params(T, pos0, sp, n)))
         self.stats["steps"] += 1
         self.stats["dispatches"] += nd
@@ -381,8 +525,9 @@ class GpuBackend:
     def destroy(self):
         """Free the GPU buffers now (the browser keeps them until GC otherwise)."""
         bufs = [c[0] for t in self.tensors.values() for c in t.chunks] + list(self.acts.values())
-        bufs += [b for b in (self.logits, self.rope_buf, self.ids_buf, self.params, self.tok_buf,
-                             self.readback, self.seg_buf) if b is not None]
+        bufs += list(self.rope_bufs.values())
+        bufs += [b for b in (self.logits, self.ids_buf, self.params, self.tok_buf,
+                             self.readback, self.seg_buf) if b is not None] + self._ring
         for b in bufs:
             try:
                 b.destroy()
@@ -392,16 +537,17 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None):
         from ..sampling import SamplingParams
 
         params = params or SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
         # a prompt longer than the activation buffers is prefilled in chunks
-        ids, x = self._prefill_chunks(ids, x, cache, start, stop)
+        if ids is not ON_GPU:
+            ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, self.readback, 0, 4))
+        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4))
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
@@ -439,6 +585,47 @@ class GpuBackend:
         """The same, awaiting the readback (the browser binding's mapAsync)."""
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
+
+    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """Decode with `depth` steps in flight: each step embeds the token its predecessor's
+        sampler left on the GPU, so step n+1 is encoded and submitted before token n is read
+        (the host's encoding overlaps the GPU; in the browser several mapAsync wait at once).
+        Token n is read from readback slot n % depth. The ids equal step() one at a time:
+        steps submitted past a stop token are dropped (their KV rows cut off the cache).
+        Returns the new token ids (the stop token included, like decode.generate)."""
+        import asyncio
+
+        if max_new_tokens <= 0:
+            return []
+        while len(self._ring) < depth:
+            self._ring.append(self.device.create_buffer(16, "readback"))
+        ring, eos, out, reads = self._ring, set(eos_ids), [], {}
+        browser = self.device.kind == "browser"
+
+        def submit(n, ids):
+            self._step_submit(ids, None, cache, params, n, None, None, readback=ring[n % depth])
+            if browser:           # start the mapAsync now: several resolve in one poll
+                reads[n] = asyncio.ensure_future(self.device.read_async(ring[n % depth], 0, 4))
+        submit(0, prompt_ids)
+        submitted = 1
+        while True:
+            while submitted < max_new_tokens and submitted - len(out) < depth:
+                submit(submitted, ON_GPU)
+                submitted += 1
+            n = len(out)
+            raw = await reads.pop(n) if browser else self.device.read(ring[n % depth], 0, 4)
+            out.append(struct.unpack("<I", bytes(raw))[0])
+            if out[-1] in eos or len(out) >= max_new_tokens:
+                break
+        for f in reads.values():  # the dropped steps' reads
+            await f
+        cache.length -= submitted - len(out)
+        return out
+
+    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+        """decode_async on the native binding (its reads never suspend)."""
+        from .autotune import _run_sync
+        return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth))
 
     # ------------------------------------------------------------------ test / bench hooks
     def poison(self, value=float("nan")):

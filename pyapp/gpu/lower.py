@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .. import kernels
+from .. import formats, kernels
 from . import wgsl
 from .device import GpuError
 
@@ -54,7 +54,7 @@ def _embed(b, o, s: Step):
     tok = b.tensors[w["tokens"]]
     for buf, r0, rows, _b0, _nb in tok.chunks:
         src = kernels.render("embed", WDECL=wgsl.wdecl(1, "w", tok.dtype, 1), D=D, R0=r0, R=rows)
-        out.append(b.dispatch(src, {1: buf, 2: b.ids_buf, 3: b.acts["x"]}, ceil(s.T * D, 64)))
+        out.append(b.dispatch(src, {1: buf, 2: b.ids_src, 3: b.acts["x"]}, ceil(s.T * D, 64)))
     for role, pos in (("positions", "true"), ("token_type", "false")):
         if w.get(role):
             t = b.tensors[w[role]]
@@ -77,7 +77,7 @@ def _norm(b, o, s: Step):
     inplace = o.ins[0] == o.outs[0]
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1), BDECL=bdecl,
+    src = kernels.render("norm", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")), BDECL=bdecl,
                          XDECL=wgsl.norm_input(inplace), D=b.widths[o.ins[0]],
                          WG=int(b.variants["norm_wg"]), EPS=wgsl.f32lit(o.attrs["eps"]),
                          LAYER="true" if o.kind == "layer_norm" else "false",
@@ -101,6 +101,16 @@ def _linear(b, o, s: Step):
     vec = 4 if K % 4 == 0 else 1
     # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
     variant = b.variants.get("linear_head") if o.outs[0] == "logits" else None
+    blk = wgsl.block_wdecl(1, "w", wt.dtype)
+    if blk is not None and (variant or b.variants["linear"]) == "row":
+        # one column per invocation walking whole blocks: scales decoded once per block
+        TB = 1 if T == 1 else 4
+        out = []
+        for buf, r0, rows, _b0, _nb in wt.chunks:
+            src = kernels.render("linear_row_blk", WDECL=blk, BDECL=bdecl, YDECL=wgsl.GEMV_STORE, N=rows,
+                                 KV=K // 4, NB=K // formats.get(wt.dtype).block, YS=NF, N0=r0, TB=TB)
+            out.append(b.dispatch(src, {**ent0, 1: buf}, ceil(rows, 64), ceil(T, TB), head=s.head))
+        return out
     wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
     return [gemv(b, wd, bdecl, wgsl.GEMV_STORE, vec, rows, K // vec, NF, r0, s, {**ent0, 1: buf}, variant)
             for buf, r0, rows, _b0, _nb in wt.chunks]
@@ -125,19 +135,31 @@ def _linear_t(b, wt, bdecl, ent0, s: Step):
     return out
 
 
-def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None):
-    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR)."""
-    T = s.rows
-    TB = 1 if T == 1 else 4
+MAX_GROUPS = 65535           # workgroups per dispatch dimension (WebGPU's default limit)
+
+
+def gemv_variant(b, variant=None) -> str:
+    """The GEMV variant that will run: `sg*` falls back to `wg` without `subgroups`."""
     variant = variant or b.variants["linear"]
     if variant.startswith("sg") and "subgroups" not in b.device.features:
-        variant = "wg"
+        return "wg"
+    return variant
+
+
+def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
+         adecl=None, pairdecl=None):
+    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR). `adecl`: the
+    input with an RMSNorm folded in (wg / sg* only); `pairdecl`: two weights per column."""
+    T = s.rows
+    TB = 1 if T == 1 else 4
+    variant = gemv_variant(b, variant)
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
+                ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
     if variant == "row":
         src, gx = kernels.render("linear_row", **subs), ceil(rows, 64)
     elif variant == "wg":
-        src, gx = kernels.render("linear_wg", PART=64 * TB, **subs), rows
+        src, gx = kernels.render("linear_wg", PART=64 * TB, **subs), min(rows, MAX_GROUPS)
     elif variant.startswith("sgr"):
         R = int(variant[3:] or 4)
         src = kernels.render("linear_sgr", ENABLE=b.device.subgroup_enable, R=R, RTB=R * TB, **subs)
@@ -162,8 +184,18 @@ def _rope(b, o, s: Step):
     a = o.attrs
     H, Hkv, hd = a["n_heads"], a["n_kv_heads"], a["head_dim"]
     src = kernels.render("rope", H=H, HKV=Hkv, HD=hd, HALF=hd // 2)
-    return [b.dispatch(src, {1: b.rope_buf, 2: b.acts[o.ins[0]], 3: b.acts[o.ins[1]]},
+    return [b.dispatch(src, {1: b.rope_bufs[a["theta"]], 2: b.acts[o.ins[0]], 3: b.acts[o.ins[1]]},
                        ceil(s.T * (H + Hkv) * (hd // 2), 64))]
+
+
+# llvmpipe (lavapipe) ends a shader invocation after 65,535 loop iterations in all (its loop
+# limiter); the `row` attention runs 2 * HD + 1 of them per key in one invocation
+LOOP_BUDGET = 65535
+
+
+def _row_attention_fits(keys: int, hd: int) -> bool:
+    """One invocation per (row, head) stays inside LOOP_BUDGET for `keys` keys (else `wg`)."""
+    return keys * (2 * hd + 1) + 2 * hd < LOOP_BUDGET
 
 
 def _attention(b, o, s: Step):
@@ -173,13 +205,14 @@ def _attention(b, o, s: Step):
     out, cap = [], 0
     if a["causal"]:
         i, cache = a["layer"], s.cache
-        kc, vc, cap = cache.k[i], cache.v[i], cache.capacity
+        kc, vc, cap = cache.k[i], cache.v[i], cache.slots[i]   # slots: a ring on window layers
         src = kernels.render("kv_write", HKV=Hkv, HD=hd, CAP=cap)
         out.append(b.dispatch(src, {1: kk, 2: vv, 3: kc, 4: vc}, ceil(s.T * Hkv * hd, 64)))
         kk, vv = kc, vc
     common = dict(H=H, HKV=Hkv, HD=hd, CAP=cap, SCALE=wgsl.f32lit(a["scale"]),
-                  CAUSAL="true" if a["causal"] else "false", SEGDECL=seg_decl(b, s))
-    if b.variants.get("attention", "row") == "wg":
+                  CAUSAL="true" if a["causal"] else "false", WIN=a.get("window") or 0,
+                  SEGDECL=seg_decl(b, s))
+    if b.variants.get("attention", "row") == "wg" or not _row_attention_fits(cap or b.max_tokens, hd):
         src, gx = kernels.render("attention_wg", **common), s.T * H
     else:
         src, gx = kernels.render("attention", WG=32, **common), ceil(s.T * H, 32)
@@ -187,13 +220,37 @@ def _attention(b, o, s: Step):
     return out
 
 
-def _elementwise(b, o, s: Step):
+def _elementwise(b, o, s: Step, prelude: str = ""):
     W = b.widths[o.outs[0]]
     decl, body, bound = wgsl.elementwise(o.kind, [n == o.outs[0] for n in o.ins])
     ent = {j + 1: b.act(o.ins[j]) for j in bound}
     ent[3] = b.act(o.outs[0])
-    src = kernels.render("add" if o.kind == "add" else "unary", DECL=decl, W=W, BODY=body)
+    src = kernels.render("add" if o.kind == "add" else "unary", prelude, DECL=decl, W=W, BODY=body)
     return [b.dispatch(src, ent, ceil(s.rows * W, 64), head=s.head)]
+
+
+def _scale(b, o, s: Step):
+    """y = a * float32(value) (Gemma's sqrt(hidden) on the embedding)."""
+    return _elementwise(b, o, s, f"const VALUE: f32 = {wgsl.f32lit(o.attrs['value'])};\n")
+
+
+def _norm_group(b, o, s: Step):
+    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included."""
+    wt, G = b.tensors[o.weights["w"]], o.attrs["group"]
+    W = b.widths[o.ins[0]]
+    if W % G:
+        raise GpuError(f"rms_norm group {G} does not divide the width {W} of {o.ins[0]!r}")
+    inplace = o.ins[0] == o.outs[0]
+    ent = {1: wt.chunks[0][0], 4: b.act(o.outs[0])}
+    if not inplace:
+        ent[3] = b.act(o.ins[0])
+    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")),
+                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]))
+    return [b.dispatch(src, ent, ceil(s.rows * (W // G), 64), head=s.head)]
+
+
+def _rms_norm(b, o, s: Step):
+    return (_norm_group if o.attrs.get("group") else _norm)(b, o, s)
 
 
 def _pool(b, o, s: Step, out=None, norm=False):
@@ -209,7 +266,7 @@ def _fused_only(b, o, s: Step):
 
 LOWER: dict[str, Callable] = {
     "embed": _embed,
-    "rms_norm": _norm,
+    "rms_norm": _rms_norm,
     "layer_norm": _norm,
     "linear": _linear,
     "split": _split,
@@ -219,6 +276,8 @@ LOWER: dict[str, Callable] = {
     "add": _elementwise,
     "gelu": _elementwise,
     "gelu_tanh": _elementwise,
+    "gelu_tanh_mul": _elementwise,
+    "scale": _scale,
     "mean_pool": _pool,
     "l2_normalize": _fused_only,
 }
@@ -231,39 +290,185 @@ def _plain_linear(o) -> bool:
     return o.kind == "linear" and not o.attrs.get("transposed")
 
 
-def fuse_linears(b, ops, i, s: Step):
-    """The run of GEMVs from ops[i] over the same input (q/k/v, gate/up) in one dispatch:
-    one chunk each, the same K, at most 8 storage bindings."""
+def _fusing(b) -> bool:
     # fusing costs a branch per weight load: measured slower with `row` on lavapipe
     # (5.4 -> 4.9 tok/s), so by default only the reduction variants fuse
-    if not b.variants.get("fuse", b.variants["linear"] != "row") or not _plain_linear(ops[i]):
+    return bool(b.variants.get("fuse", b.variants["linear"] != "row"))
+
+
+def _dead_after(ops, j, name) -> bool:
+    """Nothing from ops[j] on reads activation `name` before writing it."""
+    for p in ops[j:]:
+        if name in p.ins:
+            return False
+        if name in p.outs:
+            return True
+    return True
+
+
+def _plain_rms_norm(o) -> bool:
+    """An RMSNorm the fused kernels implement: no bias, no (1 + w) offset, no per-head groups."""
+    return (o.kind == "rms_norm" and not o.weights.get("b") and not o.attrs.get("offset")
+            and not o.attrs.get("group"))
+
+
+def _norm_foldable(b, o) -> bool:
+    return _plain_rms_norm(o) and o.ins[0] != o.outs[0] and b.variants.get("fold", True)
+
+
+def fuse_gemv(b, ops, i, s: Step):
+    """GEMVs over one input in one dispatch, with what can ride along:
+    * an RMSNorm before them folded into their input (`rms_norm(x) -> h`, h read by them alone);
+    * the run of GEMVs over the same input (q/k/v, gate/up): one chunk each, the same K,
+      at most 8 storage bindings;
+    * gate/up followed by silu_mul: one weight pair per column, SiLU(g)*u in the store;
+    * one GEMV followed by the residual add (`x += y`): the add in the store.
+    Only the reduction variants (wg / sg / sg4) take the norm, the pair and the add."""
+    if not _fusing(b):
         return None
-    o = ops[i]
+    j, norm = i, None
+    if _norm_foldable(b, ops[i]) and i + 1 < len(ops) and _plain_linear(ops[i + 1]) \
+            and ops[i + 1].ins[0] == ops[i].outs[0] and not (s.head and s.T > 1):
+        norm, j = ops[i], i + 1
+    if not _plain_linear(ops[j]):
+        return None
+    o = ops[j]
+    head = o.outs[0] == "logits"
+    variant = gemv_variant(b, b.variants.get("linear_head") if head else None)
+    rich = variant in ("wg", "sg", "sg4") and b.variants.get("fold", True)
     K = b.tensors[o.weights["w"]].shape[1]
     grp = []
-    for p in ops[i:]:
+    for p in ops[j:]:
         t = b.tensors[p.weights["w"]] if p.kind == "linear" else None
         if (not _plain_linear(p) or p.ins[0] != o.ins[0] or p.outs[0] == o.ins[0]
                 or len(t.chunks) != 1 or t.shape[1] != K):
             break
         grp.append(p)
-    while grp and 1 + sum(2 if p.weights.get("b") else 1 for p in grp) + len(grp) > 8:
-        grp.pop()
-    if len(grp) < 2:
+    if not grp:                     # ops[j]'s weight is sharded: one GEMV per chunk (`_linear`)
         return None
+    extra = 1 if norm else 0
+    while grp and 1 + extra + sum(2 if p.weights.get("b") else 1 for p in grp) + len(grp) > 8:
+        grp.pop()
+    after = j + len(grp)
+    if norm is not None and not (rich and grp and _dead_after(ops, after, norm.outs[0])):
+        return None                 # the norm stays a dispatch; its GEMVs fuse on the next try
     vec = 4 if K % 4 == 0 else 1
-    ent, parts = {3: b.act(o.ins[0])}, []
-    for j, p in enumerate(grp):
-        wt = b.tensors[p.weights["w"]]
-        bt = b.tensors[p.weights["b"]] if p.weights.get("b") else None
-        ent[10 + j] = wt.chunks[0][0]
-        if bt is not None:
-            ent[20 + j] = bt.chunks[0][0]
-        ent[30 + j] = b.act(p.outs[0])
-        parts.append((wt.shape[0], wt.dtype, bt.dtype if bt is not None else None))
-    wd, yd = wgsl.multi_gemv(parts, vec)
-    rows = sum(n for n, _f, _bf in parts)
-    return len(grp), [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent)]
+    adecl = None
+    ent = {3: b.act(o.ins[0])}
+    if norm is not None:
+        nt = b.tensors[norm.weights["w"]]
+        adecl = wgsl.gemv_input(vec, (nt.dtype, norm.attrs["eps"], K))
+        ent = {3: b.act(norm.ins[0]), 5: nt.chunks[0][0]}
+    nxt = ops[after] if after < len(ops) else None
+    # gate/up + SiLU*mul
+    if (rich and len(grp) == 2 and nxt is not None and nxt.kind == "silu_mul"
+            and nxt.ins == (grp[0].outs[0], grp[1].outs[0]) and nxt.outs[0] not in nxt.ins
+            and not any(p.weights.get("b") for p in grp)
+            and all(_dead_after(ops, after + 1, p.outs[0]) for p in grp)):
+        wg_, wu = (b.tensors[p.weights["w"]] for p in grp)
+        if wg_.shape == wu.shape:
+            rows = wg_.shape[0]
+            wd, yd, pd = wgsl.silu_pair(wg_.dtype, wu.dtype, rows, vec)
+            ent.update({10: wg_.chunks[0][0], 11: wu.chunks[0][0], 30: b.act(nxt.outs[0])})
+            return after + 1 - i, [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent, variant,
+                                        adecl, pd)]
+    if len(grp) >= 2:
+        parts = []
+        for jj, p in enumerate(grp):
+            wt = b.tensors[p.weights["w"]]
+            bt = b.tensors[p.weights["b"]] if p.weights.get("b") else None
+            ent[10 + jj] = wt.chunks[0][0]
+            if bt is not None:
+                ent[20 + jj] = bt.chunks[0][0]
+            ent[30 + jj] = b.act(p.outs[0])
+            parts.append((wt.shape[0], wt.dtype, bt.dtype if bt is not None else None))
+        wd, yd = wgsl.multi_gemv(parts, vec)
+        rows = sum(n for n, _f, _bf in parts)
+        return after - i, [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent, variant, adecl)]
+    # one GEMV: a folded norm and/or the residual add after it
+    add = (rich and nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
+           and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, after + 1, o.outs[0]))
+    if norm is None and not add:
+        return None
+    wt = b.tensors[o.weights["w"]]
+    bdecl = wgsl.NO_BIAS
+    if o.weights.get("b"):
+        bt = b.tensors[o.weights["b"]]
+        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
+        ent[2] = bt.chunks[0][0]
+    ent[1] = wt.chunks[0][0]
+    ent[4] = b.act(nxt.outs[0] if add else o.outs[0])
+    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
+    yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
+    NF = wt.shape[0]
+    return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // vec, NF, 0, s, ent, variant, adecl)]
+
+
+def _add_norm(b, x, r, y, norm, s: Step):
+    """add_norm.wgsl: x += r (when r is given), y = rms_norm(x) (256 lanes per row)."""
+    wt = b.tensors[norm.weights["w"]]
+    ent = {1: wt.chunks[0][0], 3: b.act(x), 4: b.act(y)}
+    rdecl = "fn ldr(i: u32) -> f32 { return 0.0; }"
+    if r is not None:
+        rdecl = wgsl.act_in(2, "r") + "\nfn ldr(i: u32) -> f32 { return r[i]; }"
+        ent[2] = b.act(r)
+    src = kernels.render("add_norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1), RDECL=rdecl, D=b.widths[x],
+                         EPS=wgsl.f32lit(norm.attrs["eps"]), ADD="true" if r is not None else "false")
+    return b.dispatch(src, ent, s.rows, head=s.head)
+
+
+def fuse_add_norm(b, ops, i, s: Step):
+    """Residual add + the RMSNorm after it (or a lone RMSNorm) in one 256-lane pass, on the
+    reduction variants; the head's last-row norm keeps `norm`."""
+    if not _fusing(b) or s.last_row:
+        return None
+    o = ops[i]
+    if _plain_rms_norm(o) and o.ins[0] != o.outs[0]:
+        return 1, [_add_norm(b, o.ins[0], None, o.outs[0], o, s)]
+    if (o.kind == "add" and o.outs[0] == o.ins[0] and o.ins[1] != o.ins[0] and i + 1 < len(ops)
+            and _plain_rms_norm(ops[i + 1]) and ops[i + 1].ins[0] == o.outs[0]
+            and ops[i + 1].outs[0] != o.outs[0]):
+        return 2, [_add_norm(b, o.outs[0], o.ins[1], ops[i + 1].outs[0], ops[i + 1], s)]
+    return None
+
+
+ATTN_SPLIT = 32              # keys per workgroup of a decode token (H200: 32 beat 64 and 128, docs/performance.md)
+
+
+def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[int, int]:
+    """(NS, SL): a decode token's context in splits of ATTN_SPLIT keys; one split for prefill."""
+    ns = ceil(capacity, split) if T == 1 else 1
+    return (1, capacity) if ns == 1 else (ns, split)
+
+
+def fuse_rope_attention(b, ops, i, s: Step):
+    """rope + causal attention (+ the KV-cache append) -> attention_split (+ attention_merge
+    when the context is split), on the reduction variants."""
+    if not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None:
+        return None
+    r = ops[i]
+    if r.kind != "rope" or i + 1 >= len(ops):
+        return None
+    at = ops[i + 1]
+    # sliding-window layers read a ring cache (`attention` with WIN): not this kernel's layout
+    if (at.kind != "attention" or not at.attrs["causal"] or at.attrs.get("window")
+            or tuple(at.ins[:2]) != tuple(r.outs)
+            or tuple(r.ins) != tuple(r.outs) or not all(_dead_after(ops, i + 2, n) for n in r.outs)):
+        return None
+    a = at.attrs
+    H, Hkv, hd, li, cache = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["layer"], s.cache
+    ns, sl = attention_splits(s.T, cache.capacity, int(b.variants.get("attn_split", ATTN_SPLIT)))
+    y = b.acts[at.outs[0]]
+    out = y if ns == 1 else cache.scratch(s.T * H * ns * (hd + 2) * 4)
+    src = kernels.render("attention_split", H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity,
+                         SCALE=wgsl.f32lit(a["scale"]), NS=ns, SL=sl, DPL=ceil(hd, 64))
+    q, k, v = (b.acts[n] for n in at.ins)
+    disp = [b.dispatch(src, {1: b.rope_bufs[r.attrs["theta"]], 2: q, 3: k, 4: v, 5: cache.k[li], 6: cache.v[li], 7: out},
+                       s.T * H, ns)]
+    if ns > 1:
+        src = kernels.render("attention_merge", HD=hd, NS=ns, H=H)
+        disp.append(b.dispatch(src, {1: out, 2: y}, s.T * H))
+    return 2, disp
 
 
 def fuse_pool_normalize(b, ops, i, s: Step):
@@ -273,15 +478,24 @@ def fuse_pool_normalize(b, ops, i, s: Step):
     return 2, _pool(b, ops[i], s, out=ops[i + 1].outs[0], norm=True)
 
 
-RULES: list[Callable] = [fuse_linears, fuse_pool_normalize]
+RULES: list[Callable] = [fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_pool_normalize]
+
+
+def check_ops(ops) -> None:
+    """Refuse, before any buffer exists, an op kind this backend has no kernel for."""
+    for o in ops:
+        if o.kind not in LOWER:
+            raise GpuError(f"op {o.kind!r} has no WebGPU kernel yet (it runs on the numpy backend)")
 
 
 def lower(b, ops, s: Step, head_first_row: bool = False):
     """Dispatches of `ops`; with `head_first_row`, the first op reads only the last row."""
     out, i = [], 0
+    off = b.variants.get("off", ())    # rule names switched off (benchmarks: before / after)
+    rules = [r for r in RULES if r.__name__ not in off]
     while i < len(ops):
         si = Step(s.T, s.cache, s.head, head_first_row and i == 0, s.segs)
-        for rule in RULES:
+        for rule in rules:
             r = rule(b, ops, i, si)
             if r is not None:
                 i += r[0]

@@ -20,6 +20,22 @@ def wdecl(binding: int, name: str, fmt: str, vec: int) -> str:
     return kernels.snippet(f"formats/{f.wgsl}" + (".vec4" if vec == 4 else ""), B=binding, N=name)
 
 
+def norm_weight(fmt: str, offset=None) -> str:
+    """A norm's weight loader `ldw(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
+    if not offset:
+        return wdecl(1, "w", fmt, 1)
+    return wdecl(1, "w0", fmt, 1) + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}"
+
+
+def block_wdecl(binding: int, name: str, fmt: str) -> str | None:
+    """The optional whole-block loader `ld<name>(b) -> array<vec4f, block / 4>` of a block
+    format (`kernels/formats/<fmt>.blk.wgsl`), or None."""
+    f = formats.get(fmt)
+    if not f.quantized or f.wgsl is None or not kernels.exists(f"formats/{f.wgsl}.blk"):
+        return None
+    return kernels.snippet(f"formats/{f.wgsl}.blk", B=binding, N=name)
+
+
 def mulv(vec: int) -> str:
     if vec == 4:
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
@@ -58,6 +74,46 @@ def gemv_weight(wdecl_: str, vec: int) -> str:
 GEMV_STORE = (act_out(4, "y") + "\n"
               "fn store(t: u32, n: u32, v: f32) { y[t * YS + N0 + n] = v + ldb(N0 + n); }")
 
+# the residual add folded into the store: y is the residual stream (`x += linear(a)`)
+GEMV_STORE_ADD = (act_out(4, "y") + "\n"
+                  "fn store(t: u32, n: u32, v: f32) { let i = t * YS + N0 + n; y[i] = y[i] + (v + ldb(N0 + n)); }")
+
+
+def gemv_input(vec: int, norm=None) -> str:
+    """ADECL: the GEMV input `a` (binding 3) with `scl(v, k)` / `fin(v, ss)`. `norm` =
+    (weight format, eps, width in values): the input's RMSNorm folded in, weight at binding 5:
+    y = (sum_k W[n,k] a[k] w[k]) / sqrt(sum_k a[k]^2 / D + eps), the sum of squares taken
+    from the same loads (every column's reduction walks the whole row anyway)."""
+    vt = vtype(vec)
+    head = f"@group(0) @binding(3) var<storage, read> a: array<{vt}>;"
+    if norm is None:
+        return (f"{head}\nconst NORM: bool = false;\n"
+                f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v; }}\n"
+                "fn fin(v: f32, ss: f32) -> f32 { return v; }")
+    fmt, eps, width = norm
+    return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, vec)}\n"
+            f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * ldnw(k); }}\n"
+            f"fn fin(v: f32, ss: f32) -> f32 {{ return v * (1.0 / sqrt(ss / {width}.0 + {f32lit(eps)})); }}")
+
+
+def no_pair(vec: int) -> str:
+    """PAIRDECL of a plain GEMV (one weight per column)."""
+    vt = vtype(vec)
+    return (f"const PAIR: bool = false;\nfn ldw2_at(n: u32, k: u32) -> {vt} {{ return {vt}(); }}\n"
+            "fn store2(t: u32, n: u32, g: f32, u: f32) {}")
+
+
+def silu_pair(gate_fmt: str, up_fmt: str, rows: int, vec: int) -> tuple[str, str, str]:
+    """(WDECL, YDECL, PAIRDECL) of gate/up in one GEMV with SiLU(g)*u in its store: column n
+    reads gate row n (binding 10) and up row n (binding 11) against the same input load."""
+    vt = vtype(vec)
+    wd = (f"{mulv(vec)}\n{wdecl(10, 'w0', gate_fmt, vec)}\n{wdecl(11, 'w1', up_fmt, vec)}\n"
+          f"fn ldw_at(n: u32, k: u32) -> {vt} {{ return ldw0(n * K + k); }}")
+    yd = (act_out(30, "y") + "\nfn store(t: u32, n: u32, v: f32) {}")
+    pd = (f"const PAIR: bool = true;\nfn ldw2_at(n: u32, k: u32) -> {vt} {{ return ldw1(n * K + k); }}\n"
+          f"fn store2(t: u32, n: u32, g: f32, u: f32) {{ y[t * {rows}u + n] = g / (1.0 + exp(-g)) * u; }}")
+    return wd, yd, pd
+
 
 def multi_gemv(parts, vec: int) -> tuple[str, str]:
     """(WDECL, YDECL) of one GEMV over the concatenated rows of several weights sharing an
@@ -85,6 +141,8 @@ ELEMENTWISE = {                     # op kind -> (input names, body over index i
     "add": (("a", "b"), "y[i] = a[i] + b[i];"),
     "gelu": (("a",), "y[i] = gelu(a[i]);"),
     "gelu_tanh": (("a",), "y[i] = gelu_tanh(a[i]);"),
+    "gelu_tanh_mul": (("a", "b"), "y[i] = gelu_tanh(a[i]) * b[i];"),
+    "scale": (("a",), "y[i] = a[i] * VALUE;"),     # VALUE: a const the lowering prepends
 }
 
 

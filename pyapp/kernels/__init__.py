@@ -20,6 +20,10 @@ def source(name: str) -> str:
     return resources.files(__name__).joinpath(*f"{name}.wgsl".split("/")).read_text(encoding="utf-8")
 
 
+def exists(name: str) -> bool:
+    return resources.files(__name__).joinpath(*f"{name}.wgsl".split("/")).is_file()
+
+
 def snippet(name: str, **subs) -> str:
     """The template `name` with `subs` substituted, without the common prelude."""
     return Template(source(name)).substitute({k: str(v) for k, v in subs.items()})

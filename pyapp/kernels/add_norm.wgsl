@@ -1,8 +1,9 @@
-// Residual add + RMSNorm in one pass: x += r (ADD; in place, row by row) then
+// Residual add + RMSNorm in one pass: x += r (ADD; in place, row by row; without ADD
+// `r` is not bound) then
 // y = x / rms(x) * w. One workgroup of 256 per row: a real GPU's RMSNorm over 4,096
 // values in one 64-lane loop was latency-bound (31 µs on the H200).
 ${WDECL}
-@group(0) @binding(2) var<storage, read> r: array<f32>;
+${RDECL}
 @group(0) @binding(3) var<storage, read_write> x: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 const D: u32 = ${D}u;
@@ -17,7 +18,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   var q = 0.0;
   for (var k = l; k < D; k += 256u) {
     var u = x[b + k];
-    if (ADD) { u += r[b + k]; x[b + k] = u; }
+    if (ADD) { u += ldr(b + k); x[b + k] = u; }
     q += u * u;
   }
   red[l] = q;

@@ -13,6 +13,7 @@ const HD: u32 = ${HD}u;
 const CAP: u32 = ${CAP}u;
 const SCALE: f32 = ${SCALE};
 const CAUSAL: bool = ${CAUSAL};
+const WIN: u32 = ${WIN}u;          // sliding window (0: none): keys pos - WIN + 1 .. pos
 // SEG: the step packs several sequences (segments); seg_at(2t), seg_at(2t + 1) = first and end
 // row of row t's segment; seg_at(SEGT + 2b), seg_at(SEGT + 2b + 1) = those of segment b.
 ${SEGDECL}
@@ -21,7 +22,7 @@ const CH: u32 = 16u;
 var<workgroup> red: array<f32, 64>;
 var<workgroup> sh: array<f32, 1024>;
 fn kv_index(kvh: u32, s: u32, d: u32) -> u32 {
-  if (CAUSAL) { return (kvh * CAP + s) * HD + d; }
+  if (CAUSAL) { return (kvh * CAP + s % max(CAP, 1u)) * HD + d; }   // position s in slot s mod CAP
   return (s * HKV + kvh) * HD + d;
 }
 @compute @workgroup_size(64)
@@ -32,16 +33,17 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let h = id % H;
   let kvh = h / (H / HKV);
   var S = p.T;
-  var s0 = 0u;
+  var S0 = 0u;
   if (CAUSAL) { S = p.pos0 + t + 1u; }
-  if (SEG) { s0 = seg_at(2u * t); S = seg_at(2u * t + 1u); }
+  if (CAUSAL && WIN > 0u && S > WIN) { S0 = S - WIN; }
+  if (SEG) { S0 = seg_at(2u * t); S = seg_at(2u * t + 1u); }
   let qo = (t * H + h) * HD;
   var qv: array<f32, ${HD}>;
   for (var d = 0u; d < HD; d++) { qv[d] = q[qo + d] * SCALE; }
   var acc: array<f32, ${HD}>;
   var m = -3.0e38;
   var ls = 0.0;
-  for (var s = s0 + l; s < S; s += WG) {
+  for (var s = S0 + l; s < S; s += WG) {
     let ko = kv_index(kvh, s, 0u);
     var sc = 0.0;
     for (var d = 0u; d < HD; d++) { sc += qv[d] * kk[ko + d]; }

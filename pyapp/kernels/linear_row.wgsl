@@ -5,7 +5,7 @@
 // Fast where invocations are cheap and barriers are not (SwiftShader, lavapipe).
 ${WDECL}
 ${BDECL}
-@group(0) @binding(3) var<storage, read> a: array<${VT}>;
+${ADECL}
 ${YDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;

@@ -7,7 +7,7 @@
 ${ENABLE}
 ${WDECL}
 ${BDECL}
-@group(0) @binding(3) var<storage, read> a: array<${VT}>;
+${ADECL}
 ${YDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;
