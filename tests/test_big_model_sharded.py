@@ -18,7 +18,7 @@ from pyapp.synth import synth
 
 pytestmark = pytest.mark.gpu
 pytest.importorskip("wgpu")
-from test_gpu_kernels import device, relerr  # noqa: E402,F401  (the lavapipe device fixture)
+from test_gpu_kernels import relerr  # noqa: E402  (the lavapipe `device` fixture is in conftest)
 
 CONFIGS = {
     "llama-untied": dict(model_type="llama", vocab_size=97, hidden_size=64, intermediate_size=96,
@@ -127,3 +127,21 @@ def test_split_step_sharded(device, models):
         ref.append(int(nb.forward(ids=r, cache=ref_c)[-1].argmax()))
         x, r = [ids[-1]], [ref[-1]]
     assert ids == ref
+
+
+@pytest.mark.parametrize("fmt", ["f32", "q8_0"])
+def test_sharded_with_the_reduction_variant(device, models, fmt):
+    """The `wg` GEMV, where the fusion rules fold norms and residual adds into unsharded GEMVs:
+    a sharded weight is never fused (one GEMV per chunk); logits within 1e-5 of numpy, ids equal."""
+    from pyapp.gpu import GpuBackend
+    path = models("llama-untied", fmt)
+    probe = gpu(device, path, fmt)
+    limit = max_binding(probe)
+    probe.destroy()
+    g = GpuBackend.load(path, fmt, device=device, autotune=False, variants={"linear": "wg"},
+                        max_tokens=16, max_positions=32, max_binding=limit)
+    assert all(len(t.chunks) > 1 for t in g.tensors.values() if len(t.shape) == 2)
+    got, got_ids = run(g, lambda be: be.new_cache(32))
+    g.destroy()
+    ref, ref_ids = run(NumpyBackend.load(path, fmt), lambda be: be.new_cache(32))
+    assert relerr(got, ref) <= 1e-5 and got_ids == ref_ids

@@ -344,8 +344,6 @@ def fuse_gemv(b, ops, i, s: Step):
                 or len(t.chunks) != 1 or t.shape[1] != K):
             break
         grp.append(p)
-    if not grp:                     # ops[j]'s weight is sharded: one GEMV per chunk (`_linear`)
-        return None
     extra = 1 if norm else 0
     while grp and 1 + extra + sum(2 if p.weights.get("b") else 1 for p in grp) + len(grp) > 8:
         grp.pop()
