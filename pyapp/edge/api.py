@@ -557,6 +557,7 @@ async def embed(texts, **opts):
             raise EdgeError(f"text {i} is {len(s)} tokens, longer than {em.name}'s context of "
                             f"{em.model.max_context}", "too_long")
     async with _GpuJob(o.get("wait", True), "embed"):
+        state.stop_requested = False        # a stop() before this call does not cancel its load
         t0 = time.perf_counter()
         dev, reason = await _use_gpu(o.get("backend", "auto"))
         if dev is None:
