@@ -9,8 +9,10 @@ executor on the same weights (memory-mapped: the test process does not hold 4.6 
   embedding / LM head is sharded over 3+ bindings; greedy 4 new tokens equal numpy's;
   stats.weight_bytes > 4 GiB; wasm heap growth < 1 % of it; peak JS heap under 256 MB + one
   piece (16 MiB); no JS buffer over one piece.
-* a fresh page: a GPU memory budget of 2 GB refuses split 0 before any weight byte is fetched,
-  naming the lowest split that fits; split 20 (the server holds layers 0..19) gives the same ids.
+* a fresh page: pyapp.stop() during a split-0 load ends it with code 'cancelled' and destroys
+  the backend it was filling; a GPU memory budget of 2 GB refuses split 0 before any weight byte
+  is fetched, naming the lowest split that fits; split 20 (the server holds layers 0..19) gives
+  the same ids.
 
 Heavy (about 5 GB of GPU memory in the browser, 4 GB in the server at split 20): marked
 `big_model`, runs alone (pytest runs serially), the page is closed between cases and the model
@@ -179,10 +181,31 @@ def expected_fit(big, budget):
     return next(k for k in range(L + 1) if head + sum(layer[k:]) + (L - k) * kv <= budget)
 
 
+def cancel_during_load(page):
+    """pyapp.stop() once the first piece is in: the load ends with code 'cancelled' and the
+    backend it was filling is destroyed (its buffers freed: recorded by wrapping destroy)."""
+    py(page, "import json, pyapp.gpu.backend as B\nB.destroyed = []\norig = B.GpuBackend.destroy\n"
+             "def spy(self):\n    B.destroyed.append(sum(c[4] for t in self.tensors.values() for c in t.chunks))\n"
+             "    orig(self)\nB.GpuBackend.destroy = spy\njson.dumps(True)")
+    r = page.evaluate("""async ([p, m]) => {
+        const run = pyapp.generate(p, {model: m, greedy: true, maxNewTokens: 1, split: 0})
+          .then(r => ({ids: r.ids}), e => ({error: e.message, code: e.code}));
+        await new Promise(res => addEventListener('pyapp:progress', res, {once: true}));
+        pyapp.stop();
+        return await run; }""", [PROMPT, NAME])
+    freed = py(page, "import json, pyapp.gpu.backend as B\njson.dumps(B.destroyed)")
+    resident = page.evaluate("() => pyapp.stats().resident")
+    return r, freed, resident
+
+
 def test_refused_before_fetch_then_split_20(big, reference, server, browser):
     logs = []
     page = open_page(browser, server.url, "", logs)
     try:
+        r, freed, resident = cancel_during_load(page)
+        mark(f"cancelled: {r}; destroyed backends holding {[f / 1e9 for f in freed]} GB of weight buffers")
+        assert r.get("code") == "cancelled" and not resident
+        assert len(freed) == 1 and freed[0] > 4 * 2 ** 30
         before = len(server.requests)
         r = generate(page, 0, gpuMemory=2e9)
         weights = [p for p in server.requests[before:] if p.endswith(".safetensors")]
