@@ -45,7 +45,7 @@ def load_once(browser, url, split, query=""):
         page.evaluate("() => pyapp.ready")
         t0 = time.time()
         r = page.evaluate("(k) => pyapp.generate('The capital of France is', {model: 'big', greedy: true, "
-                          "maxNewTokens: 1, split: k})", split)
+                          "maxNewTokens: 1, split: k, progressive: false})", split)
         wall = time.time() - t0
     finally:
         page.close()

@@ -55,7 +55,11 @@ SHAPES = {
     "smollm2-135m-f16": (SMOLLM2_CONFIG, "f16"),
     "llama-1b-f16": (LLAMA_1B, "f16"),
     "llama-7b-f16": (LLAMA_7B, "f16"),
+    # 4-bit rows (issue 13): pyapp only; PyTorch has no Q4_1 GEMV, its f16 rows are the comparison
+    "smollm2-135m-q4_1": (SMOLLM2_CONFIG, "q4_1"),
+    "llama-7b-q4_1": (LLAMA_7B, "q4_1"),
 }
+BLOCK_FORMATS = ("q4_1",)
 POOL = 1048573   # prime; the same constant as run_decode.mjs
 
 
@@ -105,15 +109,44 @@ def pool_weights(name, shape, dtype):
     return np.resize(np.roll(per, -name_offset(name)), math.prod(shape)).reshape(shape)
 
 
+def tensor_format(shape, dtype):
+    """A block format holds the matrices; norms (1-D) stay f32, as in a GGUF."""
+    return "f32" if dtype in BLOCK_FORMATS and len(shape) == 1 else dtype
+
+
+def q4_1_blocks(name, shape):
+    """Random Q4_1 rows [N, K/32*20]: d = sqrt(3)/sqrt(K)/8, m = -8d, random nibbles, so values
+    are uniform on about ±sqrt(3)/sqrt(K) like the float rows (speed runs: no reference ids)."""
+    N, K = shape
+    nb = N * K // 32
+    d = np.float16(math.sqrt(3) / math.sqrt(K) / 8)
+    head = np.frombuffer(np.array([d, np.float16(-8 * float(d))], np.float16).tobytes(), np.uint8)
+    words = _lowbias32(np.arange(name_offset(name), name_offset(name) + nb * 4, dtype=np.uint64)
+                       .astype(np.uint32))
+    blocks = np.empty((nb, 20), np.uint8)
+    blocks[:, :4] = head
+    blocks[:, 4:] = words.view(np.uint8).reshape(nb, 16)
+    return blocks.reshape(N, K // 32 * 20)
+
+
+def weights_for(name, shape, dtype):
+    fmt = tensor_format(shape, dtype)
+    return q4_1_blocks(name, shape) if fmt == "q4_1" else pool_weights(name, shape, fmt)
+
+
 def weight_bytes_per_token(cfg, dtype):
     """Bytes of weights one decode token must read: every matrix and norm once, one
-    embedding row, and the table again when it doubles as the lm head."""
-    item = 2 if dtype == "f16" else 4
+    embedding row, and the table again when it doubles as the lm head (block formats: the
+    matrices in their blocks, norms in f32)."""
+    from pyapp import formats
+    f = formats.get(dtype)
+    mat = f.block_bytes / f.block          # bytes per matrix value
+    vec = 4 if f.quantized else mat
     D, V, I, L = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    layer = D * (q + 2 * kv) + q * D + 3 * D * I + 2 * D
-    return item * (L * layer + D + D + V * D)
+    layer = mat * (D * (q + 2 * kv) + q * D + 3 * D * I) + vec * 2 * D
+    return int(L * layer + vec * D + mat * D + mat * V * D)
 
 
 # ----------------------------------------------------------------------------- pyapp, native
@@ -139,7 +172,7 @@ def autotuned(dev, cfg, dtype):
     from pyapp.gpu.shapes import infer_shapes
     model = build_model(cfg, tensor_names(cfg))
     shapes = infer_shapes(model)
-    return autotune_variants(dev, model, shapes, {n: dtype for n in shapes})
+    return autotune_variants(dev, model, shapes, {n: tensor_format(s, dtype) for n, s in shapes.items()})
 
 
 def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
@@ -152,13 +185,14 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
 
     model = build_model(cfg, tensor_names(cfg))
     shapes = infer_shapes(model)
-    v = dict(variants or autotune_variants(dev, model, shapes, {n: dtype for n in shapes}))
+    dtypes = {n: tensor_format(s, dtype) for n, s in shapes.items()}
+    v = dict(variants or autotune_variants(dev, model, shapes, dtypes))
     src_names, orig = _capture_kernel_names()
     try:
         t = time.perf_counter()
-        be = GpuBackend(dev, model, 0, None, None, None, dtype, variants=v)
+        be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, variants=v)
         for name, _nb in be.weight_layout():
-            be.write_weight(name, 0, pool_weights(name, be.tensors[name].shape, dtype))
+            be.write_weight(name, 0, weights_for(name, shapes[name], dtype))
         dev.read(be.tok_buf, 0, 4)          # waits for the uploads
         load_s = time.perf_counter() - t
         sp = SamplingParams()
@@ -264,7 +298,8 @@ def gemv_variants(dev, cfg, dtype):
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
     shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}
-    item = 2 if dtype == "f16" else 4
+    from pyapp import formats
+    item = formats.get(dtype).block_bytes / formats.get(dtype).block    # bytes per weight value
     vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)]
     out = []
     for N, K in sorted(shapes):
@@ -539,13 +574,13 @@ def main(argv=None):
             for g in row["gemv"]:
                 print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
                     f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)
-        if deno and s in deno_shapes:
+        if deno and s in deno_shapes and dtype not in BLOCK_FORMATS:
             row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
             if "tokens" in row["deno"] and "tokens" in row["native"]:
                 row["deno"]["first_token_diff_vs_native"] = first_diff(row["deno"]["tokens"], row["native"]["tokens"])
             print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))} "
                   f"pipelined {row['deno'].get('pipelined_decode_tokens_per_s')}", flush=True)
-        if torch:
+        if torch and dtype not in BLOCK_FORMATS:
             try:
                 row.update(run_torch(torch, cfg, dtype, P, N))
                 if "tokens" in row["native"]:

@@ -1,7 +1,8 @@
 """Browser-edge benchmark: headless Chromium (SwiftShader WebGPU) against the real server app on
 loopback, the same harness as tests/test_edge_browser.py.  Prints numbers; asserts nothing timed.
 
-    python3 benchmarks/bench_edge.py [--splits 0,15,30] [--tokens 16] [--out bench-results/edge.json]
+    python3 benchmarks/bench_edge.py [--splits 0,15,30] [--format f32,q4_1] [--tokens 16]
+                                     [--gemma] [--out bench-results/edge.json]
 
 Measures: page boot; weight streaming of every SmolLM2 tail weight at split 0 into fresh GPU
 buffers (load time, MB/s, a plain fetch of the same bytes, wasm heap growth, peak JS heap);
@@ -9,7 +10,9 @@ greedy generation at each split (time to first token, decode tokens/s, weight lo
 into the GpuBackend, wasm heap growth during that load, FFI crossings per decode token by source,
 GPU memory in use).  Each split loads its tail once and runs one warm-up generation of 2 tokens
 first, so TTFT and tokens/s are not the first-compile figures (those are reported separately as
-``cold``).
+``cold``).  ``--format``: each split in each weight format (the results keyed ``"<split>"`` for
+f32, ``"<split>/<format>"`` otherwise).  ``--gemma``: Gemma 3 270M (q4_k_m) at split 0 on its own
+server: load time and MB/s, first token, decode tok/s over ``--gemma-tokens``.
 """
 from __future__ import annotations
 
@@ -32,18 +35,48 @@ SMOL = "smollm2-135m"
 PROMPT = "The capital of France is"
 
 
-def gen(page, split, n, prompt=PROMPT):
-    return page.evaluate("([p, k, n]) => pyapp.generate(p, {model: 'smollm2-135m', greedy: true, "
-                         "maxNewTokens: n, split: k})", [prompt, split, n])
+def gen(page, split, n, prompt=PROMPT, fmt="f32", model=SMOL):
+    return page.evaluate("([p, k, n, f, m]) => pyapp.generate(p, {model: m, greedy: true, "
+                         "maxNewTokens: n, split: k, format: f})", [prompt, split, n, fmt, model])
+
+
+def bench_gemma(tokens):
+    """Gemma 3 270M at split 0 in its GGUF's Q4_K_M blocks: one 1-token run (load + plans), then
+    ``tokens`` on the loaded tail."""
+    from playwright.sync_api import sync_playwright
+    srv = LiveServer(models=("gemma3-270m",), preload=False)
+    try:
+        with sync_playwright() as p:
+            b = launch(p, webgpu=True)
+            page = open_page(b, srv.url)
+            cold = gen(page, 0, 1, fmt="q4_k_m", model="gemma3-270m")
+            warm = gen(page, 0, tokens, fmt="q4_k_m", model="gemma3-270m")
+            b.close()
+    finally:
+        srv.close()
+    ld, s = cold["stats"]["load"], warm["stats"]
+    r = {"format": "q4_k_m", "split": 0, "weight_bytes": cold["stats"]["weight_bytes"],
+         "load_s": cold["stats"]["load_seconds"], "load_mb_per_s": ld["mb_per_s"],
+         "load_wasm_heap_growth": ld["wasm_heap_growth"], "cold_ttft_s": cold["stats"]["time_to_first_token"],
+         "ttft_s": s["time_to_first_token"], "tokens": s["tokens"], "tokens_per_s": s["tokens_per_second"],
+         "gpu_bytes": s["gpu_bytes"]}
+    print(f"gemma3-270m q4_k_m split 0: {r['weight_bytes'] / 1e6:.1f} MB in {r['load_s']:.1f} s "
+          f"({r['load_mb_per_s']} MB/s), wasm heap growth {r['load_wasm_heap_growth']} B; ttft {r['ttft_s']:.2f} s "
+          f"(cold {r['cold_ttft_s']:.2f} s); {r['tokens_per_s']} tok/s over {r['tokens']} tokens")
+    return r
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--splits", default="0,15,30")
     ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--format", default="f32", help="weight formats, comma-separated (f32,q4_1)")
+    ap.add_argument("--gemma", action="store_true", help="also Gemma 3 270M q4_k_m at split 0")
+    ap.add_argument("--gemma-tokens", type=int, default=4)
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "edge.json"))
     a = ap.parse_args(argv)
     splits = [int(s) for s in a.splits.split(",")]
+    fmts = a.format.split(",")
 
     from playwright.sync_api import sync_playwright
     srv = LiveServer(models=(SMOL,), preload=True)
@@ -82,10 +115,10 @@ def main(argv=None):
                   f"({100 * s['wasm_heap_growth_ratio']:.4f}%); peak JS heap {s['peak_js_heap'] / 1e6:.0f} MB")
 
             out["splits"] = {}
-            for k in splits:
+            for k, fmt in [(k, f) for f in fmts for k in splits]:
                 t1 = time.time()
-                cold = gen(page, k, 2)               # loads the tail, compiles the plans
-                warm = gen(page, k, a.tokens)
+                cold = gen(page, k, 2, fmt=fmt)      # loads the tail, compiles the plans
+                warm = gen(page, k, a.tokens, fmt=fmt)
                 s, ld = warm["stats"], cold["stats"]["load"] or {}
                 r = {"ttft_s": s["time_to_first_token"], "tokens_per_s": s["tokens_per_second"],
                      "tokens": s["tokens"], "cold_ttft_s": cold["stats"]["time_to_first_token"],
@@ -97,8 +130,8 @@ def main(argv=None):
                      "ffi_first_token": s["ffi_first_token"], "ffi_second_token": s["ffi_second_token"],
                      "cold_ffi_second_token": cold["stats"]["ffi_second_token"], "gpu_stats": s.get("gpu"),
                      "wall_s": round(time.time() - t1, 1)}
-                out["splits"][str(k)] = r
-                print(f"split {k:2d}: ttft {r['ttft_s'] * 1e3:.0f} ms (cold {r['cold_ttft_s'] * 1e3:.0f} ms), "
+                out["splits"][str(k) if fmt == "f32" else f"{k}/{fmt}"] = r
+                print(f"split {k:2d} {fmt}: ttft {r['ttft_s'] * 1e3:.0f} ms (cold {r['cold_ttft_s'] * 1e3:.0f} ms), "
                       f"{r['tokens_per_s']:.2f} tok/s over {r['tokens']} tokens; load {r['load_s']:.1f} s "
                       f"{(r['weight_bytes'] or 0) / 1e6:.0f} MB at {r['load_mb_per_s']} MB/s, wasm heap growth "
                       f"{r['load_wasm_heap_growth']} B; GPU memory {r['gpu_bytes'] / 1e6:.0f} MB; "
@@ -107,6 +140,8 @@ def main(argv=None):
             b.close()
     finally:
         srv.close()
+    if a.gemma:
+        out["gemma"] = bench_gemma(a.gemma_tokens)
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

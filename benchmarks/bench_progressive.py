@@ -6,6 +6,13 @@ several positions, f32 and f16 on the wire.
                                             [--moves 8] [--out bench-results/progressive-server.json]
 
 `pyapp serve` runs as its own process (numpy backend, OMP_NUM_THREADS=1), client over loopback.
+
+    python3 benchmarks/bench_progressive.py --browser [--tokens 16]
+
+Browser half (headless Chromium, SwiftShader WebGPU, a fresh page per run, same server): time
+to the first token (the load included) progressive vs waiting at targets 0 and 15 vs
+server-only; tokens/s and the split per decode step -> bench-results/progressive-browser.json,
+progressive-browser.csv and (with matplotlib) progressive-browser.png.
 """
 from __future__ import annotations
 
@@ -71,7 +78,11 @@ def main(argv=None):
     ap.add_argument("--positions", default="64,256,1024")
     ap.add_argument("--moves", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench-results/progressive-server.json"))
+    ap.add_argument("--browser", action="store_true", help="the Chromium TTFT / split-over-time runs")
+    ap.add_argument("--tokens", type=int, default=16)
     a = ap.parse_args(argv)
+    if a.browser:
+        return browser_main(a)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pyapp", "serve", "--no-setup", "--port", str(port),
@@ -102,6 +113,66 @@ def main(argv=None):
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print("wrote", a.out)
+
+
+PROMPT = "Photosynthesis turns sunlight, water and carbon dioxide into"
+RUNS = [("server only", {"backend": "server"}), ("15 waiting", {"split": 15, "progressive": False}),
+        ("15 progressive", {"split": 15, "progressive": True}), ("0 waiting", {"split": 0, "progressive": False}),
+        ("0 progressive", {"split": 0, "progressive": True})]
+
+
+def browser_main(a):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from playwright.sync_api import sync_playwright
+
+    from test_edge_harness import LiveServer, launch, open_page
+    srv = LiveServer(models=(a.model,), preload=True)
+    rows, steps = [], []
+    try:
+        with sync_playwright() as p:
+            b = launch(p, webgpu=True)
+            for name, o in RUNS:
+                page = open_page(b, srv.url)
+                opts = {"model": a.model, "greedy": True, "maxNewTokens": a.tokens, **o}
+                s = page.evaluate("([p, o]) => pyapp.generate(p, o)", [PROMPT, opts])["stats"]
+                page.close()
+                ttft = s.get("time_to_first_token_with_load", s["time_to_first_token"])
+                rows.append({"run": name, "ttft_s": ttft, "tokens": s["tokens"],
+                             "tokens_per_second": s["tokens_per_second"], "load_s": s.get("load_seconds", 0),
+                             "split_trace": s.get("split_trace"), "handover_bytes": s.get("handover_bytes", 0)})
+                t = 0.0
+                for i, (k, edge_ms, server_ms) in enumerate(s.get("steps") or []):
+                    t += (edge_ms + server_ms) / 1e3
+                    steps.append((name, i, round(t, 3), k, round(edge_ms, 1), round(server_ms, 1)))
+                print(f"{name:15s} ttft {ttft:6.2f} s  {s['tokens_per_second']:5.2f} tok/s  "
+                      f"trace {[(x['token'], x['split']) for x in s.get('split_trace') or []]}")
+            b.close()
+    finally:
+        srv.close()
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "progressive-browser.json").write_text(json.dumps({"model": a.model, "rows": rows}, indent=1))
+    with open(out / "progressive-browser.csv", "w") as f:
+        f.write("run,step,t_s,split,edge_ms,server_ms\n")
+        f.writelines(",".join(map(str, r)) + "\n" for r in steps)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no matplotlib: see the CSV")
+        return
+    fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    for name in {r[0] for r in steps}:
+        pts = [r for r in steps if r[0] == name]
+        ax1.step([r[2] for r in pts], [r[3] for r in pts], where="post", label=name)
+        ax2.plot([r[2] for r in pts], [1e3 / max(1e-3, r[4] + r[5]) for r in pts], label=name)
+    ax1.set_ylabel("split")
+    ax2.set_ylabel("tok/s (per step)")
+    ax2.set_xlabel("decode time, s")
+    ax1.legend()
+    fig.savefig(out / "progressive-browser.png", dpi=90)
+    print("wrote", out / "progressive-browser.png")
 
 
 if __name__ == "__main__":

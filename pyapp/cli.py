@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from .formats import SERVED_TAGS
 from .store import PyappError
 
 
@@ -274,7 +275,8 @@ def build_parser():
     s.add_argument("out_dir")
     s.add_argument("--model", action="append", default=None,
                    help="a model to include (repeatable); default: smollm2-135m and minilm-l6")
-    s.add_argument("--format", default="f32", choices=["f32", "f16"], help="weight format")
+    s.add_argument("--format", default="f32", choices=list(SERVED_TAGS),
+                   help="weight format (a model without it is included in f32)")
     s.set_defaults(fn=cmd_build_site)
 
     sub.add_parser("serve", help="run the server (see `pyapp serve --help`)", add_help=False)

@@ -1,4 +1,7 @@
-"""``pyapp build-site OUT_DIR [--model NAME ...] [--format f32|f16]``: the site as plain files.
+"""``pyapp build-site OUT_DIR [--model NAME ...] [--format TAG]``: the site as plain files.
+
+``--format``: any served weight format (f32, f16, q4_1, q8_0, q4_k_m); a model without that
+weight file is included in f32 (a static site has one format per model: the page shows it).
 
 Any static host serves the result (GitHub Pages, S3, nginx, ``python3 -m http.server``); no
 Range support, no server code, no /v1 API:
@@ -22,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from .edge.offline import chunked_manifest
+from .formats import check_tag, weight_file_name
 from .store import PyappError, model_path
 
 APP_FILES = ("index.html", "boot.js", "offline.js", "app.js", "sw.js", "style.css", "manifest.webmanifest")
@@ -88,6 +92,11 @@ def build_model(out: Path, name: str, dtype: str, log=print) -> dict:
             "files": len(sizes)}}
 
 
+def model_format(name: str, dtype: str) -> str:
+    """``dtype`` where the model has that weight file, else f32 (every model has f32)."""
+    return dtype if (model_path(name) / weight_file_name(check_tag(dtype))).is_file() else "f32"
+
+
 def build_site(out_dir: str | Path, models=DEFAULT_MODELS, dtype: str = "f32", log=print) -> Path:
     from server import assets
 
@@ -105,7 +114,7 @@ def build_site(out_dir: str | Path, models=DEFAULT_MODELS, dtype: str = "f32", l
         if old.name != wheel.name:
             old.unlink()
     log(f"building {out} ...")
-    entries = [build_model(out, name, dtype, log) for name in models]
+    entries = [build_model(out, name, model_format(name, dtype), log) for name in models]
     index = assets.wheel_index(out / "wheels", wheel, None, info["precache"])
     index["site"] = {"static": True, "models": entries}
     (out / "wheels" / "index.json").write_text(json.dumps(index, indent=1))

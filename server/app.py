@@ -427,18 +427,19 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
                cors_origins: list[str] | None = None, preload: bool = False,
                hosts: list[str] | None = None, admin_token: str | None = None,
                bind_host: str | None = None, log=None, node: str | None = None,
-               ring: list[str] | None = None) -> Starlette:
+               ring: list[str] | None = None, weights: str = "f32") -> Starlette:
     """``hosts``: Host names served besides the loopback ones ('*' for any); ``admin_token``:
     the bearer token that may list (and act on) every session; ``log``: where weight
     verification reports (default: the ``pyapp.server`` logger); ``node`` and ``ring``: this
-    process's name and every node's, in the balancer's consistent-hash ring (server/ring.py)."""
+    process's name and every node's, in the balancer's consistent-hash ring (server/ring.py);
+    ``weights``: the weight format the server's own layers run where a model has it (else f32)."""
     limits = Limits.from_dict(limits)
     if backend not in ("numpy", "wgpu"):
         raise ValueError(f"unknown backend {backend!r}: use numpy or wgpu")
     if not models:
         models = [m["name"] for m in store.list_models()]
     hash_ring = _ring(node, ring)
-    registry = Registry(list(models), backend, limits, log)
+    registry = Registry(list(models), backend, limits, log, weights)
     state = SimpleNamespace(registry=registry,
                             sessions=SessionManager(registry, limits, hash_ring, node),
                             limits=limits, node=node, token=token or None, admin_token=admin_token or None,
@@ -456,7 +457,7 @@ def create_app(models: list[str] | None = None, backend: str = "numpy", token: s
         if preload:
             for e in registry.entries.values():
                 try:
-                    await anyio.to_thread.run_sync(e.backend, "f32")
+                    await anyio.to_thread.run_sync(e.backend)
                     for dt in e.dtypes():  # hash once now rather than on the first browser's request
                         await _manifest(state, e.name, dt)
                 except ApiError as err:  # a file failed its check: logged; its routes answer 503

@@ -1,7 +1,7 @@
 """`pyapp serve`: set up whatever is missing, then run the server with uvicorn.
 
     pyapp serve [--model NAME ...] [--host 127.0.0.1] [--port 8000] [--backend numpy|wgpu]
-                [--token T] [--admin-token T] [--cors ORIGIN ...] [--allowed-host NAME ...]
+                [--format f32|f16|q4_1|q8_0|q4_k_m] [--token T] [--admin-token T] [--cors ORIGIN ...] [--allowed-host NAME ...]
                 [--max-sessions N] [--session-ttl S] [--max-context N] [--max-new-tokens N]
                 [--max-connections N] [--header-timeout S] [--node NAME --ring A,B,...]
                 [--no-setup]
@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from pyapp.formats import SERVED_TAGS
+
 DEFAULT_MODELS = ("smollm2-135m", "minilm-l6")
 
 
@@ -31,6 +33,9 @@ def build_parser():
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--backend", choices=["numpy", "wgpu"], default="numpy")
+    p.add_argument("--format", default="f32", choices=list(SERVED_TAGS),
+                   help="the weight format the server's own layers run (completions, embeddings, "
+                        "sessions that name none) where a model has it, else f32; the edge picks its own")
     p.add_argument("--token", default=os.environ.get("PYAPP_TOKEN"),
                    help="require 'Authorization: Bearer T' on compute routes (env PYAPP_TOKEN)")
     p.add_argument("--admin-token", default=os.environ.get("PYAPP_ADMIN_TOKEN"),
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
                          web_dir=a.web_dir or DEFAULT_WEB_DIR, limits=limits,
                          cors_origins=a.cors, preload=not a.no_preload,
                          hosts=a.allowed_host, bind_host=a.host, log=_log, node=a.node,
-                         ring=a.ring.split(",") if a.ring else None)
+                         ring=a.ring.split(",") if a.ring else None, weights=a.format)
     except (PyappError, ValueError, OSError) as e:
         print(f"pyapp serve: error: {e}", file=sys.stderr)
         return 1

@@ -222,7 +222,7 @@ def run_generate(entry: ModelEntry, prompt_ids, max_new, params, on_token=None, 
                  top_k: int | None = None, record: list | None = None):
     """Blocking: the numpy decode loop over the whole model with a private KV cache.
     With ``record``, each step appends (token, logprob, [(id, logprob)] * top_k)."""
-    be = entry.backend("f32")
+    be = entry.backend()
     cache = be.new_cache(capacity=len(prompt_ids) + max_new)
 
     def step(ids, n):
@@ -568,7 +568,7 @@ async def embeddings(request: Request):
                                     f"{entry.context} (nothing is truncated: split it)", param="input")
 
         def run():
-            be = entry.backend("f32")
+            be = entry.backend()
             return [np.asarray(be.forward(ids=s), dtype=np.float32).reshape(-1) for s in seqs]
 
         vecs = await anyio.to_thread.run_sync(run, limiter=st.sessions.limiter)

@@ -149,7 +149,7 @@ def _load_backend(kind: str, model_dir: Path, dtype: str):
 class ModelEntry:
     """One served model: op lists, lazily loaded weights per dtype, tokenizer, eos ids."""
 
-    def __init__(self, name: str, backend: str, limits: Limits, log=None):
+    def __init__(self, name: str, backend: str, limits: Limits, log=None, weights: str = "f32"):
         from .verify import Verifier
 
         self.name = name
@@ -165,6 +165,9 @@ class ModelEntry:
         self.context = min(self.model.max_context, limits.max_context)
         self.created = int(os.stat(self.dir).st_mtime)
         self.eos_ids = eos_ids(self.dir, self.model)
+        # the weight file the server's own layers run by default (`pyapp serve --format`): the
+        # one asked for where this model has it, else f32; a session may ask for another
+        self.weights = weights if weights in self.dtypes() else "f32"
 
     def dtypes(self) -> list[str]:
         return [d for d, fn in store.WEIGHT_FILES.items()
@@ -173,9 +176,10 @@ class ModelEntry:
     def weight_names(self, dtype: str) -> list[str]:
         return sorted({p.relative_to(self.dir).as_posix() for p in weight_files(self.dir, dtype).values()})
 
-    def backend(self, dtype: str = "f32"):
-        """Blocking (loads weights on first use; waits for the weights' sha256 check, 503 if it
+    def backend(self, dtype: str | None = None):
+        """``dtype``'s backend (None: :attr:`weights`). Blocking (loads weights on first use; waits for the weights' sha256 check, 503 if it
         failed): call from a worker thread."""
+        dtype = dtype or self.weights
         if dtype in self.dtypes():
             self.verifier.require_all(self.weight_names(dtype))
         with self._lock:
@@ -198,17 +202,17 @@ class ModelEntry:
         return {"id": self.name, "object": "model", "created": self.created,
                 "owned_by": "pyapp", "architecture": m.arch, "kind": m.kind,
                 "n_layers": m.n_layers, "hidden": m.hidden, "vocab": m.vocab,
-                "context": self.context, "dtypes": self.dtypes(),
+                "context": self.context, "dtypes": self.dtypes(), "weights": self.weights,
                 "manifest": f"/models/{self.name}/manifest.json"}
 
 
 class Registry:
-    def __init__(self, names: list[str], backend: str, limits: Limits, log=None):
+    def __init__(self, names: list[str], backend: str, limits: Limits, log=None, weights: str = "f32"):
         self.limits = limits
         self.backend_kind = backend
         self.entries: dict[str, ModelEntry] = {}
         for n in names:
-            self.entries[n] = ModelEntry(n, backend, limits, log)
+            self.entries[n] = ModelEntry(n, backend, limits, log, weights)
 
     def get(self, name) -> ModelEntry:
         if not isinstance(name, str):

@@ -227,7 +227,7 @@ class SessionManager:
         dtype = body.get("dtype", "f32")
         if dtype not in WIRE_DTYPES:
             raise ApiError(400, "dtype must be 'f32' or 'f16'", param="dtype")
-        weights = body.get("weights", "f32")
+        weights = body.get("weights", entry.weights)
         if not isinstance(weights, str) or weights not in entry.dtypes():
             raise ApiError(400, f"weights must be one of {entry.dtypes()}", param="weights")
         ctx = body.get("context", entry.context)

@@ -129,6 +129,7 @@ def open_page(browser, url, query, logs):
 
 
 def generate(page, split, **extra):
+    extra.setdefault("progressive", False)       # the direct load: the server runs no layer meanwhile
     return page.evaluate("([p, o]) => pyapp.generate(p, o).then(r => r, e => ({error: e.message, code: e.code}))",
                          [PROMPT, dict(model=NAME, greedy=True, maxNewTokens=NEW, split=split, **extra)])
 
@@ -188,7 +189,7 @@ def cancel_during_load(page):
              "def spy(self):\n    B.destroyed.append(sum(c[4] for t in self.tensors.values() for c in t.chunks))\n"
              "    orig(self)\nB.GpuBackend.destroy = spy\njson.dumps(True)")
     r = page.evaluate("""async ([p, m]) => {
-        const run = pyapp.generate(p, {model: m, greedy: true, maxNewTokens: 1, split: 0})
+        const run = pyapp.generate(p, {model: m, greedy: true, maxNewTokens: 1, split: 0, progressive: false})
           .then(r => ({ids: r.ids}), e => ({error: e.message, code: e.code}));
         await new Promise(res => addEventListener('pyapp:progress', res, {once: true}));
         pyapp.stop();
@@ -207,7 +208,7 @@ def test_refused_before_fetch_then_split_20(big, reference, server, browser):
         assert r.get("code") == "cancelled" and not resident
         assert len(freed) == 1 and freed[0] > 4 * 2 ** 30
         before = len(server.requests)
-        r = generate(page, 0, gpuMemory=2e9)
+        r = generate(page, 0, gpuMemory=2e9, progressive=True)     # the progressive loader checks too
         weights = [p for p in server.requests[before:] if p.endswith(".safetensors")]
         assert r.get("code") == "too_big" and not weights, (r, weights)
         k = int(re.search(r"split (\d+) or higher fits", r["error"]).group(1))

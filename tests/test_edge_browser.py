@@ -208,6 +208,12 @@ def test_default_split_from_adapter_and_kernel_timing(page):
     print(f"\n[edge] default split {d['split']}: {d['reason']}")
 
 
+# the server session of the page's runner for SmolLM2 at split 30 (whatever format it chose)
+RUNNER_SESSION = ("import json\nfrom pyapp.edge.api import state\n"
+                  "json.dumps([r.server.id for (m, _f, k), r in state.runners.items()"
+                  " if m == 'smollm2-135m' and k == 30][0])")
+
+
 def test_stop_then_a_second_generate_on_the_same_session(page, references):
     """Stop after 4 tokens (both KV caches stop in step), then the same runner and server
     session generate again from a reset: the ids are numpy's from the start."""
@@ -216,15 +222,13 @@ def test_stop_then_a_second_generate_on_the_same_session(page, references):
                       "maxNewTokens: 32, split: 30, onToken: () => { if (++n === 4) pyapp.stop(); }}); }", PROMPT)
     assert r["stats"]["finish_reason"] == "cancelled", r["stats"]
     assert 4 <= len(r["ids"]) < 32 and r["ids"] == ids[:len(r["ids"])]
-    sid = py(page, "import json\nfrom pyapp.edge.api import state\n"
-                   "json.dumps(state.runners[('smollm2-135m', 'f32', 30)].server.id)")
+    sid = py(page, RUNNER_SESSION)
     r2 = page.evaluate("(p) => pyapp.generate(p, {model: 'smollm2-135m', greedy: true, maxNewTokens: 8, split: 30})",
                        PROMPT)
     assert r2["stats"]["finish_reason"] == "length"
     assert r2["ids"] == ids[:8]
     assert r2["stats"]["weight_bytes"] == 0          # the tail stayed on the GPU
-    assert sid == py(page, "import json\nfrom pyapp.edge.api import state\n"
-                           "json.dumps(state.runners[('smollm2-135m', 'f32', 30)].server.id)")   # same session
+    assert sid == py(page, RUNNER_SESSION)   # same session
     # seeded sampling (temperature, top-p) on the GPU is reproducible
     opts = "{model: 'smollm2-135m', greedy: false, temperature: 0.8, topP: 0.9, seed: 7, maxNewTokens: 6, split: 30}"
     a = page.evaluate(f"(p) => pyapp.generate(p, {opts})", PROMPT)
@@ -239,8 +243,9 @@ def test_split_generation_matches_numpy(page, references, split):
     for kind, prompt, chat in (("raw", PROMPT, False), ("chat", CHAT, True)):
         pids, ids = references[(kind, 32)]
         mx = 32
+        # f32 weights: the numpy references run the f32 file (q4_1 is tests/test_edge_formats.py)
         r = page.evaluate("([p, k, chat, mx]) => pyapp.generate(p, {model: 'smollm2-135m', greedy: true, "
-                          "maxNewTokens: mx, split: k, chat})", [prompt, split, chat, mx])
+                          "maxNewTokens: mx, split: k, chat, format: 'f32'})", [prompt, split, chat, mx])
         s = r["stats"]
         print(f"\n[edge] split {split} {kind}: ttft {s['time_to_first_token'] * 1000:.0f} ms, "
               f"{s['tokens_per_second']:.2f} tok/s, load {s['load_seconds']:.1f} s, "

@@ -2,6 +2,7 @@
 // window.pyapp and renders the events Python and the weight streamer dispatch:
 //   pyapp:status {message, phase}   pyapp:progress {id, layer, loaded, bytes, ms, done}
 //   pyapp:token {text, id}          pyapp:stats {...}          pyapp:loaded {...}
+//   pyapp:split {token, split, n_layers} (progressive: the split moved as layers landed)
 const $ = (id) => document.getElementById(id);
 const MB = (b) => (b / 1e6).toFixed(b < 1e7 ? 2 : 1) + ' MB';
 const fmt = (v, d = 2) => (v === undefined || v === null ? '–' : Number(v).toFixed(d));
@@ -9,6 +10,7 @@ let busy = false;
 const nLayers = {};          // model -> layers, from the server's /v1/models
 let embedModel = null;       // the server's first embedding model
 let defaultChoice = null;    // pyapp.defaultSplit() of the selected model
+let formatSizes = {};        // format -> {bytes, vs_f32}, from pyapp.formats() of the selected model
 
 function setStatus(msg, err) { const s = $('status'); s.textContent = msg; s.classList.toggle('err', !!err); }
 
@@ -46,6 +48,29 @@ addEventListener('pyapp:progress', (e) => {
   b.el.classList.toggle('done', !!d.done);
 });
 
+// Progressive offload: the split moving live, next to the layer bars (a moved layer's bar is
+// marked: it now runs on this GPU).
+let splitPath = [];
+addEventListener('pyapp:split', (e) => {
+  const d = e.detail;
+  let line = $('split-live');
+  if (!line) {
+    line = document.createElement('p');
+    line.id = 'split-live';
+    line.className = 'muted';
+    $('bars').before(line);
+  }
+  splitPath = splitPath.length ? splitPath : [d.n_layers];
+  splitPath.push(d.split);
+  line.textContent = `split ${splitPath.join(' → ')} (at token ${d.token}): layers ${d.split}..${d.n_layers - 1} run on this GPU`;
+  $('s-split').textContent = `${d.split} / ${d.n_layers}`;
+  for (const [id, b] of bars) {
+    const m = /^layer\.(\d+)$/.exec(id);
+    if (m) b.el.classList.toggle('on-edge', Number(m[1]) >= d.split);
+  }
+});
+addEventListener('pyapp:start', () => { splitPath = []; const l = $('split-live'); if (l) l.textContent = ''; });
+
 let cursor = null;
 let firstAt = null;   // seconds from the start of decoding to the first token (Python's clock)
 addEventListener('pyapp:token', (e) => {
@@ -79,6 +104,7 @@ function showStats(s) {
   $('s-ffi').textContent = s.ffi_crossings_per_token !== undefined ? fmt(s.ffi_crossings_per_token, 1) : '–';
   if (s.js_heap) $('s-js').textContent = MB(s.js_heap);
   if (s.weight_bytes !== undefined) $('s-bytes').textContent = MB(s.weight_bytes);
+  if (s.format) $('s-format').textContent = s.format;
   if (s.wasm_heap) $('s-wasm').textContent = MB(s.wasm_heap);
   if (s.gpu_bytes !== undefined) $('s-gpu').textContent = MB(s.gpu_bytes);
   const badge = $('backend-badge');
@@ -122,6 +148,31 @@ function greedyChanged() {
   $('topp').disabled = g;
 }
 
+// "q4_1: 96.6 MB, 0.18× f32": the bytes each of the model's weight files moves, against f32
+const formatLabel = (f) => `${f.format}: ${MB(f.bytes)}` + (f.vs_f32 && f.format !== 'f32' ? `, ${f.vs_f32.toFixed(2)}× f32` : '');
+
+async function refreshFormats() {
+  const model = $('model').value;
+  $('format').disabled = true;
+  try {
+    const r = await pyapp.formats(model);
+    formatSizes = Object.fromEntries(r.formats.map((f) => [f.format, f]));
+    $('format').innerHTML = r.formats.map((f) => `<option value="${f.format}">${formatLabel(f)}</option>`).join('');
+    $('format').value = r.default;
+    $('format').disabled = r.formats.length < 2;
+  } catch (e) { $('format').innerHTML = ''; formatSizes = {}; $('format-why').textContent = 'formats: ' + e.message; return; }
+  formatChanged();
+}
+
+function formatChanged() {
+  const f = formatSizes[$('format').value];
+  if (!f) return;
+  const f32 = formatSizes.f32;
+  $('format-why').textContent = f32 && f.format !== 'f32'
+    ? `${f.format} moves ${MB(f.bytes)} of weights for the whole model, ${MB(f32.bytes - f.bytes)} less than f32 (${MB(f32.bytes)})`
+    : `${f.format}: ${MB(f.bytes)} of weights for the whole model`;
+}
+
 async function refreshSplit() {
   const model = $('model').value;
   const n = nLayers[model];
@@ -144,6 +195,7 @@ async function onGenerate() {
   try {
     const r = await pyapp.generate($('prompt').value, {
       model: $('model').value, split: Number($('split').value), chat: $('chat').checked,
+      format: $('format').value || undefined,
       maxNewTokens: Number($('maxnew').value), greedy,
       temperature: greedy ? undefined : Number($('temperature').value), topP: Number($('topp').value),
       seed: Math.floor(Math.random() * 2 ** 31),
@@ -187,7 +239,8 @@ async function main() {
   $('go').addEventListener('click', onGenerate);
   $('stop').addEventListener('click', () => pyapp.stop());
   $('embed-go').addEventListener('click', onEmbed);
-  $('model').addEventListener('change', refreshSplit);
+  $('model').addEventListener('change', () => refreshFormats().then(refreshSplit));
+  $('format').addEventListener('change', formatChanged);
   $('reset').addEventListener('click', () => location.reload());
   $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) onGenerate(); });
   greedyChanged();
@@ -212,7 +265,7 @@ async function main() {
     $('split').disabled = true; $('embed-split').disabled = true;
     $('bars').innerHTML = '<p class="muted">No WebGPU: the server runs every layer, so no weights stream to this page.</p>';
   }
-  if (gen.length) await refreshSplit();
+  if (gen.length) { await refreshFormats(); await refreshSplit(); }
   $('go').disabled = !gen.length; $('embed-go').disabled = !embedModel;
   setStatus(gen.length || embedModel ? 'ready' : 'this server has no models');
 }

@@ -64,6 +64,7 @@ async function boot() {
     adapter: () => edge.adapter(),
     defaultSplit: (model) => edge.defaultSplit(model),
     models: () => edge.models(),
+    formats: (model) => api.formats_js(model),
     saveOffline: (model, opts = {}) => offline.saveOffline(model, opts),
     offlineStatus: () => offline.offlineStatus(),
     removeOffline: (model) => offline.removeOffline(model),

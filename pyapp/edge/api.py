@@ -1,10 +1,11 @@
 """The edge's API: what ``window.pyapp`` (the console, the page) and ``import pyapp`` (Python in
 the page) call.  Python names, snake_case options; the JS side takes camelCase too.
 
-    await generate(prompt, model=..., split=..., max_new_tokens=64, greedy=True, chat=False,
-                   temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None, wait=True)
+    await generate(prompt, model=..., split=..., format=..., max_new_tokens=64, greedy=True,
+                   chat=False, temperature=1.0, top_p=1.0, top_k=0, seed=0, on_token=None, wait=True)
         -> {"promptIds", "ids", "text", "stats"}
-    await embed(texts, model=..., split=..., wait=True) -> [[float, ...], ...]
+    await embed(texts, model=..., split=..., format=..., wait=True) -> [[float, ...], ...]
+    await list_formats(model) -> {model, default, formats: [{format, bytes, vs_f32}]}  (JS: formats())
     await tokenize(text, model=..., chat=False)         -> [int, ...]
     await default_split(model) -> {split, reason, ...};  await adapter() -> {...}
     await list_models() -> {object, data: [{id, kind, n_layers, ...}]}  (JS: models());  stats(), stop(),
@@ -15,6 +16,9 @@ the page) call.  Python names, snake_case options; the JS side takes camelCase t
   an encoder say so.  Without ``model`` the server's first model of the right kind is used.
 * One GPU job at a time (``state.lock``): a second call waits its turn, or with ``wait=False``
   fails at once with code ``busy``.
+* ``format``: which of the model's weight files (f32, f16, q4_1, q8_0, q4_k_m: what the server's
+  ``/v1/models`` lists as its ``dtypes``) the edge streams and the server's head layers run;
+  default: the smallest in bytes (every format is u32-packed, so every adapter runs each).
 * Weights are loaded once per (model, dtype, split) and kept while they fit
   :data:`RESIDENT_BUDGET` (least recently used out first); ``stats["weight_bytes"]`` is what this
   call streamed (0 when warm).
@@ -49,7 +53,9 @@ class _State:
         self.device_error = None
         self.gflops = None
         self.server_models = None    # the server's /v1/models data
-        self.models = {}             # name -> EdgeModel
+        self.models = {}             # (name, format) -> EdgeModel
+        self.manifests = {}          # (name, format or None) -> manifest
+        self.tokenizers = {}         # name -> Tokenizer (one per model, whatever the format)
         self.runners = OrderedDict()  # (name, dtype, split) -> session.SplitRunner, LRU order
         self.lock = asyncio.Lock()   # one GPU job at a time
         self.probe_lock = asyncio.Lock()   # the GEMV timing runs once, whoever asks first
@@ -93,13 +99,20 @@ class EdgeModel:
         self.eos_ids = list(manifest["eos_ids"])   # the server's own: config + generation_config
 
     @classmethod
-    async def load(cls, name, base_url=""):
+    async def load(cls, name, manifest, base_url=""):
         from ..arch import build_model
-        from ..tokenizer import Tokenizer, load_js_modules
 
-        manifest = await stream.load_manifest(name, base_url)
         names = {t["name"] for c in manifest["chunks"] for t in c["tensors"]}
         model = build_model(manifest["config"], names)
+        tok = state.tokenizers.get(name)
+        if tok is None:
+            tok = state.tokenizers[name] = await cls.load_tokenizer(manifest, base_url)
+        return cls(name, manifest, model, tok)
+
+    @staticmethod
+    async def load_tokenizer(manifest, base_url=""):
+        from ..tokenizer import Tokenizer, load_js_modules
+
         await load_js_modules()
         tk = manifest["tokenizer"]
         tok_json = await stream.fetch_doc(stream.absolute_url(base_url, tk["tokenizer.json"]), as_json=True)
@@ -112,7 +125,7 @@ class EdgeModel:
         # embedding; the server and the CLI do the same
         tok.no_padding()
         tok.no_truncation()
-        return cls(name, manifest, model, tok)
+        return tok
 
     def prompt_ids(self, prompt, chat=False):
         if chat:
@@ -127,7 +140,13 @@ async def list_models():
     n_layers, context, ...}]}`` (JS ``pyapp.models()``; in Python ``pyapp.models`` is the op-list
     module)."""
     if state.server_models is None:
-        state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
+        try:
+            state.server_models = await stream.fetch_json(state.base_url + "/v1/models")
+        except EdgeError:
+            raise
+        except Exception as e:    # noqa: BLE001 - a JS network Error (offline, server gone): one shape
+            d = describe(e)
+            raise EdgeError(d["message"], d["code"] if d["code"] != "internal" else "network") from e
     return state.server_models
 
 
@@ -147,18 +166,91 @@ async def _model_name(name, kind):
     return hit
 
 
-async def get_model(name):
-    em = state.models.get(name)
+async def get_model(name, fmt=None):
+    """The EdgeModel of ``name`` in format ``fmt`` (checked against what the model has; None:
+    the smallest it has)."""
+    fmt = await resolve_format(name, fmt)
+    em = state.models.get((name, fmt))
     if em is None:
         status(f"reading the manifest of {name}", phase="manifest")
+        em = await EdgeModel.load(name, await _manifest(name, fmt), state.base_url)
+        state.models[(name, fmt)] = em
+    return em
+
+
+# --------------------------------------------------------------------------- formats
+
+
+async def _offered(name):
+    """The formats the server has for ``name`` (``/v1/models``: ``dtypes``; a static site's list:
+    its one ``pyapp.dtype``), or None without a list (offline: the saved manifest is the one)."""
+    try:
+        ms = (await list_models()).get("data") or []
+    except EdgeError:
+        return None
+    for m in ms:
+        if m.get("id") == name:
+            have = m.get("dtypes") or [(m.get("pyapp") or {}).get("dtype")]
+            return [f for f in have if f] or None
+    raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model")
+
+
+async def _manifest(name, fmt, listed=True):
+    """The manifest of ``name`` in ``fmt``, fetched once: ``?dtype=fmt`` when the server listed
+    the format, else (``listed=False``: no list, e.g. offline) the one the site serves."""
+    m = state.manifests.get((name, fmt))
+    if m is None:
+        url = f"/models/{name}/manifest.json" + (f"?dtype={fmt}" if listed else "")
         try:
-            em = await EdgeModel.load(name, state.base_url)
+            m = await stream.fetch_json(stream.absolute_url(state.base_url, url))
         except EdgeError as e:
             if e.code != "bad_input" or "manifest.json" not in str(e):
                 raise
             raise EdgeError(f"unknown model {name!r}{await _have()}", "bad_option", "model") from e
-        state.models[name] = em
-    return em
+        state.manifests[(name, m.get("dtype", "f32") if fmt is None else fmt)] = m
+    return m
+
+
+def weight_bytes(manifest):
+    """The bytes of every weight tensor of a manifest, each once (a tied table is one tensor)."""
+    seen = {}
+    for c in manifest["chunks"]:
+        for t in c["tensors"]:
+            seen[t["name"]] = int(t["length"])
+    return sum(seen.values())
+
+
+async def format_sizes(name):
+    """{format: weight bytes} of every format ``name`` has here (cheapest first)."""
+    offered = await _offered(name)
+    if offered is None:               # no list: the manifest the site serves is the only one
+        m = await _manifest(name, None, listed=False)
+        return {m.get("dtype", "f32"): weight_bytes(m)}
+    sizes = {f: weight_bytes(await _manifest(name, f)) for f in offered}
+    return dict(sorted(sizes.items(), key=lambda kv: (kv[1], kv[0])))
+
+
+async def resolve_format(name, fmt=None):
+    """``fmt`` if ``name`` has it, else one sentence naming the option and the formats it has;
+    None: the smallest it has (all our formats run on every adapter: u32-packed blocks)."""
+    sizes = await format_sizes(name)
+    if fmt is None:
+        return next(iter(sizes))
+    if fmt not in sizes:
+        raise EdgeError(f"option format must be one of {', '.join(sizes)} for {name}, not {fmt!r}",
+                        "bad_option", "format")
+    return fmt
+
+
+async def list_formats(model=None):
+    """``{model, default, formats: [{format, bytes, vs_f32}]}``: the formats ``model`` has here,
+    each one's weight bytes (every tensor once) and its size against f32 (None without f32)."""
+    name = await _model_name(op.check({"model": model}, op.MODEL_ONLY).get("model"), "causal_lm")
+    sizes = await format_sizes(name)
+    f32 = sizes.get("f32")
+    return {"model": name, "default": next(iter(sizes)),
+            "formats": [{"format": f, "bytes": b, "vs_f32": round(b / f32, 4) if f32 else None}
+                        for f, b in sizes.items()]}
 
 
 async def _have():
@@ -170,9 +262,9 @@ async def _have():
     return f" (this server has: {', '.join(m['id'] for m in ms) or 'no models'})"
 
 
-async def _model_for(name, want):
-    """The EdgeModel for a call that needs a decoder ("causal_lm") or an encoder."""
-    em = await get_model(await _model_name(name, want))
+async def _model_for(name, want, fmt=None):
+    """The EdgeModel for a call that needs a decoder ("causal_lm") or an encoder, in ``fmt``."""
+    em = await get_model(await _model_name(name, want), fmt)
     if em.model.causal and want == "encoder":
         raise EdgeError(f"{em.name} is a text-generation model ({em.model.arch}), not an embedding "
                         "model: use generate(), or embed() with an encoder such as the server's "
@@ -272,10 +364,7 @@ async def get_runner(em, split, budget=(None, "")):
         return r, 0
     dev = await get_device()
     n = em.model.n_layers
-    m = em.model
-    kv = 2 * m.n_kv_heads * m.head_dim * 4 * min(m.max_context, 2048) if m.causal else 0
-    splitmod.check_fit(em.manifest, split, min(dev.limits["max_storage_binding"], dev.limits["max_buffer"]),
-                       budget[0], kv, budget[1])
+    _check_fit(em, dev, split, budget)
     chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
     shapes = {t["name"]: tuple(t["shape"]) for t in chunks_all}
     dtypes = {t["name"]: t["dtype"] for t in chunks_all}
@@ -288,7 +377,10 @@ async def get_runner(em, split, budget=(None, "")):
                phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
         st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner,
                                         cancelled=lambda: state.stop_requested)
-        server = await ServerSession(em.name, split, state.base_url).open() if split > 0 else None
+        # the server's head layers run the same weight file where it has it (a format the
+        # server listed); else its default
+        weights = dtype if dtype in (await _offered(em.name) or ()) else None
+        server = await ServerSession(em.name, split, state.base_url, weights).open() if split > 0 else None
     except BaseException:
         be.destroy()
         raise
@@ -299,6 +391,91 @@ async def get_runner(em, split, budget=(None, "")):
     state.runners[key] = r
     _evict(key)
     return r, st.bytes
+
+
+def _check_fit(em, dev, split, budget):
+    """Refuse a split that cannot fit this device before any byte is fetched (split.check_fit)."""
+    m = em.model
+    kv = 2 * m.n_kv_heads * m.head_dim * 4 * min(m.max_context, 2048) if m.causal else 0
+    splitmod.check_fit(em.manifest, split, min(dev.limits["max_storage_binding"], dev.limits["max_buffer"]),
+                       budget[0], kv, budget[1])
+
+
+def _runner_key(em, split):
+    return (em.name, em.manifest.get("dtype", "f32"), split)
+
+
+async def _start_progressive(em, split, auto, budget=(None, "")):
+    """(ProgressiveRunner, loading task): a backend for [split, N) + head whose parts are marked
+    ready as their chunks land (head first, then layers N-1 down to split, then the embedding),
+    a server session at split N; returns once the head is on the GPU (the only wait)."""
+    from ..gpu import GpuBackend
+
+    from .session import ProgressiveRunner, ServerSession
+
+    dev = await get_device()
+    n, m = em.model.n_layers, em.model
+    _check_fit(em, dev, split, budget)
+    chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
+    be = GpuBackend(dev, m, split, n, split == 0, True, em.manifest.get("dtype", "f32"),
+                    shapes={t["name"]: tuple(t["shape"]) for t in chunks_all},
+                    dtypes={t["name"]: t["dtype"] for t in chunks_all})
+    be.track_ready()
+    chunks, owner = stream.select_chunks(em.manifest, needed=[nm for nm, _ in be.weight_layout()])
+    # the head first (the only wait), then layers from the top: each lets the split move one down
+    chunks.sort(key=lambda c: (0, 0) if c["id"] == "head" else
+                (1, -int(c["layer"])) if c.get("layer") is not None else (2, 0))
+    parts = {"head": set(m.tensors(m.ops(n, n, embed=False, head=True)))}
+    parts.update({i: set(m.tensors(m.ops(i, i + 1, embed=False, head=False))) for i in range(split, n)})
+    if split == 0:
+        parts["embed"] = set(m.tensors(m.ops(0, 0, embed=True, head=False)))
+    written, head_ready = set(), asyncio.Event()
+
+    def on_chunk(cs):
+        """A chunk is fetched, verified and written: mark every part now complete."""
+        written.update(nm for nm, cid in owner.items() if cid == cs.id)
+        for part in [p for p, names in parts.items() if names <= written]:
+            be.mark_ready(part)
+            parts.pop(part)
+            if part == "head":
+                head_ready.set()
+        _emit("ready", {"model": em.name, "part": cs.id, "runnable_from": be.runnable_from()})
+
+    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers {split}..{n - 1} "
+           f"of {em.name} while the server runs them (progressive)", phase="load",
+           chunks=[[c["id"], c["bytes"]] for c in chunks])
+    loading = asyncio.ensure_future(stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be),
+                                                         state.base_url, owner=owner, on_chunk=on_chunk))
+    try:
+        # the server's layers run the same weight file as the edge's, where it lists that format
+        fmt = em.manifest.get("dtype", "f32")
+        weights = fmt if fmt in (await _offered(em.name) or ()) else None
+        server = await ServerSession(em.name, n, state.base_url, weights).open()
+        waiter = asyncio.ensure_future(head_ready.wait())
+        await asyncio.wait([loading, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if not head_ready.is_set():
+            waiter.cancel()
+            server.close()
+            await loading             # the load failed before the head: its error
+    except BaseException:
+        loading.cancel()
+        be.destroy()
+        raise
+    r = ProgressiveRunner(em, split, be, server, auto=auto)
+    r.on_move = lambda tok, k: _emit("split", {"model": em.name, "token": tok, "split": k, "n_layers": n})
+    return r, loading
+
+
+async def _keep_progressive(em, split, runner, st):
+    """After a progressive generation: the loaded tail kept as a fixed-split runner."""
+    key = _runner_key(em, split)
+    fixed = await runner.settle()
+    state.load_stats[key] = st.as_dict()
+    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(fixed.backend.gpu_bytes), **_brief_load(st)})
+    fixed.weight_bytes = st.bytes
+    state.runners[key] = fixed
+    _evict(key)
+    return fixed
 
 
 def _brief_load(st):
@@ -367,11 +544,14 @@ def _check_prompt(prompt, chat):
 
 
 async def generate(prompt, **opts):
+    auto = opts.get("split") in (None, "auto")
+    if opts.get("split") == "auto":          # the chooser's target, re-evaluated while running
+        opts = {k: v for k, v in opts.items() if k != "split"}
     o = op.check(opts, op.GENERATE)
     chat = o.get("chat", False)
     prompt = _check_prompt(prompt, chat)
     params = _params(o)
-    em = await _model_for(o.get("model"), "causal_lm")
+    em = await _model_for(o.get("model"), "causal_lm", o.get("format"))
     n = em.model.n_layers
     split = op.check_split(o["split"], n, em.name) if "split" in o else None
     prompt_ids = em.prompt_ids(prompt, chat)
@@ -387,13 +567,24 @@ async def generate(prompt, **opts):
             return await _server_generate(em, prompt_ids, max_new, params, on_token, reason)
         if split is None:
             split = (await _choose_split(em)).split
-        return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, memory_budget(o))
+        progressive = o.get("progressive")
+        if progressive is None:       # the default while the edge does not hold the weights
+            progressive = _runner_key(em, split) not in state.runners
+        return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token,
+                                   progressive and _runner_key(em, split) not in state.runners, auto,
+                                   memory_budget(o))
 
 
-async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, budget):
+async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, progressive=False, auto=False,
+                        budget=(None, "")):
     n = em.model.n_layers
     t_load = time.perf_counter()
-    runner, streamed = await get_runner(em, split, budget)
+    loading = None
+    if progressive:
+        runner, loading = await _start_progressive(em, split, auto, budget)
+        streamed = 0
+    else:
+        runner, streamed = await get_runner(em, split, budget)
     load_s = time.perf_counter() - t_load
     await runner.reset(len(prompt_ids) + max_new)
     ds = em.tokenizer.decode_stream(skip_special_tokens=True)
@@ -425,9 +616,23 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, b
     _emit("start", {"kind": "generate", "backend": "webgpu", "model": em.name, "split": split,
                     "n_layers": n, "prompt_tokens": len(prompt_ids)})
     t_gen = time.perf_counter()
-    res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
-                               em.eos_ids, on_tok, lambda: state.stop_requested)
+    try:
+        res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
+                                   em.eos_ids, on_tok, lambda: state.stop_requested)
+    except BaseException:
+        if progressive:               # a failed hand-over: nothing half-moved is kept
+            loading.cancel()
+            runner.close()
+        raise
     end = crossings()
+    trace = list(runner.trace) if progressive else [{"token": 0, "split": split}]
+    if progressive:
+        ttft_total = t_gen - t_load + res.time_to_first_token
+        st = await loading
+        load_s, streamed = time.perf_counter() - t_load, st.bytes
+        prog = {"handover_bytes": runner.handover_bytes, "handover_retries": runner.retries,
+                "split_final": runner.split, "steps": [list(t) for t in runner.times]}
+        runner = await _keep_progressive(em, split, runner, st)
     tail = ds.flush()
     if tail and not tail.endswith("\ufffd"):
         pieces.append(tail)
@@ -445,10 +650,13 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, b
     stats = {
         "kind": "generate", "backend": "webgpu", "model": em.name, "split": split, "n_layers": n,
         "prompt_tokens": len(prompt_ids), "tokens": len(res.ids), "finish_reason": res.finish_reason,
-        "time_to_first_token": round(res.time_to_first_token, 4),
+        # progressive: from the call (the head's wait included); waiting: from the loaded tail
+        "time_to_first_token": round(ttft_total if progressive else res.time_to_first_token, 4),
+        "time_to_first_token_with_load": round((ttft_total if progressive else load_s + res.time_to_first_token), 4),
         "tokens_per_second": round(res.tokens_per_second, 3),
+        "progressive": progressive, "split_trace": trace, **(prog if progressive else {}),
         # this call's load: 0 bytes and ~0 s when the tail was already on the GPU
-        "load_seconds": round(load_s, 3), "weight_bytes": streamed,
+        "load_seconds": round(load_s, 3), "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32"),
         "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": int(runner.backend.gpu_bytes),
         "adapter": state.adapter.as_dict(),
         # Python->JS calls per decode token (steady state, from the third token): the page
@@ -464,7 +672,7 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, b
         "gpu": dict(runner.backend.stats),
     }
     state.last_stats = stats
-    _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter")})
+    _emit("stats", {k: v for k, v in stats.items() if k not in ("load", "adapter", "steps")})
     status(f"{len(res.ids)} tokens · {res.finish_reason}", phase="done")
     return {"promptIds": list(prompt_ids), "ids": list(res.ids), "text": text, "stats": stats}
 
@@ -548,7 +756,7 @@ async def embed(texts, **opts):
     with the others into as few GPU steps as fit (no padding; attention and pooling per text)."""
     o = op.check(opts, op.EMBED)
     texts = _check_texts(texts)
-    em = await _model_for(o.get("model"), "encoder")
+    em = await _model_for(o.get("model"), "encoder", o.get("format"))
     n = em.model.n_layers
     split = op.check_split(o["split"], n, em.name) if "split" in o else n // 2
     seqs = [em.tokenizer.encode(t).ids for t in texts]
@@ -571,7 +779,7 @@ async def embed(texts, **opts):
     stats = {"kind": "embed", "backend": backend, "model": em.name, "split": split, "n_layers": n,
              "texts": len(texts), "tokens": sum(len(s) for s in seqs), "seconds": round(secs, 3),
              "embeddings_per_second": round(len(texts) / secs, 2) if secs > 0 else 0.0,
-             "weight_bytes": streamed}
+             "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32")}
     if backend == "server":
         stats["reason"] = reason
     state.last_stats = stats
@@ -646,6 +854,7 @@ def _args(name):
         "default_split": lambda m=None: default_split(_py(m)),
         "adapter": lambda: adapter(),
         "models": lambda: list_models(),
+        "formats": lambda m=None: list_formats(_py(m)),
     }[name]
 
 
@@ -671,7 +880,7 @@ def _js_entry(name):
     return load("api")(create_proxy(run))
 
 
-JS_ENTRIES = ("generate", "embed", "tokenize", "default_split", "adapter", "models")
+JS_ENTRIES = ("generate", "embed", "tokenize", "default_split", "adapter", "models", "formats")
 
 
 def stats_js():

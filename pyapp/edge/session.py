@@ -40,9 +40,10 @@ def ws_url(base_url, path):
 class ServerSession:
     """Layers [0, split) on the server, one per generation stream (WebSocket)."""
 
-    def __init__(self, model, split, base_url=""):
+    def __init__(self, model, split, base_url="", weights=None):
         self.model = model
         self.split = split
+        self.weights = weights      # the weight file the server's layers run (None: its default)
         self.base_url = base_url
         self.id = None
         self.key = ""
@@ -54,12 +55,37 @@ class ServerSession:
         import js  # type: ignore[import-not-found]
         info = await fetch_json(absolute_url(self.base_url, "/v1/sessions"), {
             "method": "POST", "headers": {"content-type": "application/json"},
-            "body": json.dumps({"model": self.model, "split": self.split})})
+            "body": json.dumps({"model": self.model, "split": self.split,
+                                **({"weights": self.weights} if self.weights else {})})})
         self.id = info["id"]
         self.key = info.get("key", "")   # the session's capability; info["ws"] already carries it
-        self.ws = _ws(ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws"))
+        self.url = ws_url(self.base_url or str(js.location.href), info.get("ws") or f"/v1/sessions/{self.id}/ws")
+        self.ws = _ws(self.url)
         await self.ws.opened
         return self
+
+    async def reconnect(self):
+        """A new socket to the same session (its KV kept by the server), after a drop."""
+        if self.ws is not None:
+            self.ws.close()
+        self.ws = _ws(self.url)
+        await self.ws.opened
+
+    async def control(self, msg: dict) -> dict:
+        """Send a JSON op and return the server's JSON reply; its error frame raises."""
+        self.ws.sendText(json.dumps(msg))
+        return await self.recv_json()
+
+    async def recv_json(self) -> dict:
+        m = await self.ws.recv()
+        txt = str(getattr(m, "text", "") or "")
+        m = None
+        if not txt:
+            raise EdgeError("the server sent binary data where a JSON reply was expected", "server")
+        d = json.loads(txt)
+        if "error" in d:
+            raise EdgeError(f"the server refused: {_server_message(txt)}", "server")
+        return d
 
     async def forward(self, ids):
         """Hidden states of ``ids`` (a JS Float32Array proxy, [T*hidden]); never converted."""
@@ -192,3 +218,204 @@ class SplitRunner:
         _free(self.cache)
         self.cache = None
         self.backend.destroy()
+
+
+# --------------------------------------------------------------------------- progressive offload
+
+# Test hooks (set from the page: ``pyapp.runPython``): "edge_slow_from" = a token index from which
+# the re-evaluation reports the edge as slow; "drop_in_handover" = how many coming hand-overs
+# close the socket after the server's handover header (the move is then retried once).
+TEST = {"edge_slow_from": None, "drop_in_handover": 0}
+# The policy (docs/edge.md "Progressive offload"): every EVAL_EVERY tokens, over the last
+# EVAL_EVERY steps, the edge's milliseconds per layer against the server's; when the edge's is
+# more than SLOW_MARGIN times the server's, half the edge's layers (at least one) move back.
+EVAL_EVERY = 4
+SLOW_MARGIN = 1.5
+
+
+class ProgressiveRunner:
+    """Target split ``target``: the server session starts at N (every layer there, the head
+    here); as ``backend.mark_ready(j)`` lands (weights streamed and verified), the split moves
+    down between two steps, with the KV of the moved layers handed over (docs/server.md,
+    "Moving the split"), until it reaches the target.  ``trace`` is [{token, split}]."""
+
+    def __init__(self, edge_model, target, backend, server, auto=False):
+        self.em = edge_model
+        self.n = edge_model.model.n_layers
+        self.target = target
+        self.floor = target          # lowest split allowed now (raised when the edge is slow)
+        self.auto = auto
+        self.backend = backend       # built for [target, N) + head, track_ready() on
+        self.server = server         # a session opened at split N
+        self.split = self.n
+        self.cache = None
+        self.trace = []
+        self.tokens = 0
+        self.handover_bytes = 0
+        self.retries = 0
+        self.times = []              # (split, edge ms, server ms) per step
+        self.on_move = None          # (token, split) -> None, for the page
+
+    async def reset(self, capacity):
+        await self.server.reset()
+        _free(self.cache)
+        self.cache = self.backend.new_cache(capacity, self.n, self.n)   # layers come by hand-over
+        self.trace = [{"token": 0, "split": self.split}]
+        self.tokens = 0
+
+    async def step(self, ids, n, params):
+        await self._rebalance()
+        import time
+        t0 = time.perf_counter()
+        x = await self.server.forward(ids)     # at split 0 it only advances the server's position
+        t1 = time.perf_counter()
+        if self.split == 0:
+            x = None
+            tok = await self.backend.step_async(ids=list(ids), cache=self.cache, params=params, n=n, start=0)
+        else:
+            tok = await self.backend.step_async(x=x, cache=self.cache, params=params, n=n, start=self.split)
+        x = None
+        self.times.append((self.split, (time.perf_counter() - t1) * 1e3, (t1 - t0) * 1e3))
+        self.tokens += 1
+        return int(tok)
+
+    # -------------------------------------------------------------- where the split goes next
+    async def _rebalance(self):
+        if self.tokens == 0:
+            return
+        if self._edge_slow():
+            up = min(self.n, self.split + max(1, (self.n - self.split) // 2))
+            self.floor = up
+            await self.move(up)
+            return
+        ready = self.backend.runnable_from()
+        low = max(self.floor, ready if ready is not None else self.n)
+        if low < self.split:
+            await self.move(low)
+
+    def _edge_slow(self) -> bool:
+        if self.split >= self.n or self.tokens % EVAL_EVERY:
+            return False
+        hook = TEST["edge_slow_from"]
+        if hook is not None:
+            return self.tokens >= hook
+        if not self.auto:
+            return False           # an explicit split is honoured
+        last = [t for t in self.times[-EVAL_EVERY:] if t[0] == self.split]
+        if len(last) < EVAL_EVERY:
+            return False
+        edge = sum(t[1] for t in last) / len(last) / (self.n - self.split + 1)   # + the head
+        server = sum(t[2] for t in last) / len(last) / max(1, self.split)
+        return edge > SLOW_MARGIN * server
+
+    # -------------------------------------------------------------- the hand-over
+    async def move(self, new: int):
+        """Move the split to ``new`` with the KV of the layers in between; a socket that drops
+        mid-move is reopened and the move retried once (the server kept its old split)."""
+        try:
+            await self._move_once(new)
+        except Exception as e:  # noqa: BLE001 - a dropped socket surfaces as a JS Error
+            if self.server.ws is not None and self.server.ws.isOpen:
+                raise
+            self.retries += 1
+            await self.server.reconnect()
+            info = await self.server.control({"op": "info"})
+            landed = int(info.get("split", -1))
+            if landed == new and new > self.split:     # the frames all arrived before the drop
+                self._drop_moved_up(new)
+            elif landed != self.split:
+                raise EdgeError(f"the connection dropped during the hand-over from split {self.split} to "
+                                f"{new} and the server is now at split {info.get('split')}", "network") from e
+            try:
+                if landed != new:
+                    await self._move_once(new)
+            except Exception as e2:  # noqa: BLE001
+                raise EdgeError(f"the connection dropped twice during the hand-over from split "
+                                f"{self.split} to {new}: {e2}", "network") from e2
+        self.split = new
+        self.trace.append({"token": self.tokens, "split": new})
+        if self.on_move is not None:
+            self.on_move(self.tokens, new)
+
+    async def _move_once(self, new: int):
+        ready = sorted(i for i in range(self.target, self.n) if self.backend.ready and i in self.backend.ready)
+        head = await self.server.control({"op": "move", "split": new, "holds": ready,
+                                          "position": self.cache.length})
+        if TEST["drop_in_handover"] > 0:
+            TEST["drop_in_handover"] -= 1
+            self.server.ws.close()
+        if head["direction"] == "to_edge":
+            await self._take_frames(head)
+            done = await self.server.control({"op": "commit"})
+        else:
+            await self._give_frames(head["layers"])
+            done = await self.server.recv_json()
+        if int(done.get("split", -1)) != new:
+            raise EdgeError(f"the server ended the hand-over at split {done.get('split')}, not {new}", "server")
+        self.handover_bytes += int(head.get("bytes", 0))
+        self._drop_moved_up(new)
+
+    def _drop_moved_up(self, new: int):
+        """Layers [split, new) went back to the server: their KV here goes."""
+        for i in range(self.split, new):
+            self.cache.drop_layer(i)
+
+    async def _take_frames(self, head):
+        import js  # type: ignore[import-not-found]
+
+        from ..kvwire import HEADER, read_header
+        for _ in range(int(head["frames"])):
+            msg = await self.server.ws.recv()
+            f32 = getattr(msg, "data", None)
+            msg = None
+            if f32 is None:
+                raise EdgeError("the server sent text where a KV frame was expected", "server")
+            h = read_header(f32.subarray(0, HEADER.size // 4).to_bytes())   # only the header crosses
+            if int(f32.byteLength) != h.frame_bytes or h.dtype != "f32":
+                raise EdgeError(f"KV frame of layer {h.layer} is {int(f32.byteLength)} bytes of {h.dtype}; "
+                                f"expected {h.frame_bytes} of f32", "server")
+            if h.layer not in self.cache.k:
+                self.cache.add_layer(h.layer)
+            # byte views (the cache's writes slice in bytes; a Float32Array's subarray counts floats)
+            b0, q = int(f32.byteOffset) + HEADER.size, h.part_bytes
+            self.cache.write_layer(h.layer, h.p0, js.Uint8Array.new(f32.buffer, b0, q),
+                                   js.Uint8Array.new(f32.buffer, b0 + q, q))
+            f32 = None
+
+    async def _give_frames(self, layers):
+        from pyodide.ffi import to_js  # type: ignore[import-not-found]
+
+        from ..kvwire import KVHeader
+        m = self.em.model
+        for i in layers:
+            p0, k, v = await self.cache.read_layer_async(i)
+            frame = KVHeader(i, p0, self.cache.length, m.n_kv_heads, m.head_dim).pack() + k + v
+            self.server.ws.sendBytes(to_js(frame))
+            self.handover_bytes += len(frame)
+
+    async def settle(self):
+        """Every weight is here: the session rewound and put at the target split (position 0,
+        so no KV moves), kept as a fixed-split :class:`SplitRunner` for the next calls."""
+        await self.server.reset()
+        self.server.position = 0
+        if self.split != self.target:
+            head = await self.server.control({"op": "move", "split": self.target, "position": 0,
+                                              "holds": list(range(self.target, self.n))})
+            if head["direction"] == "to_edge":
+                await self.server.control({"op": "commit"})
+            else:
+                await self.server.recv_json()
+        _free(self.cache)
+        self.cache = None
+        server = self.server
+        if self.target == 0:          # split 0 runs without a session
+            server.close()
+            server = None
+        return SplitRunner(self.em, self.target, self.backend, server)
+
+    def close(self):
+        self.server.close()
+        _free(self.cache)
+        self.cache = None
+        self.backend.destroy()
+

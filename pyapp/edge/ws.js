@@ -24,6 +24,7 @@
     opened,
     sendIds(ids) { check(); ws.send(Int32Array.from(ids)); },
     sendText(s) { check(); ws.send(s); },
+    sendBytes(u8) { check(); ws.send(u8); },
     recv() {
       if (queue.length) return Promise.resolve(queue.shift());
       if (closed) return Promise.reject(fail('network', closed));
