@@ -179,7 +179,8 @@ def cmd_models(a):
     if not ms:
         print(f"no models in {models_dir()} (try `pyapp pull smollm2-135m`)")
     for m in ms:
-        print(f"{m['name']:24} {m.get('architecture', '?'):6} {', '.join(m.get('dtypes', []))}")
+        mark = "  (synthetic: random weights)" if m.get("synthetic") else ""
+        print(f"{m['name']:24} {m.get('architecture', '?'):6} {', '.join(m.get('dtypes', []))}{mark}")
 
 
 def cmd_pull(a):
@@ -200,6 +201,11 @@ def add_format_flag(s):
     from .formats import FILE_TAGS
     s.add_argument("--format", "--dtype", dest="dtype", default="f32", choices=list(FILE_TAGS),
                    help="weight file to run: f32, f16, or quantized blocks dequantized in the kernels")
+
+
+def cmd_synth(a):
+    from .synth import synth
+    synth(a.name, a.config, dtype=a.dtype, seed=a.seed, tokenizer_from=a.tokenizer_from)
 
 
 def cmd_build_site(a):
@@ -224,6 +230,14 @@ def build_parser():
     s.add_argument("--quantize", choices=list(QUANTIZE_TAGS), action="append",
                    help="also write model.<tag>.safetensors, quantized as llama.cpp does")
     s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("synth", help="write a model with random weights for an HF config (tests, benchmarks)")
+    s.add_argument("name")
+    s.add_argument("--config", required=True, help="an HF config.json of a supported architecture")
+    s.add_argument("--dtype", default="f32", choices=["f32", "f16", "q4_1", "q8_0"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tokenizer-from", default=None, help="a stored model (or folder) whose tokenizer files to copy")
+    s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("models", help="list the store")
     s.add_argument("--json", action="store_true")

@@ -277,6 +277,18 @@ class SafetensorsWriter:
         self._f.write(memoryview(arr.reshape(-1)).cast("B"))
         self._done.add(name)
 
+    def write_rows(self, name: str, row0: int, arr: np.ndarray) -> None:
+        """Write rows [row0, row0 + len(arr)) of tensor `name` (a tensor streamed in pieces);
+        the tensor counts as written once its last row is."""
+        st, shape, off, n = self._slots[name]
+        arr = np.ascontiguousarray(arr, dtype=_ST_DTYPES[st])
+        if arr.shape[1:] != shape[1:] or row0 < 0 or row0 + arr.shape[0] > shape[0]:
+            raise ConversionError(f"tensor {name}: rows {row0}+{arr.shape} do not fit {shape}")
+        self._f.seek(self._base + off + row0 * (n // shape[0]))
+        self._f.write(memoryview(arr.reshape(-1)).cast("B"))
+        if row0 + arr.shape[0] == shape[0]:
+            self._done.add(name)
+
     def close(self) -> None:
         missing = set(self._slots) - self._done
         self._f.close()

@@ -134,6 +134,7 @@ def model_info(path: Path) -> dict:
         "path": str(path),
         "source": meta.get("source"),
         "converted_at": meta.get("converted_at"),
+        "synthetic": bool(meta.get("synthetic")),   # random weights (`pyapp synth`)
     }
 
 

@@ -14,7 +14,10 @@ from pathlib import Path
 from pyapp import formats
 from pyapp.weightfile import eos_ids, load_model_dir, read_safetensors_header, weight_files
 
-MANIFEST_VERSION = 2   # 2: tied_embeddings; eos_ids include generation_config.json
+MANIFEST_VERSION = 3   # 2: tied_embeddings; eos_ids include generation_config.json; 3: pieces
+# a chunk is also hashed in pieces of at most this many bytes: the edge verifies and uploads a
+# piece at a time, so its memory stays bounded whatever the size of a layer or a table
+PIECE_BYTES = 16 << 20
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 EXTRA_FILES = ("config.json", "generation_config.json") + TOKENIZER_FILES
 DTYPES = formats.SERVED_TAGS
@@ -41,19 +44,53 @@ def _sha256_file(path: Path, buf=1 << 20) -> str:
     return h.hexdigest()
 
 
-def _sha256_ranges(path: Path, ranges, buf=1 << 20) -> str:
-    h = hashlib.sha256()
+def _piece_cuts(tensors, ranges) -> list:
+    """[[start, length]] of a chunk's pieces in its byte stream (its ranges concatenated), each
+    at most PIECE_BYTES; a cut inside a tensor falls on a 4-byte boundary of that tensor (the
+    GPU takes writes at multiples of 4)."""
+    piece = PIECE_BYTES
+    starts, pos = {}, 0
+    for off, length in ranges:                   # file offset -> stream offset, per range
+        starts[off] = pos
+        pos += length
+    total = pos
+    spans = []
+    for t in tensors:
+        r = max(o for o in starts if o <= t["offset"])
+        spans.append((starts[r] + t["offset"] - r, int(t["length"])))
+    out, pos = [], 0
+    while total - pos > piece:
+        cut = pos + piece
+        for s0, n in spans:
+            if s0 < cut < s0 + n:
+                cut = s0 + (cut - s0) // 4 * 4
+        out.append([pos, cut - pos])
+        pos = cut
+    out.append([pos, total - pos])
+    return out
+
+
+def _sha256_pieces(path: Path, ranges, cuts, buf=1 << 20) -> tuple[str, list]:
+    """(sha256 of the concatenated ranges, [sha256 of each piece]) in one read."""
+    whole = hashlib.sha256()
+    hs = [hashlib.sha256() for _ in cuts]
+    pos, k = 0, 0
     with open(path, "rb") as f:
         for off, length in ranges:
             f.seek(off)
             left = length
             while left > 0:
-                b = f.read(min(buf, left))
-                if not b:
+                n = min(buf, left, cuts[k][0] + cuts[k][1] - pos)
+                b = f.read(n)
+                if len(b) != n:
                     raise ValueError(f"{path.name} is shorter than its header says")
-                h.update(b)
-                left -= len(b)
-    return h.hexdigest()
+                whole.update(b)
+                hs[k].update(b)
+                pos += n
+                left -= n
+                if pos == cuts[k][0] + cuts[k][1] and k + 1 < len(cuts):
+                    k += 1
+    return whole.hexdigest(), [h.hexdigest() for h in hs]
 
 
 def _coalesce(spans):
@@ -123,9 +160,11 @@ def build_manifest(name: str, model_dir: Path, dtype: str = "f32") -> dict:
         for p in sorted(by_file, key=lambda p: p.name):
             tensors = sorted(by_file[p], key=lambda e: e["offset"])
             ranges = _coalesce([(e["offset"], e["length"]) for e in tensors])
+            cuts = _piece_cuts(tensors, ranges)
+            sha, piece_sha = _sha256_pieces(p, ranges, cuts)
             out.append({"id": cid, "layer": layer, "file": p.name, "ranges": ranges,
-                        "sha256": _sha256_ranges(p, ranges),
-                        "bytes": sum(r[1] for r in ranges), "tensors": tensors})
+                        "sha256": sha, "bytes": sum(r[1] for r in ranges), "tensors": tensors,
+                        "pieces": [[a, n, h] for (a, n), h in zip(cuts, piece_sha)]})
         return out
 
     chunks = chunks_for("embed", None, model.embed_tensors())

@@ -303,10 +303,30 @@ async def get_device():
         return None
     try:
         from ..gpu import browser
-        state.device = await browser.request_device()
+        state.device = await browser.request_device(limits=_gpu_limits())
     except Exception as e:  # noqa: BLE001 - the page falls back to the server and says why
         state.device_error = f"could not open a WebGPU device: {describe(e)['message']}"
     return state.device
+
+
+def _gpu_limits() -> str:
+    """"default" when the page URL asks for WebGPU's default buffer sizes (``?gpulimits=default``:
+    what a small GPU offers, to exercise sharded tensors), else "max"."""
+    import js  # type: ignore[import-not-found]
+    return "default" if "gpulimits=default" in str(getattr(js.location, "search", "")) else "max"
+
+
+def memory_budget(o) -> tuple:
+    """(bytes of GPU memory the edge may fill, where that figure comes from): the ``gpu_memory``
+    option, else half of ``navigator.deviceMemory`` (the RAM a CPU or integrated GPU shares with
+    the page), else (None, "") when nothing can be learned (only the binding limits are checked)."""
+    if o.get("gpu_memory"):
+        return int(o["gpu_memory"]), "the gpuMemory option"
+    import js  # type: ignore[import-not-found]
+    gib = getattr(js.navigator, "deviceMemory", None)
+    if isinstance(gib, (int, float)) and gib > 0:
+        return int(gib * (1 << 30) // 2), f"half of navigator.deviceMemory = {gib:g} GiB"
+    return None, ""
 
 
 async def _choose_split(em):
@@ -337,8 +357,10 @@ def _evict(keep):
         state.load_stats.pop(key, None)
 
 
-async def get_runner(em, split):
-    """(runner, bytes streamed now): the tail of ``em`` at ``split``, loaded once and kept."""
+async def get_runner(em, split, budget=(None, "")):
+    """(runner, bytes streamed now): the tail of ``em`` at ``split``, loaded once and kept.
+    Refused before any byte is fetched when it cannot fit (``budget``: :func:`memory_budget`);
+    a load cancelled by :func:`stop` frees the GPU buffers it allocated."""
     from ..gpu import GpuBackend
 
     from .session import ServerSession, SplitRunner
@@ -351,6 +373,7 @@ async def get_runner(em, split):
         return r, 0
     dev = await get_device()
     n = em.model.n_layers
+    _check_fit(em, dev, split, budget)
     chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
     shapes = {t["name"]: tuple(t["shape"]) for t in chunks_all}
     dtypes = {t["name"]: t["dtype"] for t in chunks_all}
@@ -361,7 +384,8 @@ async def get_runner(em, split):
                 f"layers {split}..{n - 1}" + (" + embedding" if split == 0 else "") + " and the head")
         status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for {what} of {em.name}",
                phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
-        st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner)
+        st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner,
+                                        cancelled=lambda: state.stop_requested)
         # the server's head layers run the same weight file where it has it (a format the
         # server listed); else its default
         weights = dtype if dtype in (await _offered(em.name) or ()) else None
@@ -378,11 +402,19 @@ async def get_runner(em, split):
     return r, st.bytes
 
 
+def _check_fit(em, dev, split, budget):
+    """Refuse a split that cannot fit this device before any byte is fetched (split.check_fit)."""
+    m = em.model
+    kv = 2 * m.n_kv_heads * m.head_dim * 4 * min(m.max_context, 2048) if m.causal else 0
+    splitmod.check_fit(em.manifest, split, min(dev.limits["max_storage_binding"], dev.limits["max_buffer"]),
+                       budget[0], kv, budget[1])
+
+
 def _runner_key(em, split):
     return (em.name, em.manifest.get("dtype", "f32"), split)
 
 
-async def _start_progressive(em, split, auto):
+async def _start_progressive(em, split, auto, budget=(None, "")):
     """(ProgressiveRunner, loading task): a backend for [split, N) + head whose parts are marked
     ready as their chunks land (head first, then layers N-1 down to split, then the embedding),
     a server session at split N; returns once the head is on the GPU (the only wait)."""
@@ -392,6 +424,7 @@ async def _start_progressive(em, split, auto):
 
     dev = await get_device()
     n, m = em.model.n_layers, em.model
+    _check_fit(em, dev, split, budget)
     chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
     be = GpuBackend(dev, m, split, n, split == 0, True, em.manifest.get("dtype", "f32"),
                     shapes={t["name"]: tuple(t["shape"]) for t in chunks_all},
@@ -551,18 +584,20 @@ async def generate(prompt, **opts):
             raise EdgeError("progressive offload needs a pyapp server (this is a static site or the "
                             "server is unreachable): pass progressive: false", "bad_option", "progressive")
         return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token,
-                                   progressive and _runner_key(em, split) not in state.runners, auto)
+                                   progressive and _runner_key(em, split) not in state.runners, auto,
+                                   memory_budget(o))
 
 
-async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, progressive=False, auto=False):
+async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, progressive=False, auto=False,
+                        budget=(None, "")):
     n = em.model.n_layers
     t_load = time.perf_counter()
     loading = None
     if progressive:
-        runner, loading = await _start_progressive(em, split, auto)
+        runner, loading = await _start_progressive(em, split, auto, budget)
         streamed = 0
     else:
-        runner, streamed = await get_runner(em, split)
+        runner, streamed = await get_runner(em, split, budget)
     load_s = time.perf_counter() - t_load
     await runner.reset(len(prompt_ids) + max_new)
     ds = em.tokenizer.decode_stream(skip_special_tokens=True)
@@ -743,13 +778,14 @@ async def embed(texts, **opts):
             raise EdgeError(f"text {i} is {len(s)} tokens, longer than {em.name}'s context of "
                             f"{em.model.max_context}", "too_long")
     async with _GpuJob(o.get("wait", True), "embed"):
+        state.stop_requested = False        # a stop() before this call does not cancel its load
         t0 = time.perf_counter()
         dev, reason = await _use_gpu(o.get("backend", "auto"))
         if dev is None:
             out = await _server_embed(em, seqs)
             streamed, backend, split = 0, "server", n
         else:
-            runner, streamed = await get_runner(em, split)
+            runner, streamed = await get_runner(em, split, memory_budget(o))
             out = await runner.embed(seqs)
             backend = "webgpu"
         secs = time.perf_counter() - t0

@@ -13,7 +13,7 @@ from ..errors import PyappError
 
 # code -> what it means (docs/edge.md lists them)
 CODES = ("bad_option", "bad_input", "wrong_model", "too_long", "busy", "timeout", "network",
-         "integrity", "server", "no_webgpu", "gpu", "internal")
+         "integrity", "server", "no_webgpu", "gpu", "too_big", "cancelled", "internal")
 
 
 class EdgeError(PyappError):

@@ -34,7 +34,7 @@ def _range(lo, hi, lo_open=False):
 
 # format: checked against the model's formats once the model is known (api.resolve_format)
 _COMMON = {"model": Opt("str"), "backend": Opt("str", choices=("auto", "webgpu", "server")),
-           "wait": Opt("bool"), "format": Opt("str")}
+           "wait": Opt("bool"), "format": Opt("str"), "gpu_memory": Opt("number", _min(1))}
 GENERATE = {**_COMMON, "split": Opt("int", _min(0)), "max_new_tokens": Opt("int", _min(1)),
             "greedy": Opt("bool"), "chat": Opt("bool"), "temperature": Opt("number", _range(0, 100)),
             "top_p": Opt("number", _range(0, 1, lo_open=True)), "top_k": Opt("int", _min(0)),

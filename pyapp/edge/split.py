@@ -51,8 +51,16 @@ class SplitChoice:
         return dict(self.__dict__)
 
 
+def unit_bytes(t) -> int:
+    """The most of tensor entry ``t`` one binding must hold: a matrix is split by rows over
+    several (GpuBackend), so one row; a vector (or a tensor of unknown shape) whole."""
+    shape = t.get("shape") or []
+    return int(t["length"]) // int(shape[0]) if len(shape) == 2 and shape[0] else int(t["length"])
+
+
 def layer_costs(manifest):
-    """(bytes per layer list, embed bytes, head bytes, biggest tensor of the head) from a manifest."""
+    """(bytes per layer list, embed bytes, head bytes, the biggest unit of the head one binding
+    must hold) from a manifest."""
     n = int(manifest["n_layers"])
     per = [0] * n
     embed = head = 0
@@ -64,7 +72,7 @@ def layer_costs(manifest):
             embed += int(c["bytes"])
         elif c["id"] == "head":
             head += int(c["bytes"])
-            biggest_head = max([biggest_head] + [int(t["length"]) for t in c["tensors"]])
+            biggest_head = max([biggest_head] + [unit_bytes(t) for t in c["tensors"]])
     return per, embed, head, biggest_head
 
 
@@ -86,10 +94,7 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
                            None, 0, n, n)
 
     def edge_bytes(k):
-        b = sum(per[k:]) + head
-        if k == 0 and not manifest.get("tied_embeddings"):  # a tied embedding is the head's weight
-            b += embed
-        return b
+        return edge_weight_bytes(manifest, k)
 
     def ms_per_token(k):
         if not gflops:
@@ -123,6 +128,50 @@ def choose_split(manifest, adapter: AdapterInfo, gflops=None, budget_ms=EDGE_BUD
     if k > min_k and min_k > 0:
         why += f"; at most {edge_bytes(min_k) / 1e6:.0f} MB of weights fit"
     return SplitChoice(k, why, ms, edge_bytes(k), min_k, n)
+
+
+def edge_weight_bytes(manifest, k) -> int:
+    """Weight bytes the edge holds at split ``k``: layers [k, N), the head, and at split 0 the
+    embedding unless it is the head's own (tied)."""
+    per, embed, head, _ = layer_costs(manifest)
+    b = sum(per[k:]) + head
+    if k == 0 and not manifest.get("tied_embeddings"):
+        b += embed
+    return b
+
+
+def _size(b: int) -> str:
+    return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b} bytes"
+
+
+def check_fit(manifest, k, max_binding, budget=None, per_layer_extra=0, budget_source="") -> None:
+    """Refuse split ``k`` before any byte is fetched when it cannot fit: a row or vector over
+    the device's binding limit, or weights (+ ``per_layer_extra`` per layer: the KV cache) over
+    ``budget`` bytes of GPU memory; the message names the split that would fit."""
+    from .errors import EdgeError
+
+    n, name = int(manifest["n_layers"]), manifest.get("name", "the model")
+    for c in manifest["chunks"]:
+        on_edge = (c["id"] == "head" or (c["id"] == "embed" and k == 0)
+                   or (c.get("layer") is not None and int(c["layer"]) >= k))
+        big = max((t for t in c["tensors"]), key=unit_bytes, default=None) if on_edge else None
+        if big is not None and max_binding and unit_bytes(big) > max_binding:
+            raise EdgeError(f"{big['name']} needs {_size(unit_bytes(big))} in one GPU binding, over this "
+                            f"device's limit of {_size(max_binding)}; run it on the server "
+                            f"(backend: 'server')", "too_big")
+    if not budget:
+        return
+    need = lambda j: edge_weight_bytes(manifest, j) + (n - j) * per_layer_extra  # noqa: E731
+    if need(k) <= budget:
+        return
+    fits = next((j for j in range(k, n + 1) if need(j) <= budget), None)
+    where = f" ({budget_source})" if budget_source else ""
+    advice = (f"split {fits} or higher fits (layers {fits}..{n - 1} and the head: {_size(need(fits))})"
+              if fits is not None and fits < n else
+              f"split {n} fits (the head alone: {_size(need(n))})" if fits == n else
+              "even the head alone does not: run it on the server (backend: 'server')")
+    raise EdgeError(f"{name} at split {k} needs {_size(need(k))} of GPU memory, more than this "
+                    f"device's budget of {_size(budget)}{where}; {advice}", "too_big")
 
 
 # --------------------------------------------------------------------------- probing (browser)

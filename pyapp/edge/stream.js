@@ -55,13 +55,25 @@
   }
 
   // reader.read() that gives up after ms without bytes (the request is aborted).
-  function readTimed(reader, ctl, ms, url) {
+  function readTimed(reader, ctl, ms, url, view) {
     let timer;
     const stall = new Promise((_, rej) => {
       // reject before aborting, so the race settles with the stall, not the read's AbortError
       timer = setTimeout(() => { rej(fail('timeout', `the download of ${url} stalled: no bytes for ${ms / 1000} s`)); ctl.abort(); }, ms);
     });
-    return Promise.race([reader.read(), stall]).finally(() => clearTimeout(timer));
+    return Promise.race([view ? reader.read(view) : reader.read(), stall]).finally(() => clearTimeout(timer));
+  }
+
+  // Body bytes are read into reused 1 MiB bounce buffers (a BYOB reader) and copied into the
+  // piece: the default reader allocates a new array per network read, 4.6 GB of garbage for a
+  // 4.6 GB model, which the JS heap carries until a collection.  A read hands its buffer to the
+  // stream and gets it back as value.buffer; one lost to an aborted read is simply replaced.
+  const BOUNCE = 1 << 20;
+  const bounces = [];
+  function bodyReader(resp) {
+    try { return { reader: resp.body.getReader({ mode: 'byob' }), byob: true }; } catch (e) {
+      return { reader: resp.body.getReader(), byob: false };
+    }
   }
 
   // Fill dst[pieces' dst offsets] with bytes [reqOff, reqOff+reqLen) of url, resuming on failure.
@@ -85,10 +97,14 @@
           const m = /bytes\s+(\d+)-/.exec(cr);
           if (m && Number(m[1]) !== a) throw fail('http', `the server's Content-Range ${cr} does not start at byte ${a}`);
         }
-        const reader = resp.body.getReader();
+        const { reader, byob } = bodyReader(resp);
+        let bounce = byob ? (bounces.pop() || new ArrayBuffer(BOUNCE)) : null;
         try {
           while (got < reqLen) {
-            const { done, value } = await readTimed(reader, ctl, opts.stallMs, url);
+            if (byob && !bounce.byteLength) bounce = new ArrayBuffer(BOUNCE);   // lost to an abort
+            const { done, value } = await readTimed(reader, ctl, opts.stallMs, url,
+              byob ? new Uint8Array(bounce) : null);
+            if (byob && value) bounce = value.buffer;
             if (done) break;
             let v = value;
             if (skip) {
@@ -111,6 +127,7 @@
           }
         } finally {
           reader.cancel().catch(() => {});
+          if (bounce && bounce.byteLength === BOUNCE && bounces.length < 8) bounces.push(bounce);
         }
         if (got < reqLen) { st.resumes++; totals.resumes++; }
       } catch (e) {
@@ -130,14 +147,26 @@
     }
   }
 
+  // Piece buffers are reused: a load allocates about as many as it has in flight, not one per
+  // piece, so the JS heap holds no garbage of old pieces waiting for a collection.  A buffer goes
+  // back with releaseBuffer() once its bytes are on the GPU (writeBuffer copies at the call).
+  const POOL = { size: 16 << 20, keep: 4, free: [] };
+  function takeBuffer(n) {
+    if (n > POOL.size) return new Uint8Array(n);
+    return new Uint8Array(POOL.free.pop() || new ArrayBuffer(POOL.size), 0, n);
+  }
+  function releaseBuffer(u8) {
+    if (u8 && u8.buffer.byteLength === POOL.size && POOL.free.length < POOL.keep) POOL.free.push(u8.buffer);
+  }
+
   // One manifest chunk: its (coalesced) requests, then the sha256 of the concatenated ranges.
   async function fetchChunk(url, requests, bytes, sha256, id, layer, userOpts) {
     const opts = { ...DEFAULTS, ...(userOpts || {}) };
     const st = { id, layer, bytes, loaded: 0, resumes: 0, errors: 0, refetches: 0, requests: requests.length,
                  t0: now(), msFetch: 0, msDigest: 0, lastError: null, verified: false };
     if (opts.verify && !sha256) throw fail('integrity', `the manifest gives no sha256 for ${id}`, true);
+    const dst = takeBuffer(bytes);
     for (let attempt = 0; ; attempt++) {
-      const dst = new Uint8Array(bytes);
       st.loaded = 0;
       const t1 = now();
       for (const [ro, rl, pieces] of requests) await readRequest(url, ro, rl, pieces, dst, st, attempt > 0, opts);
@@ -154,6 +183,7 @@
       }
       st.refetches++; totals.refetches++;
       if (attempt + 1 >= opts.maxAttempts) {
+        releaseBuffer(dst);
         throw fail('integrity', `the weights of ${id} failed their sha256 check ${opts.maxAttempts} times`, true);
       }
     }
@@ -197,7 +227,7 @@
   async function gpuDone(device) { if (device) await device.queue.onSubmittedWorkDone(); }
 
   return {
-    fetchChunk, fetchTimed, fetchDoc, views, jsHeap, wasmHeap, totals, sample, emit, gpuDone, hasSubtle, sha256Hex,
+    fetchChunk, releaseBuffer, fetchTimed, fetchDoc, views, jsHeap, wasmHeap, totals, sample, emit, gpuDone, hasSubtle, sha256Hex,
     resetTotals() { Object.assign(totals, { peakJsHeap: jsHeap(), bytes: 0, resumes: 0, errors: 0, refetches: 0, requests: 0 }); },
   };
 })()

@@ -113,6 +113,31 @@ def tensor_slices(chunk):
     return out
 
 
+def chunk_pieces(chunk, owner=None):
+    """The chunk as the pieces the manifest hashes (each <= 16 MiB; the whole chunk when it lists
+    none): [{id, layer, file, ranges (file spans), bytes, sha256, slices}] with slices
+    [(tensor, offset in the piece, length, offset in the tensor)] of the tensors this chunk
+    writes (``owner``).  A piece is fetched, verified and uploaded alone, then dropped."""
+    pieces = chunk.get("pieces") or [[0, int(chunk["bytes"]), chunk.get("sha256") or ""]]
+    tensors = [t for t in tensor_slices(chunk) if owner is None or owner.get(t[0]) == chunk["id"]]
+    out = []
+    for a, n, sha in pieces:
+        ranges, pos = [], 0
+        for off, length in chunk["ranges"]:
+            lo, hi = max(a, pos), min(a + n, pos + length)
+            if lo < hi:
+                ranges.append([off + lo - pos, hi - lo])
+            pos += length
+        slices = []
+        for name, dst, length in tensors:
+            lo, hi = max(a, dst), min(a + n, dst + length)
+            if lo < hi:
+                slices.append((name, lo - a, hi - lo, lo - dst))
+        out.append({"id": chunk["id"], "layer": chunk.get("layer"), "file": chunk["file"],
+                    "ranges": ranges, "bytes": n, "sha256": sha, "slices": slices})
+    return out
+
+
 def absolute_url(base, url):
     if "://" in url or not base:
         return url
@@ -147,7 +172,10 @@ def js_heap_bytes():
 
 
 class BackendSink:
-    """Hands each tensor to ``GpuBackend.write_weight(name, byte_offset, js_view)``."""
+    """Hands each tensor slice to ``GpuBackend.write_weight(name, byte_offset, js_view)``; takes
+    pieces of tensors (``partial``), so the loader streams a chunk a manifest piece at a time."""
+
+    partial = True
 
     def __init__(self, backend):
         self.backend = backend
@@ -157,10 +185,10 @@ class BackendSink:
         js_slices = to_js([list(s) for s in slices])
         views = helper.views(data, js_slices)
         try:
-            for i, (name, _off, _len) in enumerate(slices):
+            for i, sl in enumerate(slices):
                 v = views[i]
                 try:
-                    self.backend.write_weight(name, 0, v)
+                    self.backend.write_weight(sl[0], sl[3] if len(sl) > 3 else 0, v)
                 finally:
                     v = None
         finally:
@@ -203,6 +231,7 @@ class LoadStats:
     errors: int = 0
     refetches: int = 0
     requests: int = 0
+    largest_buffer: int = 0          # the biggest JS buffer the load held (one piece)
     chunks: list = field(default_factory=list)
 
     @property
@@ -225,21 +254,21 @@ class LoadStats:
             "wasm_heap_growth_ratio": self.wasm_heap_growth_ratio,
             "js_heap_before": self.js_heap_before, "peak_js_heap": self.peak_js_heap,
             "resumes": self.resumes, "errors": self.errors, "refetches": self.refetches,
-            "requests": self.requests,
+            "requests": self.requests, "largest_buffer": self.largest_buffer,
             "chunks": [dict(c.__dict__, mb_per_s=round(c.mb_per_s, 2)) for c in self.chunks],
         }
 
 
 async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PARALLEL,
-                        owner=None, opts=None, on_chunk=None):
-    """Fetch, verify and upload ``chunks`` with at most ``parallel`` in flight.
+                        owner=None, opts=None, on_chunk=None, cancelled=None):
+    """Fetch, verify and upload ``chunks`` with at most ``parallel`` buffers in flight: a piece
+    of the manifest (<= 16 MiB) each when the sink takes partial tensors, else a whole chunk.
 
     ``owner`` (tensor -> chunk id) says which chunk writes a tensor present in several;
     ``on_chunk(ChunkStat)`` is called as each chunk lands; ``opts`` overrides stream.js's limits
-    (``stallMs``, ``maxTries``, ``maxAttempts``).  Returns :class:`LoadStats`.
+    (``stallMs``, ``maxTries``, ``maxAttempts``); ``cancelled()`` true stops before the next
+    piece with code ``cancelled`` (the caller frees what was allocated).  Returns :class:`LoadStats`.
     """
-    from pyodide.ffi import to_js  # type: ignore[import-not-found]
-
     await ensure_sha256(base_url)
     helper = js_helper()
     helper.resetTotals()
@@ -250,34 +279,54 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
     sem = asyncio.Semaphore(max(1, parallel))
     t0 = time.perf_counter()
 
-    async def one(chunk):
+    async def piece(chunk, p, acc):
         async with sem:
+            if cancelled is not None and cancelled():
+                raise EdgeError(f"the load was cancelled before {chunk['id']}", "cancelled")
             url = absolute_url(base_url, manifest["files"][chunk["file"]]["url"])
-            reqs = to_js(plan_requests(chunk["ranges"]))
+            reqs = _to_js(plan_requests(p["ranges"]))
             try:
-                res = await helper.fetchChunk(url, reqs, chunk["bytes"], chunk.get("sha256") or "",
-                                              chunk["id"], chunk.get("layer"), js_opts)
+                res = await helper.fetchChunk(url, reqs, p["bytes"], p["sha256"], chunk["id"],
+                                              chunk.get("layer"), js_opts)
             finally:
                 reqs = None
             data, st = res.data, res.stats
-            slices = [s for s in tensor_slices(chunk)
-                      if owner is None or owner.get(s[0]) == chunk["id"]]
+            stats.largest_buffer = max(stats.largest_buffer, int(p["bytes"]))
             tu = time.perf_counter()
             try:
-                await sink.write(helper, data, slices)
+                await sink.write(helper, data, p["slices"])
+                helper.releaseBuffer(data)      # on the GPU now: the next piece reuses it
             finally:
                 data = None
                 res = None
-            cs = ChunkStat(id=chunk["id"], layer=chunk.get("layer"), bytes=int(chunk["bytes"]),
-                           ms=float(st.ms), ms_fetch=float(st.msFetch), ms_digest=float(st.msDigest),
-                           ms_upload=(time.perf_counter() - tu) * 1e3, requests=int(st.requests),
-                           resumes=int(st.resumes), errors=int(st.errors), refetches=int(st.refetches),
-                           verified=bool(st.verified))
+            acc["ms_upload"] += (time.perf_counter() - tu) * 1e3
+            for k, js_k in (("ms_fetch", "msFetch"), ("ms_digest", "msDigest"), ("requests", "requests"),
+                            ("resumes", "resumes"), ("errors", "errors"), ("refetches", "refetches")):
+                acc[k] += getattr(st, js_k)
+            acc["verified"] = acc["verified"] and bool(st.verified)
             st = None
-            stats.chunks.append(cs)
-            stats.bytes += cs.bytes
-            if on_chunk is not None:
-                on_chunk(cs)
+
+    async def one(chunk):
+        if getattr(sink, "partial", False):
+            parts = chunk_pieces(chunk, owner)
+        else:
+            whole = chunk_pieces(dict(chunk, pieces=None))[0]
+            parts = [dict(whole, slices=[s[:3] for s in whole["slices"]
+                                         if owner is None or owner.get(s[0]) == chunk["id"]])]
+        acc = dict(ms_fetch=0.0, ms_digest=0.0, ms_upload=0.0, requests=0, resumes=0, errors=0,
+                   refetches=0, verified=True)
+        tc = time.perf_counter()
+        await asyncio.gather(*(piece(chunk, p, acc) for p in parts))
+        cs = ChunkStat(id=chunk["id"], layer=chunk.get("layer"), bytes=int(chunk["bytes"]),
+                       ms=(time.perf_counter() - tc) * 1e3, ms_fetch=float(acc["ms_fetch"]),
+                       ms_digest=float(acc["ms_digest"]), ms_upload=acc["ms_upload"],
+                       requests=int(acc["requests"]), resumes=int(acc["resumes"]),
+                       errors=int(acc["errors"]), refetches=int(acc["refetches"]),
+                       verified=acc["verified"])
+        stats.chunks.append(cs)
+        stats.bytes += cs.bytes
+        if on_chunk is not None:
+            on_chunk(cs)
 
     try:
         await asyncio.gather(*(one(c) for c in chunks))

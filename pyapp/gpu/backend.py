@@ -199,16 +199,12 @@ class GpuBackend:
                       "plans_built": 0}
         # weights
         self.tensors = {}
-        splittable = set()
-        for o in self.ops:
-            if o.kind == "embed":
-                splittable.add(o.weights["tokens"])
-            elif o.kind == "linear" and not o.attrs.get("transposed"):
-                splittable.add(o.weights["w"])
         for n in model.tensors(self.ops):
             dt = formats.get((dtypes or {}).get(n, dtype)).name
             t = self.tensors[n] = Tensor(n, shapes[n], dt)
-            self._alloc(t, n in splittable)
+            # any matrix may be split by rows; lower.py addresses the chunks (gathers, GEMVs over
+            # output rows, transposed GEMVs over input rows, position tables)
+            self._alloc(t, len(t.shape) == 2)
         # activations, ids, params, rope table, output token
         self.acts = {}
         for o in self.ops:
@@ -305,7 +301,8 @@ class GpuBackend:
         if byte_offset < 0 or end > t.nbytes + 3:
             raise ValueError(f"{name}: bytes [{byte_offset}, {end}) outside its {t.nbytes}")
         for buf, _r0, _n, b0, nb in t.chunks:
-            lo, hi = max(byte_offset, b0), min(end, b0 + nb + (3 if len(t.chunks) == 1 else 0))
+            last = b0 + nb == t.nbytes          # the tensor may end off a 4-byte boundary
+            lo, hi = max(byte_offset, b0), min(end, b0 + nb + (3 if last else 0))
             if lo >= hi:
                 continue
             part = data if (lo == byte_offset and hi == end) else byte_slice(data, lo - byte_offset, hi - byte_offset)

@@ -4,16 +4,18 @@
 (() => {
   const U = () => GPUBufferUsage;
   const H = {
-    async requestDevice(powerPreference) {
+    async requestDevice(powerPreference, maxLimits = true) {
       if (!globalThis.navigator || !navigator.gpu)
         throw new Error('navigator.gpu is missing (WebGPU is off or unsupported in this browser)');
       const adapter = await navigator.gpu.requestAdapter(powerPreference ? {powerPreference} : undefined);
       if (!adapter) throw new Error('navigator.gpu.requestAdapter() returned null');
       const want = ['subgroups', 'shader-f16', 'timestamp-query'].filter(f => adapter.features.has(f));
       const L = adapter.limits;
+      // the adapter's largest buffers and bindings (WebGPU's defaults are 256 / 128 MiB)
+      const sizes = maxLimits ? {maxBufferSize: L.maxBufferSize,
+                                 maxStorageBufferBindingSize: L.maxStorageBufferBindingSize} : {};
       const device = await adapter.requestDevice({requiredFeatures: want, requiredLimits: {
-        maxBufferSize: L.maxBufferSize,
-        maxStorageBufferBindingSize: L.maxStorageBufferBindingSize,
+        ...sizes,
         maxStorageBuffersPerShaderStage: Math.min(L.maxStorageBuffersPerShaderStage, 10),
         maxComputeWorkgroupStorageSize: L.maxComputeWorkgroupStorageSize}});
       const info = adapter.info || {};

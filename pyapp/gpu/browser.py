@@ -39,11 +39,13 @@ def helper():
     return _helper
 
 
-async def request_device(power_preference="high-performance"):
-    """Open the page's WebGPU device; adapter features/limits/info recorded."""
+async def request_device(power_preference="high-performance", limits="max"):
+    """Open the page's WebGPU device; adapter features/limits/info recorded.  `limits`: "max"
+    asks for the adapter's largest buffer and binding sizes (big tensors need fewer shards);
+    "default" keeps WebGPU's (256 MiB buffers, 128 MiB bindings), as a small mobile GPU has."""
     H = helper()
     try:
-        r = await H.requestDevice(power_preference)
+        r = await H.requestDevice(power_preference, limits == "max")
     except Exception as e:  # noqa: BLE001
         raise GpuError(str(e)) from e
     return BrowserDevice(H, r)

@@ -58,9 +58,10 @@ def _embed(b, o, s: Step):
     for role, pos in (("positions", "true"), ("token_type", "false")):
         if w.get(role):
             t = b.tensors[w[role]]
-            src = kernels.render("add_row", WDECL=wgsl.wdecl(1, "w", t.dtype, 1), D=D, POS=pos,
-                                 SEGDECL=seg_decl(b, s))
-            out.append(b.dispatch(src, _seg_entry(b, s, {1: t.chunks[0][0], 3: b.acts["x"]}), ceil(s.T * D, 64)))
+            for buf, r0, rows, _b0, _nb in t.chunks:
+                src = kernels.render("add_row", WDECL=wgsl.wdecl(1, "w", t.dtype, 1), D=D, POS=pos,
+                                     R0=r0, R=rows, SEGDECL=seg_decl(b, s))
+                out.append(b.dispatch(src, _seg_entry(b, s, {1: buf, 3: b.acts["x"]}), ceil(s.T * D, 64)))
     return out
 
 
@@ -95,11 +96,7 @@ def _linear(b, o, s: Step):
         bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
         ent0[2] = bt.chunks[0][0]
     if o.attrs.get("transposed"):
-        K, N = wt.shape
-        if len(wt.chunks) != 1:
-            raise GpuError(f"{wt.name}: transposed weights larger than one binding are not supported")
-        src = kernels.render("linear_t", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1), BDECL=bdecl, N=N, K=K, TB=TB)
-        return [b.dispatch(src, {**ent0, 1: wt.chunks[0][0]}, ceil(N, 64), ceil(T, TB), head=s.head)]
+        return _linear_t(b, wt, bdecl, ent0, s)
     NF, K = wt.shape
     vec = 4 if K % 4 == 0 else 1
     # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
@@ -117,6 +114,25 @@ def _linear(b, o, s: Step):
     wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
     return [gemv(b, wd, bdecl, wgsl.GEMV_STORE, vec, rows, K // vec, NF, r0, s, {**ent0, 1: buf}, variant)
             for buf, r0, rows, _b0, _nb in wt.chunks]
+
+
+def _linear_t(b, wt, bdecl, ent0, s: Step):
+    """Transposed weight [K, N]: one dispatch per chunk of input rows k, each continuing the
+    sums the previous chunk stored in y (the same order of additions as one dispatch: the
+    result is bit-identical); the bias is added by the last."""
+    K, N = wt.shape
+    T, TB = s.rows, (1 if s.rows == 1 else 4)
+    out = []
+    for j, (buf, k0, kn, _b0, _nb) in enumerate(wt.chunks):
+        last = j == len(wt.chunks) - 1
+        ent = {**ent0, 1: buf}
+        if not last:
+            ent.pop(2, None)
+        src = kernels.render("linear_t", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1),
+                             BDECL=bdecl if last else wgsl.NO_BIAS, N=N, K=kn, KA=K, K0=k0, TB=TB,
+                             ACC="true" if j else "false")
+        out.append(b.dispatch(src, ent, ceil(N, 64), ceil(T, TB), head=s.head))
+    return out
 
 
 MAX_GROUPS = 65535           # workgroups per dispatch dimension (WebGPU's default limit)
