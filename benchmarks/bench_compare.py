@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyapp.bench import SMOLLM2_CONFIG, llama_names  # noqa: E402
+from pyapp.bench import SMOLLM2_CONFIG, host_encode_ms, llama_names  # noqa: E402
 
 LLAMA_1B = {  # Llama 3.2 1B's shape (no rope scaling: the speed is the same)
     "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
@@ -234,21 +234,6 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
         return res
     finally:
         kernels.render = orig
-
-
-def host_encode_ms(dev, rec, reps=5):
-    """Encoding one decode token's pass (set_pipeline / set_bind_group / dispatch), no submit."""
-    t = time.perf_counter()
-    for _ in range(reps):
-        enc = dev.device.create_command_encoder()
-        ps = enc.begin_compute_pass()
-        for pipe, group, gx, gy, gz in rec:
-            ps.set_pipeline(pipe)
-            ps.set_bind_group(0, group)
-            ps.dispatch_workgroups(gx, gy, gz)
-        ps.end()
-        enc.finish()
-    return (time.perf_counter() - t) / reps * 1e3
 
 
 def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):

@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from test_edge_harness import LiveServer, have_chromium, have_models, launch, open_page
+from test_edge_harness import LiveServer, have_chromium, have_models, webgpu_page
 from test_gpu_real import q4_ref  # noqa: F401  (fixture: transformers' greedy ids)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model,
@@ -50,13 +50,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p, webgpu=True)
-        try:
-            yield open_page(b, server.url)
-        finally:
-            b.close()
+    yield from webgpu_page(server.url)
 
 
 def generate(page, prompt_ids, opts):

@@ -180,6 +180,17 @@ def open_page(browser, url, logs=None, timeout_ms=180_000):
     return page
 
 
+def webgpu_page(url):
+    """A module-scoped page fixture's body: headless Chromium with WebGPU on `url`, closed after."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = launch(p, webgpu=True)
+        try:
+            yield open_page(b, url)
+        finally:
+            b.close()
+
+
 def numpy_generate(model, prompt, max_new, chat=False):
     """The ids `pyapp generate --greedy` gives (numpy backend), computed in-process."""
     from pyapp.cli import Runner, _eos_ids, _model_dir, load_tokenizer

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from test_edge_formats import safetensors_bytes
-from test_edge_harness import LiveServer, have_chromium, launch, open_page
+from test_edge_harness import LiveServer, have_chromium, webgpu_page
 from test_gemma_model import CORPUS, MODEL, RAW, gemma_dir, reference  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model,
@@ -32,13 +32,7 @@ def server(gemma_dir):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p, webgpu=True)
-        try:
-            yield open_page(b, server.url)
-        finally:
-            b.close()
+    yield from webgpu_page(server.url)
 
 
 def test_gemma_in_the_picker_with_its_format(page, gemma_dir):  # noqa: F811
