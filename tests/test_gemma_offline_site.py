@@ -10,6 +10,9 @@ static server stopped and the context offline: reload, boot from the service wor
 again from the Cache API, same ids.  SwiftShader spends seconds a token on the 262,144-row head,
 so 4 new tokens.  Figures go to bench-results/gemma-offline-site.json.
 
+Under the real server app: `pyapp.saveOffline('gemma3-270m')` with no format saves the format
+generate runs by default (q4_k_m), not the server's f32; offline, the page generates from it.
+
 Run alone: ``python3 -m pytest tests/test_gemma_offline_site.py -s``.
 """
 from __future__ import annotations
@@ -100,3 +103,42 @@ def test_gemma_static_site_generates_saves_and_runs_offline(site, reference, tmp
         (ROOT / "bench-results").mkdir(exist_ok=True)
         (ROOT / "bench-results" / "gemma-offline-site.json").write_text(json.dumps(results, indent=1))
         print("\n[gemma offline] " + json.dumps(results, indent=1))
+
+
+def test_gemma_under_pyapp_serve_saves_its_blocks_and_runs_offline(gemma_dir, reference, tmp_path):  # noqa: F811
+    """`saveOffline('gemma3-270m')` with no format under the real server saves the format generate
+    runs by default (q4_k_m, ~281 MB with the tokenizer), not the server's f32 (1.07 GB); then the
+    server gone and the context offline: the page boots and generates from the Cache API."""
+    from playwright.sync_api import sync_playwright
+
+    from test_edge_harness import LiveServer
+    want = reference["greedy"][f"raw:{PROMPT}"][0][:N_NEW]
+    logs = []
+    srv = LiveServer(models=(MODEL,), preload=False)
+    try:
+        with sync_playwright() as p:
+            ctx, page = browser(p, tmp_path / "profile", logs)
+            ctx.set_default_timeout(900_000)
+            try:
+                boot(page, srv.url)
+                assert page.evaluate("() => pyapp.site.static") is False
+                saved = page.evaluate("(m) => pyapp.saveOffline(m)", MODEL)
+                assert saved["complete"] and saved["bytes"] == saved["total"], saved
+                st = page.evaluate("() => pyapp.offlineStatus()")["models"][MODEL]
+                assert st["complete"] and st["dtype"] == "q4_k_m", st
+                assert saved["total"] < (gemma_dir / "model.safetensors").stat().st_size / 3, saved
+                srv.close()
+                ctx.set_offline(True)
+                boot(page)
+                r = generate(page)
+                assert "error" not in r, r
+                assert r["ids"] == want, (r["ids"], want)
+                assert r["stats"]["format"] == "q4_k_m" and r["stats"]["split"] == 0
+                print(f"\n[gemma serve offline] saved {saved['total'] / 1e6:.1f} MB in {saved['seconds']:.1f} s; "
+                      f"offline {r['stats']['tokens_per_second']} tok/s")
+            finally:
+                ctx.close()
+    finally:
+        srv.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "gemma-offline-serve-console.log").write_text("\n".join(logs))

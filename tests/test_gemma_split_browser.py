@@ -132,3 +132,6 @@ def test_progressive_to_9_past_the_sliding_window(browser, server, reference):  
     # 9 layers' K and V (one head of 256 f32 each): 2 global layers of every position, 7 local of 511
     P = len(r["promptIds"])
     assert s["handover_bytes"] >= 2 * 256 * 4 * (2 * P + 7 * 511), s["handover_bytes"]
+    if len(splits) == 2:      # one move, before token t: the caches hold P + t - 1 positions
+        n = P + s["split_trace"][1]["token"] - 1
+        assert s["handover_bytes"] == 2 * 256 * 4 * (2 * n + 7 * 511) + 9 * 32, s["handover_bytes"]
