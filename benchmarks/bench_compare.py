@@ -50,6 +50,16 @@ LLAMA_7B = {  # Llama 2 7B's shape
     "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
     "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
 }
+GEMMA3_270M = {  # Gemma 3 270M's shape (the store's config of the GGUF): 5 local : 1 global layers
+    "model_type": "gemma3_text", "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 18,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 262144,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 256, "sliding_window": 512,
+    "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(18)],
+    "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "attention_bias": False, "tie_word_embeddings": True,
+    "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+}
 SHAPES = {
     "smollm2-135m-f32": (SMOLLM2_CONFIG, "f32"),
     "smollm2-135m-f16": (SMOLLM2_CONFIG, "f16"),
@@ -58,12 +68,22 @@ SHAPES = {
     # 4-bit rows (issue 13): pyapp only; PyTorch has no Q4_1 GEMV, its f16 rows are the comparison
     "smollm2-135m-q4_1": (SMOLLM2_CONFIG, "q4_1"),
     "llama-7b-q4_1": (LLAMA_7B, "q4_1"),
+    # Gemma 3 270M (issue 18): the 262,144 x 640 tied head is most of a token's weight bytes
+    "gemma3-270m-f32": (GEMMA3_270M, "f32"),
+    "gemma3-270m-f16": (GEMMA3_270M, "f16"),
+    "gemma3-270m-q4_1": (GEMMA3_270M, "q4_1"),
 }
 BLOCK_FORMATS = ("q4_1",)
 POOL = 1048573   # prime; the same constant as run_decode.mjs
 
 
 def tensor_names(cfg):
+    """Every tensor of the config's architecture: Llama's list by hand, any other architecture
+    from its own `build` (pyapp.synth, the random-weight model of a config)."""
+    if cfg["model_type"] != "llama":
+        from pyapp.synth import synth_model
+        m = synth_model(cfg)
+        return m.tensors(m.ops())
     return llama_names(cfg) + ([] if cfg["tie_word_embeddings"] else ["lm_head.weight"])
 
 
@@ -139,14 +159,19 @@ def weight_bytes_per_token(cfg, dtype):
     embedding row, and the table again when it doubles as the lm head (block formats: the
     matrices in their blocks, norms in f32)."""
     from pyapp import formats
-    f = formats.get(dtype)
-    mat = f.block_bytes / f.block          # bytes per matrix value
-    vec = 4 if f.quantized else mat
-    D, V, I, L = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    layer = mat * (D * (q + 2 * kv) + q * D + 3 * D * I) + vec * 2 * D
-    return int(L * layer + vec * D + mat * D + mat * V * D)
+    from pyapp.arch import build_model
+    from pyapp.gpu.shapes import infer_shapes
+    shapes = infer_shapes(build_model(cfg, tensor_names(cfg)))
+    emb = next(o.weights["tokens"] for o in build_model(cfg, tensor_names(cfg)).ops() if o.kind == "embed")
+    total = 0
+    for name, shape in shapes.items():
+        f = formats.get(tensor_format(shape, dtype))
+        per = f.block_bytes / f.block          # bytes per value
+        if name == emb:
+            total += per * shape[1] + (per * math.prod(shape) if cfg["tie_word_embeddings"] else 0)
+        else:
+            total += per * math.prod(shape)
+    return int(total)
 
 
 # ----------------------------------------------------------------------------- pyapp, native
@@ -350,20 +375,20 @@ def torch_copy_GBps(torch, nbytes=1 << 30, reps=20):
 
 
 def hf_model(torch, cfg, dtype):
-    """transformers' LlamaForCausalLM of the shape, holding the pool weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """transformers' model of the shape (LlamaForCausalLM, Gemma3ForCausalLM), holding the pool weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
     tdt = torch.float16 if dtype == "f16" else torch.float32
-    conf = LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"})
+    conf = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
     old = torch.get_default_dtype()
     torch.set_default_dtype(tdt)
     try:
         with torch.device("cuda"):
-            m = LlamaForCausalLM(conf)
+            m = AutoModelForCausalLM.from_config(conf, attn_implementation="sdpa")
     finally:
         torch.set_default_dtype(old)
     m.eval()
     with torch.no_grad():
-        for name, p in m.named_parameters():
+        for name, p in m.named_parameters():     # a tied head is the embedding's parameter
             p.copy_(torch.from_numpy(pool_weights(name, tuple(p.shape), dtype)))
     return m
 
@@ -421,12 +446,82 @@ class EagerLlama:
         return F.linear(self.rms(x[-1:], self.norm), self.head).argmax(-1)
 
 
+class EagerGemma3(EagerLlama):
+    """The same hand-written loop for Gemma 3 (transformers' Gemma3ForCausalLM semantics):
+    embeddings times sqrt(hidden), RMSNorms scaling by 1 + w, q/k norms, pre/post norms around
+    attention and the MLP, GeGLU (tanh GELU), attention scaled by query_pre_attn_scalar**-0.5
+    over the last `sliding_window` keys on local layers, RoPE base per layer type, tied head."""
+
+    def __init__(self, torch, hf, cfg, cap):
+        self.t, self.F = torch, torch.nn.functional
+        m = hf.model
+        D, H = cfg["hidden_size"], cfg["num_attention_heads"]
+        self.H, self.Hkv, self.hd, self.eps = H, cfg["num_key_value_heads"], cfg["head_dim"], cfg["rms_norm_eps"]
+        self.scale = cfg["query_pre_attn_scalar"] ** -0.5
+        self.emb, self.norm, self.head = m.embed_tokens.weight, m.norm.weight, hf.lm_head.weight
+        dt, dev = self.emb.dtype, self.emb.device
+        self.emb_scale = torch.tensor(D ** 0.5, dtype=dt, device=dev)
+        types = cfg["layer_types"]
+        self.windows = [cfg["sliding_window"] if t == "sliding_attention" else None for t in types]
+        self.layers = [(L.input_layernorm.weight, L.self_attn.q_proj.weight, L.self_attn.k_proj.weight,
+                        L.self_attn.v_proj.weight, L.self_attn.q_norm.weight, L.self_attn.k_norm.weight,
+                        L.self_attn.o_proj.weight, L.post_attention_layernorm.weight,
+                        L.pre_feedforward_layernorm.weight, L.mlp.gate_proj.weight, L.mlp.up_proj.weight,
+                        L.mlp.down_proj.weight, L.post_feedforward_layernorm.weight) for L in m.layers]
+        self.k = torch.zeros(len(self.layers), self.Hkv, cap, self.hd, dtype=dt, device=dev)
+        self.v = torch.zeros_like(self.k)
+        self.rot = {}
+        for theta in {cfg["rope_theta"], cfg["rope_local_base_freq"]}:
+            inv = 1.0 / (theta ** (torch.arange(0, self.hd, 2, device=dev).float() / self.hd))
+            ang = torch.arange(cap, device=dev).float()[:, None] * inv[None]
+            ang = torch.cat([ang, ang], -1)
+            self.rot[theta] = (ang.cos().to(dt), ang.sin().to(dt))
+        self.thetas = [cfg["rope_local_base_freq"] if w else cfg["rope_theta"] for w in self.windows]
+
+    def rms(self, x, w):
+        xf = x.float()
+        return ((xf * self.t.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)) * (1.0 + w.float())).to(x.dtype)
+
+    def rope_t(self, x, pos0, theta):
+        self.cos, self.sin = self.rot[theta]
+        return self.rope(x, pos0)
+
+    def step(self, ids, pos0):
+        t, F = self.t, self.F
+        T, dev = ids.shape[0], ids.device
+        x = self.emb[ids] * self.emb_scale
+        for i, (wn1, wq, wk, wv, wqn, wkn, wo, wn2, wn3, wg, wu, wd, wn4) in enumerate(self.layers):
+            h = self.rms(x, wn1)
+            q = self.rms(F.linear(h, wq).view(T, self.H, self.hd), wqn).transpose(0, 1)
+            k = self.rms(F.linear(h, wk).view(T, self.Hkv, self.hd), wkn).transpose(0, 1)
+            v = F.linear(h, wv).view(T, self.Hkv, self.hd).transpose(0, 1)
+            q, k = self.rope_t(q, pos0, self.thetas[i]), self.rope_t(k, pos0, self.thetas[i])
+            self.k[i, :, pos0:pos0 + T] = k
+            self.v[i, :, pos0:pos0 + T] = v
+            W, end = self.windows[i], pos0 + T
+            lo = max(0, pos0 - W + 1) if W else 0        # the oldest key any of these queries sees
+            mask = None
+            if T > 1:
+                qp = t.arange(pos0, end, device=dev)[:, None]
+                kp = t.arange(lo, end, device=dev)[None]
+                mask = (kp <= qp) & ((qp - kp < W) if W else True)
+            a = F.scaled_dot_product_attention(q[None], self.k[i:i + 1, :, lo:end], self.v[i:i + 1, :, lo:end],
+                                               attn_mask=mask, scale=self.scale, enable_gqa=self.H != self.Hkv)
+            x = x + self.rms(F.linear(a[0].transpose(0, 1).reshape(T, -1), wo), wn2)
+            h = self.rms(x, wn3)
+            x = x + self.rms(F.linear(F.gelu(F.linear(h, wg), approximate="tanh") * F.linear(h, wu), wd), wn4)
+        return F.linear(self.rms(x[-1:], self.norm), self.head).argmax(-1)
+
+
+EAGER = {"llama": EagerLlama, "gemma3_text": EagerGemma3}
+
+
 def run_torch(torch, cfg, dtype, P, N):
     hf = hf_model(torch, cfg, dtype)
     prompt = [1 + (i * 7919) % (cfg["vocab_size"] - 1) for i in range(P)]
     out = {}
     with torch.inference_mode():
-        eager = EagerLlama(torch, hf, cfg, P + N + 8)
+        eager = EAGER[cfg["model_type"]](torch, hf, cfg, P + N + 8)
 
         def loop(n_new):
             ids = torch.tensor(prompt, device="cuda")

@@ -2,7 +2,8 @@
 loopback, the same harness as tests/test_edge_browser.py.  Prints numbers; asserts nothing timed.
 
     python3 benchmarks/bench_edge.py [--splits 0,15,30] [--format f32,q4_1] [--tokens 16]
-                                     [--gemma] [--out bench-results/edge.json]
+                                     [--gemma [--gemma-splits 0,9,18] [--gemma-only]]
+                                     [--out bench-results/edge.json]
 
 Measures: page boot; weight streaming of every SmolLM2 tail weight at split 0 into fresh GPU
 buffers (load time, MB/s, a plain fetch of the same bytes, wasm heap growth, peak JS heap);
@@ -11,8 +12,9 @@ into the GpuBackend, wasm heap growth during that load, FFI crossings per decode
 GPU memory in use).  Each split loads its tail once and runs one warm-up generation of 2 tokens
 first, so TTFT and tokens/s are not the first-compile figures (those are reported separately as
 ``cold``).  ``--format``: each split in each weight format (the results keyed ``"<split>"`` for
-f32, ``"<split>/<format>"`` otherwise).  ``--gemma``: Gemma 3 270M (q4_k_m) at split 0 on its own
-server: load time and MB/s, first token, decode tok/s over ``--gemma-tokens``.
+f32, ``"<split>/<format>"`` otherwise).  ``--gemma``: Gemma 3 270M (q4_k_m) at each of ``--gemma-splits``
+(default 0) on its own server: load time and MB/s, first token, decode tok/s over
+``--gemma-tokens``; ``--gemma-only`` skips SmolLM2.
 """
 from __future__ import annotations
 
@@ -40,30 +42,41 @@ def gen(page, split, n, prompt=PROMPT, fmt="f32", model=SMOL):
                          "maxNewTokens: n, split: k, format: f})", [prompt, split, n, fmt, model])
 
 
-def bench_gemma(tokens):
-    """Gemma 3 270M at split 0 in its GGUF's Q4_K_M blocks: one 1-token run (load + plans), then
-    ``tokens`` on the loaded tail."""
+def bench_gemma(tokens, splits=(0,)):
+    """Gemma 3 270M in its GGUF's Q4_K_M blocks at each split (the server's numpy runs layers
+    [0, K)): one 1-token run (load + plans, the direct load: progressive off), then ``tokens`` on
+    the loaded tail."""
     from playwright.sync_api import sync_playwright
-    srv = LiveServer(models=("gemma3-270m",), preload=False)
+    srv = LiveServer(models=("gemma3-270m",), preload=any(splits))
+    runs = {}
     try:
         with sync_playwright() as p:
             b = launch(p, webgpu=True)
-            page = open_page(b, srv.url)
-            cold = gen(page, 0, 1, fmt="q4_k_m", model="gemma3-270m")
-            warm = gen(page, 0, tokens, fmt="q4_k_m", model="gemma3-270m")
+            page = open_page(b, srv.url, timeout_ms=900_000)
+            for k in splits:
+                cold = gen_fixed(page, k, 1)
+                runs[k] = cold, gen_fixed(page, k, tokens)
             b.close()
     finally:
         srv.close()
-    ld, s = cold["stats"]["load"], warm["stats"]
-    r = {"format": "q4_k_m", "split": 0, "weight_bytes": cold["stats"]["weight_bytes"],
-         "load_s": cold["stats"]["load_seconds"], "load_mb_per_s": ld["mb_per_s"],
-         "load_wasm_heap_growth": ld["wasm_heap_growth"], "cold_ttft_s": cold["stats"]["time_to_first_token"],
-         "ttft_s": s["time_to_first_token"], "tokens": s["tokens"], "tokens_per_s": s["tokens_per_second"],
-         "gpu_bytes": s["gpu_bytes"]}
-    print(f"gemma3-270m q4_k_m split 0: {r['weight_bytes'] / 1e6:.1f} MB in {r['load_s']:.1f} s "
-          f"({r['load_mb_per_s']} MB/s), wasm heap growth {r['load_wasm_heap_growth']} B; ttft {r['ttft_s']:.2f} s "
-          f"(cold {r['cold_ttft_s']:.2f} s); {r['tokens_per_s']} tok/s over {r['tokens']} tokens")
-    return r
+    out = {}
+    for k, (cold, warm) in runs.items():
+        ld, s = cold["stats"]["load"], warm["stats"]
+        r = {"format": "q4_k_m", "split": k, "weight_bytes": cold["stats"]["weight_bytes"],
+             "load_s": cold["stats"]["load_seconds"], "load_mb_per_s": ld["mb_per_s"],
+             "load_wasm_heap_growth": ld["wasm_heap_growth"], "cold_ttft_s": cold["stats"]["time_to_first_token"],
+             "ttft_s": s["time_to_first_token"], "tokens": s["tokens"], "tokens_per_s": s["tokens_per_second"],
+             "gpu_bytes": s["gpu_bytes"]}
+        print(f"gemma3-270m q4_k_m split {k}: {r['weight_bytes'] / 1e6:.1f} MB in {r['load_s']:.1f} s "
+              f"({r['load_mb_per_s']} MB/s), wasm heap growth {r['load_wasm_heap_growth']} B; ttft {r['ttft_s']:.2f} s "
+              f"(cold {r['cold_ttft_s']:.2f} s); {r['tokens_per_s']} tok/s over {r['tokens']} tokens")
+        out[str(k)] = r
+    return out
+
+
+def gen_fixed(page, split, n):
+    return page.evaluate("([k, n]) => pyapp.generate('The capital of France is', {model: 'gemma3-270m', "
+                         "greedy: true, maxNewTokens: n, split: k, format: 'q4_k_m', progressive: false})", [split, n])
 
 
 def main(argv=None):
@@ -73,16 +86,26 @@ def main(argv=None):
     ap.add_argument("--format", default="f32", help="weight formats, comma-separated (f32,q4_1)")
     ap.add_argument("--gemma", action="store_true", help="also Gemma 3 270M q4_k_m at split 0")
     ap.add_argument("--gemma-tokens", type=int, default=4)
+    ap.add_argument("--gemma-splits", default="0", help="Gemma's splits, comma-separated (0,9,18)")
+    ap.add_argument("--gemma-only", action="store_true", help="skip SmolLM2 (with --gemma)")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "edge.json"))
     a = ap.parse_args(argv)
     splits = [int(s) for s in a.splits.split(",")]
     fmts = a.format.split(",")
 
     from playwright.sync_api import sync_playwright
-    srv = LiveServer(models=(SMOL,), preload=True)
     out = {"host": {"machine": platform.machine(), "cpus": os.cpu_count(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
            "model": SMOL, "prompt": PROMPT, "tokens": a.tokens}
+    if a.gemma and a.gemma_only:
+        out = {"host": out["host"], "model": "gemma3-270m", "prompt": PROMPT, "load_avg": os.getloadavg(),
+               "gemma": bench_gemma(a.gemma_tokens, [int(k) for k in a.gemma_splits.split(",")])}
+        out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(out, indent=1))
+        print(f"wrote {a.out}")
+        return
+    srv = LiveServer(models=(SMOL,), preload=True)
     try:
         with sync_playwright() as p:
             b = launch(p, webgpu=True)
@@ -141,7 +164,7 @@ def main(argv=None):
     finally:
         srv.close()
     if a.gemma:
-        out["gemma"] = bench_gemma(a.gemma_tokens)
+        out["gemma"] = bench_gemma(a.gemma_tokens, [int(k) for k in a.gemma_splits.split(",")])
     out["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

@@ -4,8 +4,8 @@ here: the numpy executor on the same float values, which for the block formats a
 dequantization of the blocks uploaded raw (Q5_0 from gguf's quantize; Q4_K / Q6_K random bytes
 with finite scales).  Relative error <= 1e-5 (the harness's bound).
 
-Not here yet: Gemma 3 270M itself through `pyapp.generate` in the page (bytes streamed, ids,
-wasm heap)."""
+Gemma 3 270M itself through `pyapp.generate` in the page: tests/test_gemma_browser.py (split 0),
+tests/test_gemma_split_browser.py (splits 9, 18, progressive), tests/test_gemma_offline_site.py."""
 from __future__ import annotations
 
 import base64

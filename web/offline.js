@@ -1,5 +1,6 @@
 // Offline use and the static site, for boot.js and the page.
-//   saveOffline(model, {format})  every file of the model into the 'pyapp-models' cache, one file
+//   saveOffline(model, {format})  every file of the model (in `format`, default the format generate
+//                                 runs by default) into the 'pyapp-models' cache, one file
 //                                 per weight chunk, each checked against its sha256 before it goes
 //                                 in; resumes (files already cached are skipped); pyapp:offline
 //                                 events carry the progress
@@ -94,9 +95,19 @@ export function saveOffline(model, opts = {}) {
   return saving.get(model);
 }
 
+// No format named: the one generate runs by default (the edge's: the smallest the server has), so
+// the saved files are the ones the page uses (Gemma 3: its 247 MB of Q4_K_M blocks, not 1.07 GB of
+// f32).  A static site has one format per model: its manifest's.
+async function defaultFormat(model) {
+  const p = globalThis.pyapp;
+  await p.ready;
+  if (!p.site || p.site.static) return undefined;
+  try { return (await p.formats(model)).default; } catch (e) { return undefined; }   // e.g. an encoder
+}
+
 async function save(model, format) {
   const t0 = performance.now();
-  const m = await chunkedManifest(model, format);
+  const m = await chunkedManifest(model, format || await defaultFormat(model));
   const source = Object.fromEntries(m.chunks.filter((c) => c.source).map((c) => [c.file, c.source]));
   const cache = await caches.open(MODELS);
   const have = new Set((await cache.keys()).map((r) => r.url));
@@ -244,7 +255,7 @@ function wire() {
   });
   $('offline-save').addEventListener('click', async () => {
     $('offline-save').disabled = true;
-    try { await saveOffline($('model').value); } catch (e) { $('offline-info').textContent = 'error: ' + e.message; console.error(e); return; } finally { $('offline-save').disabled = false; }
+    try { await saveOffline($('model').value, { format: ($('format') && $('format').value) || undefined }); } catch (e) { $('offline-info').textContent = 'error: ' + e.message; console.error(e); return; } finally { $('offline-save').disabled = false; }
     showStatus();
   });
   $('offline-remove').addEventListener('click', async () => { await removeOffline($('model').value); $('offline-fill').style.width = '0%'; showStatus(); });
