@@ -81,6 +81,8 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench-results/progressive-server.json"))
     ap.add_argument("--browser", action="store_true", help="the Chromium TTFT / split-over-time runs")
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--format", default=None, help="--browser: the edge's weight format (default: the page's, "
+                    "the smallest); the results files get -FORMAT")
     a = ap.parse_args(argv)
     if a.browser:
         return browser_main(a)
@@ -161,14 +163,15 @@ def browser_main(a):
             b = launch(p, webgpu=True)
             for name, o in RUNS:
                 page = open_page(b, srv.url)             # a fresh page: nothing on its GPU
-                opts = {"model": a.model, "greedy": True, "maxNewTokens": a.tokens, **o}
+                opts = {"model": a.model, "greedy": True, "maxNewTokens": a.tokens, **o,
+                        **({"format": a.format} if a.format else {})}
                 t0 = time.perf_counter()
                 r = page.evaluate("([p, o]) => pyapp.generate(p, o)", [PROMPT, opts])
                 wall = time.perf_counter() - t0
                 page.close()
                 s = r["stats"]
                 ttft = s.get("time_to_first_token_with_load", s["time_to_first_token"])
-                rows.append({"run": name, "ttft_s": ttft, "tokens": s["tokens"], "wall_s": round(wall, 2),
+                rows.append({"run": name, "ttft_s": ttft, "format": s.get("format"), "tokens": s["tokens"], "wall_s": round(wall, 2),
                              "tokens_per_second": s["tokens_per_second"], "load_s": s.get("load_seconds", 0),
                              "weight_bytes": s.get("weight_bytes", 0), "split": s.get("split"),
                              "split_trace": s.get("split_trace"), "handover_bytes": s.get("handover_bytes", 0),
@@ -211,25 +214,26 @@ def browser_main(a):
             f"{mv['bytes']:,} | {per:.0f} |")
     prog = [n for n, _ in RUNS if n.endswith("progressive")]
     series = [(n, [(r[2], r[3]) for r in steps if r[0] == n]) for n in prog]
-    say("\nsplit against time since the first step (s):")
+    say("\nsplit against time since the generation started (s, the head on the GPU):")
     say(ascii_plot(series, ylabel="split"))
     series = [(n, [(r[2], r[6]) for r in steps if r[0] == n]) for n in prog]
-    say("\ntokens/s of each step (edge + server ms) against time since the first step (s):")
+    say("\ntokens/s of each step (1000 / (edge + server ms)) against the same time:")
     say(ascii_plot(series, ylabel="tok/s"))
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    res = {"model": a.model, "prompt": PROMPT, "tokens": a.tokens, "rows": rows, "moves": moves,
+    res = {"model": a.model, "format": a.format or rows[-1]["format"], "prompt": PROMPT, "tokens": a.tokens, "rows": rows, "moves": moves,
            "ids_identical": same, "machine": platform.machine(), "cpus": os.cpu_count(),
            "load": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    (out / "progressive-browser.json").write_text(json.dumps(res, indent=1))
-    with open(out / "progressive-browser.csv", "w") as f:
+    base = "progressive-browser" + (f"-{a.format}" if a.format else "")
+    (out / f"{base}.json").write_text(json.dumps(res, indent=1))
+    with open(out / f"{base}.csv", "w") as f:
         f.write("run,step,t_s,split,edge_ms,server_ms,tok_per_s\n")
         f.writelines(",".join(map(str, r)) + "\n" for r in steps)
-    (out / "progressive-browser.txt").write_text("\n".join(text) + "\n")
+    (out / f"{base}.txt").write_text("\n".join(text) + "\n")
     docs = ROOT / "docs/data"
-    for f in ("progressive-browser.json", "progressive-browser.csv", "progressive-browser.txt"):
-        (docs / f).write_bytes((out / f).read_bytes())
-    print("wrote", out / "progressive-browser.{json,csv,txt}", "and copies in", docs)
+    for ext in ("json", "csv", "txt"):
+        (docs / f"{base}.{ext}").write_bytes((out / f"{base}.{ext}").read_bytes())
+    print("wrote", out / f"{base}.{{json,csv,txt}}", "and copies in", docs)
 
 
 if __name__ == "__main__":
