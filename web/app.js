@@ -2,7 +2,8 @@
 // window.pyapp and renders the events Python and the weight streamer dispatch:
 //   pyapp:status {message, phase}   pyapp:progress {id, layer, loaded, bytes, ms, done}
 //   pyapp:token {text, id}          pyapp:stats {...}          pyapp:loaded {...}
-//   pyapp:split {token, split, n_layers} (progressive: the split moved as layers landed)
+//   pyapp:split {token, split, n_layers} (progressive: the split moved as layers landed;
+//               {call, split, n_layers} for progressive embeddings)
 const $ = (id) => document.getElementById(id);
 const MB = (b) => (b / 1e6).toFixed(b < 1e7 ? 2 : 1) + ' MB';
 const fmt = (v, d = 2) => (v === undefined || v === null ? '–' : Number(v).toFixed(d));
@@ -53,6 +54,10 @@ addEventListener('pyapp:progress', (e) => {
 let splitPath = [];
 addEventListener('pyapp:split', (e) => {
   const d = e.detail;
+  if (d.call !== undefined) {       // progressive embeddings: the split of the coming calls
+    $('embed-stats').textContent = `split ${d.split} / ${d.n_layers} from call ${d.call + 1} (progressive)`;
+    return;
+  }
   let line = $('split-live');
   if (!line) {
     line = document.createElement('p');

@@ -414,15 +414,13 @@ def _runner_key(em, split):
     return (em.name, em.manifest.get("dtype", "f32"), split)
 
 
-async def _start_progressive(em, split, auto, budget=(None, "")):
-    """(ProgressiveRunner, loading task): a backend for [split, N) + head whose parts are marked
-    ready as their chunks land (head first, then layers N-1 down to split, then the embedding),
-    a server session at split N; returns once the head is on the GPU (the only wait)."""
+def _progressive_load(em, split, budget):
+    """(backend, loading task, head_ready): a backend for [split, N) + head whose parts are marked
+    ready as their chunks land (fetched, verified, written): head first, then layers N-1 down to
+    split, then the embedding. Parts without weights (an encoder's pooling head) are ready at once."""
     from ..gpu import GpuBackend
 
-    from .session import ProgressiveRunner, ServerSession
-
-    dev = await get_device()
+    dev = state.device
     n, m = em.model.n_layers, em.model
     _check_fit(em, dev, split, budget)
     chunks_all = [t for c in em.manifest["chunks"] for t in c["tensors"]]
@@ -440,26 +438,44 @@ async def _start_progressive(em, split, auto, budget=(None, "")):
         parts["embed"] = set(m.tensors(m.ops(0, 0, embed=True, head=False)))
     written, head_ready = set(), asyncio.Event()
 
-    def on_chunk(cs):
-        """A chunk is fetched, verified and written: mark every part now complete."""
-        written.update(nm for nm, cid in owner.items() if cid == cs.id)
+    def mark():
         for part in [p for p, names in parts.items() if names <= written]:
             be.mark_ready(part)
             parts.pop(part)
             if part == "head":
                 head_ready.set()
+
+    def on_chunk(cs):
+        """A chunk is fetched, verified and written: mark every part now complete."""
+        written.update(nm for nm, cid in owner.items() if cid == cs.id)
+        mark()
         _emit("ready", {"model": em.name, "part": cs.id, "runnable_from": be.runnable_from()})
 
+    mark()
     status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers {split}..{n - 1} "
            f"of {em.name} while the server runs them (progressive)", phase="load",
            chunks=[[c["id"], c["bytes"]] for c in chunks])
     loading = asyncio.ensure_future(stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be),
                                                          state.base_url, owner=owner, on_chunk=on_chunk))
+    return be, loading, head_ready
+
+
+async def _server_weights(em):
+    """The weight file the server's layers run: the edge's format where the server lists it."""
+    fmt = em.manifest.get("dtype", "f32")
+    return fmt if fmt in (await _offered(em.name) or ()) else None
+
+
+async def _start_progressive(em, split, auto, budget=(None, "")):
+    """(ProgressiveRunner, loading task): :func:`_progressive_load` and a server session at split
+    N; returns once the head is on the GPU (the only wait)."""
+    from .session import ProgressiveRunner, ServerSession
+
+    await get_device()
+    n = em.model.n_layers
+    be, loading, head_ready = _progressive_load(em, split, budget)
     try:
-        # the server's layers run the same weight file as the edge's, where it lists that format
-        fmt = em.manifest.get("dtype", "f32")
-        weights = fmt if fmt in (await _offered(em.name) or ()) else None
-        server = await ServerSession(em.name, n, state.base_url, weights).open()
+        server = await ServerSession(em.name, n, state.base_url, await _server_weights(em)).open()
         waiter = asyncio.ensure_future(head_ready.wait())
         await asyncio.wait([loading, waiter], return_when=asyncio.FIRST_COMPLETED)
         if not head_ready.is_set():
@@ -473,6 +489,36 @@ async def _start_progressive(em, split, auto, budget=(None, "")):
     r = ProgressiveRunner(em, split, be, server, auto=auto)
     r.on_move = lambda tok, k: _emit("split", {"model": em.name, "token": tok, "split": k, "n_layers": n})
     return r, loading
+
+
+async def _start_progressive_encoder(em, split, budget=(None, "")):
+    """A ProgressiveEncoder kept as the runner of (model, format, split): it serves at once (the
+    pooling head has no weights), the server running every layer the edge does not hold yet,
+    while the layers keep loading after the call returns."""
+    from .session import ProgressiveEncoder, ServerSession
+
+    await get_device()
+    n = em.model.n_layers
+    be, loading, _ = _progressive_load(em, split, budget)
+    try:
+        server = await ServerSession(em.name, n, state.base_url, await _server_weights(em)).open()
+    except BaseException:
+        loading.cancel()
+        be.destroy()
+        raise
+    r = ProgressiveEncoder(em, split, be, server, loading)
+    r.on_move = lambda call, k: _emit("split", {"model": em.name, "call": call, "split": k, "n_layers": n})
+    key = _runner_key(em, split)
+    state.runners[key] = r
+
+    def loaded(t):
+        if not t.cancelled() and t.exception() is None:
+            state.load_stats[key] = t.result().as_dict()
+            _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(be.gpu_bytes),
+                             **_brief_load(t.result())})
+    loading.add_done_callback(loaded)
+    _evict(key)
+    return r
 
 
 async def _keep_progressive(em, split, runner, st):
@@ -642,9 +688,10 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
     if progressive:
         ttft_total = t_gen - t_load + res.time_to_first_token
         st = await loading
-        load_s, streamed = time.perf_counter() - t_load, st.bytes
+        load_s, streamed = st.seconds, st.bytes       # the stream's own time (it ran alongside)
         prog = {"handover_bytes": runner.handover_bytes, "handover_retries": runner.retries,
-                "split_final": runner.split, "steps": [list(t) for t in runner.times]}
+                "split_final": runner.split, "steps": [list(t) for t in runner.times],
+                "handover_moves": list(runner.moves)}
         runner = await _keep_progressive(em, split, runner, st)
     tail = ds.flush()
     if tail and not tail.endswith("\ufffd"):
@@ -781,13 +828,28 @@ async def embed(texts, **opts):
         state.stop_requested = False        # a stop() before this call does not cancel its load
         t0 = time.perf_counter()
         dev, reason = await _use_gpu(o.get("backend", "auto"))
+        prog = {}
         if dev is None:
             out = await _server_embed(em, seqs)
             streamed, backend, split = 0, "server", n
         else:
-            runner, streamed = await get_runner(em, split, memory_budget(o))
+            key = _runner_key(em, split)
+            if o.get("progressive") and key not in state.runners:
+                if not await _has_server():
+                    raise EdgeError("progressive embeddings need a pyapp server (this is a static site or "
+                                    "the server is unreachable): leave progressive out", "bad_option",
+                                    "progressive")
+                await _start_progressive_encoder(em, split, memory_budget(o))
+                runner, streamed = state.runners[key], 0
+            else:
+                runner, streamed = await get_runner(em, split, memory_budget(o))
             out = await runner.embed(seqs)
             backend = "webgpu"
+            if getattr(runner, "progressive", False):
+                # the split that served this call, and every call's (split_trace)
+                prog = {"target": split, "progressive": True, "split_trace": list(runner.trace),
+                        "loading": not runner.loading.done()}
+                split = runner.served
         secs = time.perf_counter() - t0
     stats = {"kind": "embed", "backend": backend, "model": em.name, "split": split, "n_layers": n,
              "texts": len(texts), "tokens": sum(len(s) for s in seqs), "seconds": round(secs, 3),
@@ -795,6 +857,8 @@ async def embed(texts, **opts):
              "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32")}
     if backend == "server":
         stats["reason"] = reason
+    else:
+        stats.update(prog)
     state.last_stats = stats
     _emit("stats", stats)
     status(f"{len(texts)} embeddings · {stats['embeddings_per_second']} a second", phase="done")

@@ -14,7 +14,7 @@ The decode loop is :func:`pyapp.decode.generate_async`, the async twin of ``gene
 from __future__ import annotations
 
 import json
-
+import time
 
 from .errors import EdgeError
 from .jsfiles import load
@@ -195,7 +195,7 @@ class SplitRunner:
                 kw = {"ids": [i for s in group for i in s]}
             else:
                 kw = {"x": await self._server_hidden(group)}
-            flat = await self.backend.forward_async(segments=lens, **kw)
+            flat = await self.backend.forward_async(segments=lens, start=self.split, **kw)
             D = len(flat) // len(group)
             out += [[float(v) for v in flat[i * D:(i + 1) * D]] for i in range(len(group))]
         return out
@@ -250,10 +250,12 @@ class ProgressiveRunner:
         self.split = self.n
         self.cache = None
         self.trace = []
+        self.moves = []              # [{token, from, to, positions, bytes}] per hand-over
         self.tokens = 0
         self.handover_bytes = 0
         self.retries = 0
-        self.times = []              # (split, edge ms, server ms) per step
+        self.times = []              # (split, edge ms, server ms, s since reset at the step's end) per step
+        self.t_reset = 0.0
         self.on_move = None          # (token, split) -> None, for the page
 
     async def reset(self, capacity):
@@ -262,10 +264,10 @@ class ProgressiveRunner:
         self.cache = self.backend.new_cache(capacity, self.n, self.n)   # layers come by hand-over
         self.trace = [{"token": 0, "split": self.split}]
         self.tokens = 0
+        self.t_reset = time.perf_counter()
 
     async def step(self, ids, n, params):
         await self._rebalance()
-        import time
         t0 = time.perf_counter()
         x = await self.server.forward(ids)     # at split 0 it only advances the server's position
         t1 = time.perf_counter()
@@ -275,7 +277,8 @@ class ProgressiveRunner:
         else:
             tok = await self.backend.step_async(x=x, cache=self.cache, params=params, n=n, start=self.split)
         x = None
-        self.times.append((self.split, (time.perf_counter() - t1) * 1e3, (t1 - t0) * 1e3))
+        t2 = time.perf_counter()
+        self.times.append((self.split, (t2 - t1) * 1e3, (t1 - t0) * 1e3, t2 - self.t_reset))
         self.tokens += 1
         return int(tok)
 
@@ -312,6 +315,7 @@ class ProgressiveRunner:
     async def move(self, new: int):
         """Move the split to ``new`` with the KV of the layers in between; a socket that drops
         mid-move is reopened and the move retried once (the server kept its old split)."""
+        old, sent = self.split, self.handover_bytes
         try:
             await self._move_once(new)
         except Exception as e:  # noqa: BLE001 - a dropped socket surfaces as a JS Error
@@ -334,6 +338,8 @@ class ProgressiveRunner:
                                 f"{self.split} to {new}: {e2}", "network") from e2
         self.split = new
         self.trace.append({"token": self.tokens, "split": new})
+        self.moves.append({"token": self.tokens, "from": old, "to": new, "positions": self.cache.length,
+                           "bytes": self.handover_bytes - sent})
         if self.on_move is not None:
             self.on_move(self.tokens, new)
 
@@ -419,3 +425,57 @@ class ProgressiveRunner:
         self.cache = None
         self.backend.destroy()
 
+
+
+class ProgressiveEncoder(SplitRunner):
+    """An encoder at target split ``target`` while its layers load: each call runs at the split
+    the edge can serve now — the first layer not yet verified here, from N down to the target
+    (the server runs the layers below it) — and the load goes on after the call returns.
+    Encoders keep no KV, so moving the split is only the server session's ``move`` (no frames)
+    and happens between two calls. ``trace`` is [{call, split}] (call = calls served before)."""
+
+    progressive = True
+
+    def __init__(self, edge_model, target, backend, server, loading):
+        n = edge_model.model.n_layers
+        super().__init__(edge_model, n, backend, server)   # self.split: the split serving now
+        self.n, self.target = n, target
+        self.loading = loading       # the stream's task (it outlives the call that started it)
+        self.trace = [{"call": 0, "split": n}]
+        self.calls = 0
+        self.served = n              # the split of the last call
+        self.on_move = None          # (call, split) -> None, for the page
+
+    def serving_split(self) -> int:
+        k = self.backend.runnable_from()
+        return max(self.target, self.n if k is None else k)
+
+    async def embed(self, seqs):
+        k = self.serving_split()
+        if k < self.split:
+            await self.move(k)
+        self.served = self.split
+        out = await super().embed(seqs)
+        self.calls += 1
+        return out
+
+    async def move(self, new: int):
+        if new == 0:                 # the edge embeds too: the server has nothing left to run
+            self.server.close()
+            self.server = None
+        else:
+            ready = sorted(i for i in range(self.target, self.n) if i in self.backend.ready)
+            head = await self.server.control({"op": "move", "split": new, "holds": ready})
+            if head.get("direction") != "to_edge" or int(head.get("frames", 0)):
+                raise EdgeError(f"the server answered a move of an encoder with {head}", "server")
+            done = await self.server.control({"op": "commit"})
+            if int(done.get("split", -1)) != new:
+                raise EdgeError(f"the server ended the move at split {done.get('split')}, not {new}", "server")
+        self.split = new
+        self.trace.append({"call": self.calls, "split": new})
+        if self.on_move is not None:
+            self.on_move(self.calls, new)
+
+    def close(self):
+        self.loading.cancel()
+        super().close()

@@ -275,6 +275,8 @@ class GpuBackend:
         k = self.stop
         while k > self.start and (k - 1) in self.ready:
             k -= 1
+        if k == 0 and self.embed and "embed" not in self.ready:
+            k = 1                     # ids enter through the embedding: not here yet
         return k
 
     def _check_ready(self, start, stop, embed, head):
