@@ -168,8 +168,9 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
     if variant.startswith("sgb"):
-        R = int(variant[3:] or 2)
-        src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, RTB=R * TB,
+        R, _, U = variant[3:].partition("u")      # sgbR[uU]: R columns per subgroup, U units per trip
+        R, U = int(R or 2), int(U or 1)
+        src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, RTB=R * TB,
                              NB=KV // 8, **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
     elif variant == "row":

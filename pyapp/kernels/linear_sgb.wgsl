@@ -3,7 +3,8 @@
 // 4j..4j+3 in the low nibbles, 16+4j..16+4j+3 in the high ones) and the block's (d, m), dots
 // the 8 quants with two vec4 of the input and applies d and m once:
 //   y += d * sum(q * x) + m * sum(x).
-// The input vec4s (and sum(x)) are loaded once per unit and reused for the R columns.  Same
+// The input vec4s (and sum(x)) are loaded once per unit and reused for the R columns; U units
+// per trip (unrolled: U independent weight loads in flight per lane and column).  Same
 // contract as linear_sg otherwise (NORM: the input's RMSNorm folded in; PAIR: gate/up with
 // SiLU(g)*u).  Needs `subgroups`; any subgroup size works (uniform rounds over the grid).
 ${ENABLE}
@@ -19,6 +20,7 @@ const YS: u32 = ${YS}u;
 const N0: u32 = ${N0}u;
 const TB: u32 = ${TB}u;
 const R: u32 = ${R}u;
+const U: u32 = ${U}u;
 fn nib(q: u32) -> vec4f { return unpack4x8unorm(q & 0x0F0F0F0Fu); }   // 4 nibbles / 255
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
@@ -33,7 +35,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   var acc: array<f32, ${RTB}>;
   var acc2: array<f32, ${RTB}>;
   var ss: array<f32, ${TB}>;
-  for (var u = lane; u < NB * 4u; u += sgs) {
+  for (var u0 = lane; u0 < NB * 4u; u0 += U * sgs) {
+    for (var uu = 0u; uu < U; uu++) {
+    let u = u0 + uu * sgs;
+    if (u >= NB * 4u) { break; }
     let b = u >> 2u;
     let j = u & 3u;
     var xl: array<vec4f, ${TB}>;
@@ -68,6 +73,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
           acc2[r * TB + t] += d2 * (dot(lo2, xl[t]) + dot(hi2, xh[t])) + dm2.y * sx[t];
         }
       }
+    }
     }
   }
   for (var t = 0u; t < TB; t++) {
