@@ -131,7 +131,7 @@ def test_embedding_gather_f16_storage(device, fmt):
 # ----------------------------------------------------------------------------- sgb (Q4_1 blocks)
 
 @pytest.mark.parametrize("storage", ["u32", "f16"])
-@pytest.mark.parametrize("variant", ["sgb1", "sgb2", "sgb4", "sgb1u4", "sgb2u2"])
+@pytest.mark.parametrize("variant", ["sgb1", "sgb2", "sgb4", "sgb1u4", "sgb2u2", "sgb4u2"])
 def test_gemv_sgb_q4_1(device, storage, variant):
     if "subgroups" not in device.features:
         pytest.skip("no subgroups")

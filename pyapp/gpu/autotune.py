@@ -20,7 +20,8 @@ _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 # every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl); sgbR = the
 # Q4_1 block-word kernel, R columns per subgroup, U units per trip (linear_sgb.wgsl; other
 # formats run sg4)
-LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4", "sgb1u4", "sgb2u2")
+LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
+                   "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2")
 
 
 def tune_key(device, K, N, dtype):

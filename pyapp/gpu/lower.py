@@ -170,8 +170,8 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
     if variant.startswith("sgb"):
         R, _, U = variant[3:].partition("u")      # sgbR[uU]: R columns per subgroup, U units per trip
         R, U = int(R or 2), int(U or 1)
-        src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, RTB=R * TB,
-                             NB=KV // 8, **subs)
+        src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
+                             **wgsl.sgb_code(R, U, TB), **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
     elif variant == "row":
         src, gx = kernels.render("linear_row", **subs), ceil(rows, 64)

@@ -186,6 +186,52 @@ def multi_gemv(parts, vec, storage: str = "u32") -> tuple[str, str]:
     return wd, yd
 
 
+def sgb_code(R: int, U: int, TB: int) -> dict:
+    """DECL / BODY / REDUCE of linear_sgb.wgsl written out for R columns, U units per trip and
+    TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
+    rs, us, ts = range(R), range(U), range(TB)
+    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
+    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
+    decl += [f"  var ss{t} = 0.0;" for t in ts]
+    body = []
+    for u in us:                                           # all loads of the trip first
+        body += [f"    let u{u} = u0 + {u}u * sgs;",
+                 f"    let k{u} = select(0.0, 1.0, u{u} < NB * 4u);     // 0: past the row end",
+                 f"    let b{u} = min(u{u}, NB * 4u - 1u) >> 2u;",
+                 f"    let j{u} = u{u} & 3u;"]
+        for t in ts:
+            body += [f"    let o{u}_{t} = min(t0 + {t}u, p.T - 1u) * K + b{u} * 8u + j{u};",
+                     f"    let al{u}_{t} = a[o{u}_{t}] * k{u};",
+                     f"    let ah{u}_{t} = a[o{u}_{t} + 4u] * k{u};"]
+        for r in rs:
+            body += [f"    let dm{u}_{r} = dmw_at(n{r}, b{u});", f"    let q{u}_{r} = qsw_at(n{r}, b{u}, j{u});",
+                     f"    var dmp{u}_{r} = vec2f();", f"    var qp{u}_{r} = 0u;",
+                     f"    if (PAIR) {{ dmp{u}_{r} = dmw2_at(n{r}, b{u}); qp{u}_{r} = qsw2_at(n{r}, b{u}, j{u}); }}"]
+    for u in us:
+        for t in ts:
+            body += [f"    if (NORM) {{ ss{t} += dot(al{u}_{t}, al{u}_{t}) + dot(ah{u}_{t}, ah{u}_{t}); }}",
+                     f"    let xl{u}_{t} = scl(al{u}_{t}, b{u} * 8u + j{u});",
+                     f"    let xh{u}_{t} = scl(ah{u}_{t}, b{u} * 8u + 4u + j{u});",
+                     f"    let sx{u}_{t} = dot(xl{u}_{t} + xh{u}_{t}, vec4f(1.0));"]
+        for r in rs:
+            for w, dm, q, acc in (("", "dm", "q", "acc"), ("p", "dmp", "qp", "acp")):
+                lines = [f"let lo{w}{u}_{r} = nib({q}{u}_{r});", f"let hi{w}{u}_{r} = nib({q}{u}_{r} >> 4u);",
+                         f"let sc{w}{u}_{r} = {dm}{u}_{r}.x * 255.0;"]
+                lines += [f"{acc}{r}_{t} += sc{w}{u}_{r} * (dot(lo{w}{u}_{r}, xl{u}_{t}) + dot(hi{w}{u}_{r}, xh{u}_{t}))"
+                          f" + {dm}{u}_{r}.y * sx{u}_{t};" for t in ts]
+                body.append(("    " if not w else "    if (PAIR) { ") + " ".join(lines) + (" }" if w else ""))
+    red = []
+    for t in ts:
+        red.append(f"  var q{t} = 0.0;\n  if (NORM) {{ q{t} = subgroupAdd(ss{t}); }}")
+        for r in rs:
+            red += [f"  let s{r}_{t} = subgroupAdd(acc{r}_{t});",
+                    f"  var s2{r}_{t} = 0.0;\n  if (PAIR) {{ s2{r}_{t} = subgroupAdd(acp{r}_{t}); }}",
+                    f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
+                    f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
+                    f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": "\n".join(red)}
+
+
 ELEMENTWISE = {                     # op kind -> (input names, body over index i)
     "silu_mul": (("a", "b"), "y[i] = silu(a[i]) * b[i];"),
     "add": (("a", "b"), "y[i] = a[i] + b[i];"),
