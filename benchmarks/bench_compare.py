@@ -303,23 +303,30 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
 
 def gemv_variants(dev, cfg, dtype):
     """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
-    (measure_linear: 8 GEMVs per submit, best of 3, the submit + 4-byte readback included)."""
-    from pyapp.gpu.autotune import LINEAR_VARIANTS, _run_sync, measure_linear
+    (measure_linear: 32 GEMVs per submit, best of 3, the submit + 4-byte readback included);
+    where the adapter has shader-f16 and the format an f16 loader, each with both storage kinds
+    ("<variant>" u32 loaders, "<variant>/f16" typed f16 loads)."""
+    from pyapp.gpu import wgsl
+    from pyapp.gpu.autotune import LINEAR_VARIANTS, _run_sync, measure_linear, storage_choices
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or D // cfg["num_attention_heads"]
     shapes = {(cfg["num_attention_heads"] * hd, D), (cfg["num_key_value_heads"] * hd, D), (I, D), (D, I), (V, D)}
     from pyapp import formats
     item = formats.get(dtype).block_bytes / formats.get(dtype).block    # bytes per weight value
-    vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)]
+    vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)
+          and (not v.startswith("sgb") or wgsl.has_q(dtype))]
+    stores = storage_choices(dev, dtype) or ["u32"]
     out = []
     for N, K in sorted(shapes):
         row = {"N": N, "K": K, "dtype": dtype}
-        for v in vs:
-            try:
-                t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32))[v]
-                row[v] = {"us": t * 1e6, "GBps": N * K * item / t / 1e9}
-            except Exception as e:  # noqa: BLE001  (e.g. wg: one workgroup per row > 65535 rows)
-                row[v] = {"error": str(e).splitlines()[-1][:200], "GBps": 0.0}
+        for st in stores:
+            for v in vs:
+                name = v if st == "u32" else f"{v}/{st}"
+                try:
+                    t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32, extra={"storage": st}))[v]
+                    row[name] = {"us": t * 1e6, "GBps": N * K * item / t / 1e9}
+                except Exception as e:  # noqa: BLE001  (e.g. wg: one workgroup per row > 65535 rows)
+                    row[name] = {"error": str(e).splitlines()[-1][:200], "GBps": 0.0}
         out.append(row)
     return out
 
@@ -596,6 +603,10 @@ def table(rows):
     return "\n".join(lines)
 
 
+class _Skip(Exception):
+    pass
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=None, help="comma list of " + ", ".join(SHAPES)
@@ -612,6 +623,7 @@ def main(argv=None):
     ap.add_argument("--variants", help="JSON merged into the variants of the native rows, e.g. "
                     '\'{"fold": false, "off": ["fuse_rope_attention", "fuse_add_norm"]}\' (the plan before the rules)')
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-decode", action="store_true", help="no decode rows (with --gemv: GEMVs alone)")
     ap.add_argument("--label", default="", help="a name for this run in the JSON")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
@@ -642,10 +654,14 @@ def main(argv=None):
         if a.variants:
             variants = {**(variants or autotuned(dev, cfg, dtype)), **json.loads(a.variants)}
         try:
+            if a.no_decode:
+                raise _Skip
             row["native"] = run_native(dev, cfg, dtype, P, N, variants, a.profile)
             print(f"{s}: native {row['native']['decode_tokens_per_s']:.1f} tok/s "
                   f"(pipelined {row['native']['pipelined_decode_tokens_per_s']:.1f}), "
                   f"{row['native']['dispatches_per_token']:.0f} dispatches/token", flush=True)
+        except _Skip:
+            row["native"] = {"skipped": "--no-decode"}
         except Exception as e:  # noqa: BLE001
             row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"{s}: native failed: {row['native']['error']}", flush=True)
@@ -654,13 +670,13 @@ def main(argv=None):
             for g in row["gemv"]:
                 print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
                     f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)
-        if deno and s in deno_shapes and dtype not in BLOCK_FORMATS:
+        if deno and s in deno_shapes and dtype not in BLOCK_FORMATS and not a.no_decode:
             row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
             if "tokens" in row["deno"] and "tokens" in row["native"]:
                 row["deno"]["first_token_diff_vs_native"] = first_diff(row["deno"]["tokens"], row["native"]["tokens"])
             print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))} "
                   f"pipelined {row['deno'].get('pipelined_decode_tokens_per_s')}", flush=True)
-        if torch and dtype not in BLOCK_FORMATS:
+        if torch and dtype not in BLOCK_FORMATS and not a.no_decode:
             try:
                 row.update(run_torch(torch, cfg, dtype, P, N))
                 if "tokens" in row["native"]:

@@ -33,6 +33,13 @@ class WeightFormat:
     decode_rows: Callable | None = None   # numpy: uint8 [rows, row_bytes] -> f32 [rows, cols]
     wgsl: str | None = None   # GPU loaders: pyapp/kernels/formats/<wgsl>.wgsl (value i) and
     #                           <wgsl>.vec4.wgsl (values 4i..4i+3); None: no GPU kernel
+    wgsl_f16: str | None = None   # the same loaders reading f16 as f16 (storage kind "f16": needs
+    #                           the adapter's `shader-f16`); None: the u32 loaders serve there too
+
+    def loader(self, storage: str = "u32") -> str | None:
+        """The loader base name for storage kind `storage` ("u32": f16 values unpacked from u32
+        words, runs everywhere; "f16": typed f16 loads), falling back to "u32"."""
+        return self.wgsl_f16 if storage == "f16" and self.wgsl_f16 else self.wgsl
 
     @property
     def quantized(self) -> bool:
@@ -179,14 +186,19 @@ def _decode_q6_k(rows):
     return (ds * q.reshape(R, nb, 16, 16)).reshape(R, -1)
 
 
+# f16-storage loaders (`wgsl_f16`, kernels/formats/<fmt>.h*.wgsl) exist where a block is a WGSL
+# struct as stored: 4-byte-aligned blocks (Q4_1: 20 bytes, Q4_K: 144) hold their f16 scales in
+# typed fields beside u32 words of quants.  Q8_0 (34), Q5_0 (22) and Q6_K (210) blocks start on
+# 2-byte boundaries: their quant bytes would have to be read through f16 values, whose NaN bit
+# patterns a GPU need not preserve, so they keep the u32 loaders under either storage kind.
 FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
     WeightFormat("f32", 1, 4, "F32", 0, wgsl="f32"),
-    WeightFormat("f16", 1, 2, "F16", 1, wgsl="f16"),
+    WeightFormat("f16", 1, 2, "F16", 1, wgsl="f16", wgsl_f16="f16.h"),
     WeightFormat("q4_0", 32, 18, "U8", 2, _decode_q4_0),
-    WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1, wgsl="q4_1"),
+    WeightFormat("q4_1", 32, 20, "U8", 3, _decode_q4_1, wgsl="q4_1", wgsl_f16="q4_1.h"),
     WeightFormat("q5_0", 32, 22, "U8", 6, _decode_q5_0, wgsl="q5_0"),
     WeightFormat("q8_0", 32, 34, "U8", 8, _decode_q8_0, wgsl="q8_0"),
-    WeightFormat("q4_k", 256, 144, "U8", 12, _decode_q4_k, wgsl="q4_k"),
+    WeightFormat("q4_k", 256, 144, "U8", 12, _decode_q4_k, wgsl="q4_k", wgsl_f16="q4_k.h"),
     WeightFormat("q6_k", 256, 210, "U8", 14, _decode_q6_k, wgsl="q6_k"),
 )}
 

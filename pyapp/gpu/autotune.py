@@ -10,13 +10,18 @@ from __future__ import annotations
 import json
 import os
 
+from .. import formats
 from ..models import Model, op
+from . import wgsl
 from .device import GpuError
 
 _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 
-# every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl)
-LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8")
+# every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl); sgbR = the
+# Q4_1 block-word kernel, R columns per subgroup, U units per trip (linear_sgb.wgsl; other
+# formats run sg4)
+LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
+                   "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2")
 
 
 def tune_key(device, K, N, dtype):
@@ -25,7 +30,7 @@ def tune_key(device, K, N, dtype):
             f"{i.get('description')}|{K}x{N}|{dtype}")
 
 
-def candidate_variants(device):
+def candidate_variants(device, dtype="f32"):
     # one row per invocation everywhere (CPU adapters: SwiftShader, lavapipe), or
     # workgroup/subgroup reductions everywhere (real GPUs); measured, not guessed
     par = {"norm_wg": 64, "attention": "wg"}
@@ -33,17 +38,27 @@ def candidate_variants(device):
     if "subgroups" in device.features:
         out.append({"linear": "sg", **par})
         out.append({"linear": "sg4", **par})
+        if wgsl.has_q(dtype):             # Q4_1: the block-word kernel (dequantization-bound on GPUs)
+            out.append({"linear": "sgb2", **par})
     return out
 
 
-def head_candidates(device, base):
+def storage_choices(device, dtype):
+    """Storage kinds worth measuring for weights of `dtype`: both where the adapter has
+    shader-f16 and the format an f16 loader, else none (the backend's default stands)."""
+    if "shader-f16" in device.features and formats.get(dtype).wgsl_f16:
+        return list(wgsl.STORAGE)
+    return []
+
+
+def head_candidates(device, base, dtype="f32"):
     """GEMV variants worth measuring on the lm head (vocab x hidden: many short rows),
     given the layer choice `base`.  Several columns per subgroup only pays where there
     are enough rows to fill the GPU with R-column groups; on CPU adapters (`row`) the
     layer choice stands."""
     if base == "row" or "subgroups" not in device.features:
         return []
-    return ["sg", "sg4", "sgr2", "sgr4"]
+    return ["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
 
 
 async def _time_step(device, b, cache, pos0, reps, rounds):
@@ -64,8 +79,9 @@ async def _time_step(device, b, cache, pos0, reps, rounds):
     return best
 
 
-async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
-    """{variant: seconds per GEMV [N, K] at T = 1} measured on `device`."""
+async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3, extra=None):
+    """{variant: seconds per GEMV [N, K] at T = 1} measured on `device` (`extra`: more
+    variant keys, e.g. {"storage": "u32"})."""
     from .backend import GpuBackend
 
     m = Model(arch="tune", config={}, hidden=K, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=K,
@@ -74,7 +90,7 @@ async def measure_linear(device, N, K, variants, dtype="f32", reps=8, rounds=3):
     res = {}
     for v in variants:
         b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes={"w": (N, K)},
-                       max_tokens=1, max_positions=8, variants={"linear": v, "fuse": False},
+                       max_tokens=1, max_positions=8, variants={"linear": v, "fuse": False, **(extra or {})},
                        widths={"y": N})
         res[v] = await _time_step(device, b, None, 0, reps, rounds)
         b.destroy()
@@ -97,14 +113,21 @@ async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
               vocab=1, max_context=64, causal=True, embed=[], layers=[layer], head=[])
     shapes = {"nw": (K,), "w": (N, K), "w2": (K, N)}
     res = {}
-    for v in candidate_variants(device):
+
+    async def one(v):
         b = GpuBackend(device, m, 0, 1, embed=False, head=False, dtype=dtype, shapes=shapes,
                        dtypes={"nw": "f32"}, max_tokens=1, max_positions=64, variants=v)
         cache = b.new_cache(64)
         best = await _time_step(device, b, cache, 63, reps, rounds)
         cache.destroy()
         b.destroy()
-        res[f"{v['linear']}/{v['norm_wg']}/{v['attention']}"] = (best, v)
+        res["/".join(str(v[k]) for k in ("linear", "norm_wg", "attention", "storage") if k in v)] = (best, v)
+
+    for v in candidate_variants(device, dtype):
+        await one(v)
+    if len(storage_choices(device, dtype)) > 1:
+        # the winner (f16 storage, the default there) once more with the u32 loaders
+        await one({**min(res.values(), key=lambda r: r[0])[1], "storage": "u32"})
     return res
 
 
@@ -142,11 +165,12 @@ async def choose(device, model, shapes, dtypes, known: dict):
                       "seconds": {k: r[0] for k, r in res.items()}}
     best = dict(known[key]["variants"])
     hs = _head_shape(model, shapes, dtypes)
-    cands = head_candidates(device, best["linear"]) if hs else []
+    cands = head_candidates(device, best["linear"], hs[2]) if hs else []
     if cands:
         hkey = tune_key(device, hs[1], hs[0], hs[2]) + "|head"
         if hkey not in known:
-            hres = await measure_linear(device, hs[0], hs[1], cands, hs[2])
+            hres = await measure_linear(device, hs[0], hs[1], cands, hs[2],
+                                        extra={"storage": best.get("storage", "f16")})
             known[hkey] = {"linear_head": min(hres, key=hres.get), "seconds": hres}
         best["linear_head"] = known[hkey]["linear_head"]
     return best

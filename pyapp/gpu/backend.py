@@ -195,6 +195,10 @@ class GpuBackend:
         self.variants = {"linear": "row", "norm_wg": 1, "attention": "row"}
         if variants:
             self.variants.update(variants)
+        # how weight bindings are read (wgsl.STORAGE): typed f16 loads where the adapter has
+        # `shader-f16`, unless the variants say "u32" (the loaders every adapter runs)
+        f16 = self.variants.get("storage", "f16") == "f16" and "shader-f16" in device.features
+        self.storage = "f16" if f16 else "u32"
         self.stats = {"steps": 0, "dispatches": 0, "submits": 0, "readbacks": 0,
                       "plans_built": 0}
         # weights

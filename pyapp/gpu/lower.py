@@ -53,13 +53,13 @@ def _embed(b, o, s: Step):
     D, w, out = b.model.hidden, o.weights, []
     tok = b.tensors[w["tokens"]]
     for buf, r0, rows, _b0, _nb in tok.chunks:
-        src = kernels.render("embed", WDECL=wgsl.wdecl(1, "w", tok.dtype, 1), D=D, R0=r0, R=rows)
+        src = kernels.render("embed", WDECL=wgsl.wdecl(1, "w", tok.dtype, 1, b.storage), D=D, R0=r0, R=rows)
         out.append(b.dispatch(src, {1: buf, 2: b.ids_src, 3: b.acts["x"]}, ceil(s.T * D, 64)))
     for role, pos in (("positions", "true"), ("token_type", "false")):
         if w.get(role):
             t = b.tensors[w[role]]
             for buf, r0, rows, _b0, _nb in t.chunks:
-                src = kernels.render("add_row", WDECL=wgsl.wdecl(1, "w", t.dtype, 1), D=D, POS=pos,
+                src = kernels.render("add_row", WDECL=wgsl.wdecl(1, "w", t.dtype, 1, b.storage), D=D, POS=pos,
                                      R0=r0, R=rows, SEGDECL=seg_decl(b, s))
                 out.append(b.dispatch(src, _seg_entry(b, s, {1: buf, 3: b.acts["x"]}), ceil(s.T * D, 64)))
     return out
@@ -72,12 +72,12 @@ def _norm(b, o, s: Step):
     bdecl = wgsl.NO_BIAS
     if w.get("b"):
         bt = b.tensors[w["b"]]
-        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
+        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1, b.storage)
         ent[2] = bt.chunks[0][0]
     inplace = o.ins[0] == o.outs[0]
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")), BDECL=bdecl,
+    src = kernels.render("norm", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset"), b.storage), BDECL=bdecl,
                          XDECL=wgsl.norm_input(inplace), D=b.widths[o.ins[0]],
                          WG=int(b.variants["norm_wg"]), EPS=wgsl.f32lit(o.attrs["eps"]),
                          LAYER="true" if o.kind == "layer_norm" else "false",
@@ -93,15 +93,15 @@ def _linear(b, o, s: Step):
     bdecl = wgsl.NO_BIAS
     if w.get("b"):
         bt = b.tensors[w["b"]]
-        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
+        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1, b.storage)
         ent0[2] = bt.chunks[0][0]
     if o.attrs.get("transposed"):
         return _linear_t(b, wt, bdecl, ent0, s)
     NF, K = wt.shape
-    vec = 4 if K % 4 == 0 else 1
     # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
     variant = b.variants.get("linear_head") if o.outs[0] == "logits" else None
-    blk = wgsl.block_wdecl(1, "w", wt.dtype)
+    vec = gemv_vec(b, variant, K, [wt.dtype])
+    blk = wgsl.block_wdecl(1, "w", wt.dtype, b.storage)
     if blk is not None and (variant or b.variants["linear"]) == "row":
         # one column per invocation walking whole blocks: scales decoded once per block
         TB = 1 if T == 1 else 4
@@ -111,8 +111,8 @@ def _linear(b, o, s: Step):
                                  KV=K // 4, NB=K // formats.get(wt.dtype).block, YS=NF, N0=r0, TB=TB)
             out.append(b.dispatch(src, {**ent0, 1: buf}, ceil(rows, 64), ceil(T, TB), head=s.head))
         return out
-    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
-    return [gemv(b, wd, bdecl, wgsl.GEMV_STORE, vec, rows, K // vec, NF, r0, s, {**ent0, 1: buf}, variant)
+    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec, b.storage), vec)
+    return [gemv(b, wd, bdecl, wgsl.GEMV_STORE, vec, rows, K // wgsl.vwidth(vec), NF, r0, s, {**ent0, 1: buf}, variant)
             for buf, r0, rows, _b0, _nb in wt.chunks]
 
 
@@ -128,7 +128,7 @@ def _linear_t(b, wt, bdecl, ent0, s: Step):
         ent = {**ent0, 1: buf}
         if not last:
             ent.pop(2, None)
-        src = kernels.render("linear_t", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1),
+        src = kernels.render("linear_t", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1, b.storage),
                              BDECL=bdecl if last else wgsl.NO_BIAS, N=N, K=kn, KA=K, K0=k0, TB=TB,
                              ACC="true" if j else "false")
         out.append(b.dispatch(src, ent, ceil(N, 64), ceil(T, TB), head=s.head))
@@ -146,17 +146,34 @@ def gemv_variant(b, variant=None) -> str:
     return variant
 
 
+def gemv_vec(b, variant, K: int, fmts):
+    """How a GEMV over weights of formats `fmts` reads them: "q" (block words, the `sgb`
+    variant, where every format has block-word loaders: Q4_1), else 4 (vec4) or 1."""
+    if gemv_variant(b, variant).startswith("sgb") and all(wgsl.has_q(f) for f in fmts):
+        return "q"
+    return 4 if K % 4 == 0 else 1
+
+
 def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
          adecl=None, pairdecl=None):
-    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR). `adecl`: the
-    input with an RMSNorm folded in (wg / sg* only); `pairdecl`: two weights per column."""
+    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR). `adecl`:
+    the input with an RMSNorm folded in (wg / sg / sg4 / sgb*); `pairdecl`: two weights per
+    column; vec "q": block-word loaders (sgbR, Q4_1: `gemv_vec`)."""
     T = s.rows
     TB = 1 if T == 1 else 4
     variant = gemv_variant(b, variant)
+    if variant.startswith("sgb") and vec != "q":
+        variant = "sg4"           # weights without block-word loaders (gemv_vec): the vec4 kernel
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
-    if variant == "row":
+    if variant.startswith("sgb"):
+        R, _, U = variant[3:].partition("u")      # sgbR[uU]: R columns per subgroup, U units per trip
+        R, U = int(R or 2), int(U or 1)
+        src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
+                             **wgsl.sgb_code(R, U, TB), **subs)
+        gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
+    elif variant == "row":
         src, gx = kernels.render("linear_row", **subs), ceil(rows, 64)
     elif variant == "wg":
         src, gx = kernels.render("linear_wg", PART=64 * TB, **subs), min(rows, MAX_GROUPS)
@@ -244,7 +261,7 @@ def _norm_group(b, o, s: Step):
     ent = {1: wt.chunks[0][0], 4: b.act(o.outs[0])}
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset")),
+    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset"), b.storage),
                          XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]))
     return [b.dispatch(src, ent, ceil(s.rows * (W // G), 64), head=s.head)]
 
@@ -335,7 +352,7 @@ def fuse_gemv(b, ops, i, s: Step):
     o = ops[j]
     head = o.outs[0] == "logits"
     variant = gemv_variant(b, b.variants.get("linear_head") if head else None)
-    rich = variant in ("wg", "sg", "sg4") and b.variants.get("fold", True)
+    rich = (variant in ("wg", "sg", "sg4") or variant.startswith("sgb")) and b.variants.get("fold", True)
     K = b.tensors[o.weights["w"]].shape[1]
     grp = []
     for p in ops[j:]:
@@ -350,12 +367,12 @@ def fuse_gemv(b, ops, i, s: Step):
     after = j + len(grp)
     if norm is not None and not (rich and grp and _dead_after(ops, after, norm.outs[0])):
         return None                 # the norm stays a dispatch; its GEMVs fuse on the next try
-    vec = 4 if K % 4 == 0 else 1
+    vec = gemv_vec(b, variant, K, [b.tensors[p.weights["w"]].dtype for p in grp])
     adecl = None
     ent = {3: b.act(o.ins[0])}
     if norm is not None:
         nt = b.tensors[norm.weights["w"]]
-        adecl = wgsl.gemv_input(vec, (nt.dtype, norm.attrs["eps"], K))
+        adecl = wgsl.gemv_input(vec, (nt.dtype, norm.attrs["eps"], K), b.storage)
         ent = {3: b.act(norm.ins[0]), 5: nt.chunks[0][0]}
     nxt = ops[after] if after < len(ops) else None
     # gate/up + SiLU*mul
@@ -366,9 +383,9 @@ def fuse_gemv(b, ops, i, s: Step):
         wg_, wu = (b.tensors[p.weights["w"]] for p in grp)
         if wg_.shape == wu.shape:
             rows = wg_.shape[0]
-            wd, yd, pd = wgsl.silu_pair(wg_.dtype, wu.dtype, rows, vec)
+            wd, yd, pd = wgsl.silu_pair(wg_.dtype, wu.dtype, rows, vec, b.storage)
             ent.update({10: wg_.chunks[0][0], 11: wu.chunks[0][0], 30: b.act(nxt.outs[0])})
-            return after + 1 - i, [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent, variant,
+            return after + 1 - i, [gemv(b, wd, "", yd, vec, rows, K // wgsl.vwidth(vec), rows, 0, s, ent, variant,
                                         adecl, pd)]
     if len(grp) >= 2:
         parts = []
@@ -380,9 +397,9 @@ def fuse_gemv(b, ops, i, s: Step):
                 ent[20 + jj] = bt.chunks[0][0]
             ent[30 + jj] = b.act(p.outs[0])
             parts.append((wt.shape[0], wt.dtype, bt.dtype if bt is not None else None))
-        wd, yd = wgsl.multi_gemv(parts, vec)
+        wd, yd = wgsl.multi_gemv(parts, vec, b.storage)
         rows = sum(n for n, _f, _bf in parts)
-        return after - i, [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent, variant, adecl)]
+        return after - i, [gemv(b, wd, "", yd, vec, rows, K // wgsl.vwidth(vec), rows, 0, s, ent, variant, adecl)]
     # one GEMV: a folded norm and/or the residual add after it
     add = (rich and nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
            and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, after + 1, o.outs[0]))
@@ -392,14 +409,14 @@ def fuse_gemv(b, ops, i, s: Step):
     bdecl = wgsl.NO_BIAS
     if o.weights.get("b"):
         bt = b.tensors[o.weights["b"]]
-        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
+        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1, b.storage)
         ent[2] = bt.chunks[0][0]
     ent[1] = wt.chunks[0][0]
     ent[4] = b.act(nxt.outs[0] if add else o.outs[0])
-    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
+    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec, b.storage), vec)
     yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
     NF = wt.shape[0]
-    return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // vec, NF, 0, s, ent, variant, adecl)]
+    return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // wgsl.vwidth(vec), NF, 0, s, ent, variant, adecl)]
 
 
 def _add_norm(b, x, r, y, norm, s: Step):
@@ -410,7 +427,7 @@ def _add_norm(b, x, r, y, norm, s: Step):
     if r is not None:
         rdecl = wgsl.act_in(2, "r") + "\nfn ldr(i: u32) -> f32 { return r[i]; }"
         ent[2] = b.act(r)
-    src = kernels.render("add_norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1), RDECL=rdecl, D=b.widths[x],
+    src = kernels.render("add_norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1, b.storage), RDECL=rdecl, D=b.widths[x],
                          EPS=wgsl.f32lit(norm.attrs["eps"]), ADD="true" if r is not None else "false")
     return b.dispatch(src, ent, s.rows, head=s.head)
 

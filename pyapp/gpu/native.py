@@ -65,7 +65,7 @@ class NativeDevice(Device):
                    "max_compute_workgroup_storage_size": lim["max-compute-workgroup-storage-size"]}
         if limits:
             req.update(limits)
-        feats = [f for f in ("subgroup", "timestamp-query") if f in ad.features]
+        feats = [f for f in ("subgroup", "shader-f16", "timestamp-query") if f in ad.features]
         dev = ad.request_device_sync(required_features=feats, required_limits=req)
         return cls(ad, dev)
 

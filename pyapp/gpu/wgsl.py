@@ -11,39 +11,67 @@ from .device import GpuError
 NO_BIAS = "fn ldb(i: u32) -> f32 { return 0.0; }"
 
 
-def wdecl(binding: int, name: str, fmt: str, vec: int) -> str:
-    """Declaration of weight binding `name` and its loader `ld<name>(i)`: value i (vec 1) or
-    values 4i..4i+3 as a vec4f (vec 4), dequantized in registers."""
+# storage kinds of weight bindings: "u32" (words unpacked in the shader; every adapter) and
+# "f16" (typed f16 loads; adapters with `shader-f16`): `formats.WeightFormat.loader`
+STORAGE = ("u32", "f16")
+_SUFFIX = {1: "", 4: ".vec4", "q": ".q"}
+
+
+def _loader(fmt: str, storage: str) -> str:
     f = formats.get(fmt)
-    if f.wgsl is None:
+    name = f.loader(storage)
+    if name is None:
         raise GpuError(f"weight format {f.name} has no WebGPU loader")
-    return kernels.snippet(f"formats/{f.wgsl}" + (".vec4" if vec == 4 else ""), B=binding, N=name)
+    return name
 
 
-def norm_weight(fmt: str, offset=None) -> str:
+def wdecl(binding: int, name: str, fmt: str, vec, storage: str = "u32") -> str:
+    """Declaration of weight binding `name` and its loader `ld<name>(i)`: value i (vec 1) or
+    values 4i..4i+3 as a vec4f (vec 4), dequantized in registers; vec "q": the block-word
+    loaders `dm<name>(b)` / `qs<name>(b, j)` of the `sgb` GEMV.  `storage`: which loader of the
+    format (u32 words or typed f16), falling back to u32 where the format has no f16 one."""
+    return kernels.snippet(f"formats/{_loader(fmt, storage)}{_SUFFIX[vec]}", B=binding, N=name)
+
+
+def has_q(fmt: str) -> bool:
+    """`fmt` has the block-word loaders of the `sgb` GEMV (`<fmt>.q.wgsl`: Q4_1)."""
+    f = formats.get(fmt)
+    return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.q")
+
+
+def norm_weight(fmt: str, offset=None, storage: str = "u32") -> str:
     """A norm's weight loader `ldw(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
     if not offset:
-        return wdecl(1, "w", fmt, 1)
-    return wdecl(1, "w0", fmt, 1) + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}"
+        return wdecl(1, "w", fmt, 1, storage)
+    return (wdecl(1, "w0", fmt, 1, storage)
+            + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}")
 
 
-def block_wdecl(binding: int, name: str, fmt: str) -> str | None:
+def block_wdecl(binding: int, name: str, fmt: str, storage: str = "u32") -> str | None:
     """The optional whole-block loader `ld<name>(b) -> array<vec4f, block / 4>` of a block
     format (`kernels/formats/<fmt>.blk.wgsl`), or None."""
     f = formats.get(fmt)
-    if not f.quantized or f.wgsl is None or not kernels.exists(f"formats/{f.wgsl}.blk"):
+    if not f.quantized or f.wgsl is None:
         return None
-    return kernels.snippet(f"formats/{f.wgsl}.blk", B=binding, N=name)
+    name_ = f.loader(storage)
+    if not kernels.exists(f"formats/{name_}.blk"):
+        return None
+    return kernels.snippet(f"formats/{name_}.blk", B=binding, N=name)
 
 
-def mulv(vec: int) -> str:
-    if vec == 4:
+def mulv(vec) -> str:
+    if vec in (4, "q"):
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
     return "fn mulv(a: f32, b: f32) -> f32 { return a * b; }"
 
 
-def vtype(vec: int) -> str:
-    return "vec4f" if vec == 4 else "f32"
+def vwidth(vec) -> int:
+    """Values per input load of a GEMV reading weights as `vec` (the "q" block words: vec4)."""
+    return 4 if vec == "q" else vec
+
+
+def vtype(vec) -> str:
+    return "vec4f" if vec in (4, "q") else "f32"
 
 
 def f32lit(v) -> str:
@@ -65,8 +93,12 @@ def norm_input(inplace: bool) -> str:
     return act_in(3, "xin") + "\nfn ldx(i: u32) -> f32 { return xin[i]; }"
 
 
-def gemv_weight(wdecl_: str, vec: int) -> str:
-    """A single GEMV weight: `ldw_at(n, k)` over rows of K (vec units)."""
+def gemv_weight(wdecl_: str, vec) -> str:
+    """A single GEMV weight: `ldw_at(n, k)` over rows of K (vec units); vec "q": `dmw_at(n, b)`
+    and `qsw_at(n, b, j)` over rows of NB blocks."""
+    if vec == "q":
+        return (f"{wdecl_}\nfn dmw_at(n: u32, b: u32) -> vec2f {{ return dmw(n * NB + b); }}\n"
+                "fn qsw_at(n: u32, b: u32, j: u32) -> u32 { return qsw(n * NB + b, j); }")
     return (f"{wdecl_}\n{mulv(vec)}\n"
             f"fn ldw_at(n: u32, k: u32) -> {vtype(vec)} {{ return ldw(n * K + k); }}")
 
@@ -79,7 +111,7 @@ GEMV_STORE_ADD = (act_out(4, "y") + "\n"
                   "fn store(t: u32, n: u32, v: f32) { let i = t * YS + N0 + n; y[i] = y[i] + (v + ldb(N0 + n)); }")
 
 
-def gemv_input(vec: int, norm=None) -> str:
+def gemv_input(vec, norm=None, storage: str = "u32") -> str:
     """ADECL: the GEMV input `a` (binding 3) with `scl(v, k)` / `fin(v, ss)`. `norm` =
     (weight format, eps, width in values): the input's RMSNorm folded in, weight at binding 5:
     y = (sum_k W[n,k] a[k] w[k]) / sqrt(sum_k a[k]^2 / D + eps), the sum of squares taken
@@ -91,49 +123,113 @@ def gemv_input(vec: int, norm=None) -> str:
                 f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v; }}\n"
                 "fn fin(v: f32, ss: f32) -> f32 { return v; }")
     fmt, eps, width = norm
-    return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, vec)}\n"
+    nvec = 4 if vec == "q" else vec
+    return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, nvec, storage)}\n"
             f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * ldnw(k); }}\n"
             f"fn fin(v: f32, ss: f32) -> f32 {{ return v * (1.0 / sqrt(ss / {width}.0 + {f32lit(eps)})); }}")
 
 
-def no_pair(vec: int) -> str:
+def no_pair(vec) -> str:
     """PAIRDECL of a plain GEMV (one weight per column)."""
     vt = vtype(vec)
+    if vec == "q":
+        return ("const PAIR: bool = false;\nfn dmw2_at(n: u32, b: u32) -> vec2f { return vec2f(); }\n"
+                "fn qsw2_at(n: u32, b: u32, j: u32) -> u32 { return 0u; }\n"
+                "fn store2(t: u32, n: u32, g: f32, u: f32) {}")
     return (f"const PAIR: bool = false;\nfn ldw2_at(n: u32, k: u32) -> {vt} {{ return {vt}(); }}\n"
             "fn store2(t: u32, n: u32, g: f32, u: f32) {}")
 
 
-def silu_pair(gate_fmt: str, up_fmt: str, rows: int, vec: int) -> tuple[str, str, str]:
+def silu_pair(gate_fmt: str, up_fmt: str, rows: int, vec, storage: str = "u32") -> tuple[str, str, str]:
     """(WDECL, YDECL, PAIRDECL) of gate/up in one GEMV with SiLU(g)*u in its store: column n
     reads gate row n (binding 10) and up row n (binding 11) against the same input load."""
     vt = vtype(vec)
-    wd = (f"{mulv(vec)}\n{wdecl(10, 'w0', gate_fmt, vec)}\n{wdecl(11, 'w1', up_fmt, vec)}\n"
-          f"fn ldw_at(n: u32, k: u32) -> {vt} {{ return ldw0(n * K + k); }}")
+    wd = f"{mulv(vec)}\n{wdecl(10, 'w0', gate_fmt, vec, storage)}\n{wdecl(11, 'w1', up_fmt, vec, storage)}\n"
+    if vec == "q":
+        wd += ("fn dmw_at(n: u32, b: u32) -> vec2f { return dmw0(n * NB + b); }\n"
+               "fn qsw_at(n: u32, b: u32, j: u32) -> u32 { return qsw0(n * NB + b, j); }")
+        pair = ("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1(n * NB + b); }\n"
+                "fn qsw2_at(n: u32, b: u32, j: u32) -> u32 { return qsw1(n * NB + b, j); }")
+    else:
+        wd += f"fn ldw_at(n: u32, k: u32) -> {vt} {{ return ldw0(n * K + k); }}"
+        pair = f"fn ldw2_at(n: u32, k: u32) -> {vt} {{ return ldw1(n * K + k); }}"
     yd = (act_out(30, "y") + "\nfn store(t: u32, n: u32, v: f32) {}")
-    pd = (f"const PAIR: bool = true;\nfn ldw2_at(n: u32, k: u32) -> {vt} {{ return ldw1(n * K + k); }}\n"
+    pd = (f"const PAIR: bool = true;\n{pair}\n"
           f"fn store2(t: u32, n: u32, g: f32, u: f32) {{ y[t * {rows}u + n] = g / (1.0 + exp(-g)) * u; }}")
     return wd, yd, pd
 
 
-def multi_gemv(parts, vec: int) -> tuple[str, str]:
+def multi_gemv(parts, vec, storage: str = "u32") -> tuple[str, str]:
     """(WDECL, YDECL) of one GEMV over the concatenated rows of several weights sharing an
     input: `parts` = [(rows, weight format, bias format or None)]; weight i at binding 10+i,
     its bias at 20+i, its output at 30+i."""
-    decl, load, store, e = [mulv(vec)], [], [], 0
+    decl, load, dml, qsl, store, e = [mulv(vec)], [], [], [], [], 0
     for i, (n, wfmt, bfmt) in enumerate(parts):
-        decl.append(wdecl(10 + i, f"w{i}", wfmt, vec))
+        decl.append(wdecl(10 + i, f"w{i}", wfmt, vec, storage))
         bias = ""
         if bfmt is not None:
-            decl.append(wdecl(20 + i, f"b{i}", bfmt, 1))
+            decl.append(wdecl(20 + i, f"b{i}", bfmt, 1, storage))
             bias = f" + ldb{i}(n - {e}u)"
         decl.append(act_out(30 + i, f"y{i}"))
         cond = f"if (n < {e + n}u) " if i < len(parts) - 1 else ""
         load.append(f"{cond}{{ return ldw{i}((n - {e}u) * K + k); }}")
+        dml.append(f"{cond}{{ return dmw{i}((n - {e}u) * NB + b); }}")
+        qsl.append(f"{cond}{{ return qsw{i}((n - {e}u) * NB + b, j); }}")
         store.append(f"{cond}{{ y{i}[t * {n}u + n - {e}u] = v{bias}; return; }}")
         e += n
-    wd = "\n".join(decl) + f"\nfn ldw_at(n: u32, k: u32) -> {vtype(vec)} {{\n  " + "\n  ".join(load) + "\n}"
+    if vec == "q":
+        wd = ("\n".join(decl) + "\nfn dmw_at(n: u32, b: u32) -> vec2f {\n  " + "\n  ".join(dml) + "\n}"
+              "\nfn qsw_at(n: u32, b: u32, j: u32) -> u32 {\n  " + "\n  ".join(qsl) + "\n}")
+    else:
+        wd = "\n".join(decl) + f"\nfn ldw_at(n: u32, k: u32) -> {vtype(vec)} {{\n  " + "\n  ".join(load) + "\n}"
     yd = "fn store(t: u32, n: u32, v: f32) {\n  " + "\n  ".join(store) + "\n}"
     return wd, yd
+
+
+def sgb_code(R: int, U: int, TB: int) -> dict:
+    """DECL / BODY / REDUCE of linear_sgb.wgsl written out for R columns, U units per trip and
+    TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
+    rs, us, ts = range(R), range(U), range(TB)
+    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
+    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
+    decl += [f"  var ss{t} = 0.0;" for t in ts]
+    body = []
+    for u in us:                                           # all loads of the trip first
+        body += [f"    let u{u} = u0 + {u}u * sgs;",
+                 f"    let k{u} = select(0.0, 1.0, u{u} < NB * 4u);     // 0: past the row end",
+                 f"    let b{u} = min(u{u}, NB * 4u - 1u) >> 2u;",
+                 f"    let j{u} = u{u} & 3u;"]
+        for t in ts:
+            body += [f"    let o{u}_{t} = min(t0 + {t}u, p.T - 1u) * K + b{u} * 8u + j{u};",
+                     f"    let al{u}_{t} = a[o{u}_{t}] * k{u};",
+                     f"    let ah{u}_{t} = a[o{u}_{t} + 4u] * k{u};"]
+        for r in rs:
+            body += [f"    let dm{u}_{r} = dmw_at(n{r}, b{u});", f"    let q{u}_{r} = qsw_at(n{r}, b{u}, j{u});",
+                     f"    var dmp{u}_{r} = vec2f();", f"    var qp{u}_{r} = 0u;",
+                     f"    if (PAIR) {{ dmp{u}_{r} = dmw2_at(n{r}, b{u}); qp{u}_{r} = qsw2_at(n{r}, b{u}, j{u}); }}"]
+    for u in us:
+        for t in ts:
+            body += [f"    if (NORM) {{ ss{t} += dot(al{u}_{t}, al{u}_{t}) + dot(ah{u}_{t}, ah{u}_{t}); }}",
+                     f"    let xl{u}_{t} = scl(al{u}_{t}, b{u} * 8u + j{u});",
+                     f"    let xh{u}_{t} = scl(ah{u}_{t}, b{u} * 8u + 4u + j{u});",
+                     f"    let sx{u}_{t} = dot(xl{u}_{t} + xh{u}_{t}, vec4f(1.0));"]
+        for r in rs:
+            for w, dm, q, acc in (("", "dm", "q", "acc"), ("p", "dmp", "qp", "acp")):
+                lines = [f"let lo{w}{u}_{r} = nib({q}{u}_{r});", f"let hi{w}{u}_{r} = nib({q}{u}_{r} >> 4u);",
+                         f"let sc{w}{u}_{r} = {dm}{u}_{r}.x * 255.0;"]
+                lines += [f"{acc}{r}_{t} += sc{w}{u}_{r} * (dot(lo{w}{u}_{r}, xl{u}_{t}) + dot(hi{w}{u}_{r}, xh{u}_{t}))"
+                          f" + {dm}{u}_{r}.y * sx{u}_{t};" for t in ts]
+                body.append(("    " if not w else "    if (PAIR) { ") + " ".join(lines) + (" }" if w else ""))
+    red = []
+    for t in ts:
+        red.append(f"  var q{t} = 0.0;\n  if (NORM) {{ q{t} = subgroupAdd(ss{t}); }}")
+        for r in rs:
+            red += [f"  let s{r}_{t} = subgroupAdd(acc{r}_{t});",
+                    f"  var s2{r}_{t} = 0.0;\n  if (PAIR) {{ s2{r}_{t} = subgroupAdd(acp{r}_{t}); }}",
+                    f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
+                    f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
+                    f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": "\n".join(red)}
 
 
 ELEMENTWISE = {                     # op kind -> (input names, body over index i)

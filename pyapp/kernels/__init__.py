@@ -32,9 +32,10 @@ def snippet(name: str, **subs) -> str:
 def render(name: str, prelude: str = "", **subs) -> str:
     """common.wgsl + prelude + the template `name` with `subs` substituted."""
     body = Template(source(name)).substitute({k: str(v) for k, v in subs.items()})
-    # directives (`enable subgroups;`) must precede every declaration
+    # directives (`enable subgroups;`, a loader's `enable f16;`) must precede every declaration;
+    # one of each (several f16 loaders in one kernel each bring theirs)
     lines = body.split("\n")
-    enables = [ln for ln in lines if ln.strip().startswith("enable ")]
+    enables = list(dict.fromkeys(ln.strip() for ln in lines if ln.strip().startswith("enable ")))
     body = "\n".join(ln for ln in lines if not ln.strip().startswith("enable "))
     return "\n".join(enables + [prelude + source("common"), body])
 

@@ -1,0 +1,241 @@
+"""Weight storage kinds and the Q4_1 block GEMV on lavapipe (wgpu-py), against numpy.
+
+* f16 storage (`shader-f16`, lavapipe has it): every format's GEMV and embedding gather with
+  the f16-storage loaders (f16 as `array<f16>` / `vec4<f16>`, Q4_1 and Q4_K blocks as structs
+  with f16 scale fields; Q8_0 / Q5_0 / Q6_K keep their u32 loaders: 2-byte-aligned blocks),
+  and the "u32" switch still giving the packed loaders.
+* `sgbR` (linear_sgb.wgsl, llama.cpp's q4_1 mul_mat_vec layout): plain, split across
+  bindings, and fused (RMSNorm folded + q/k/v in one dispatch; gate/up + SiLU; + residual).
+* SmolLM2-135M Q4_1: 32 greedy ids with f16 storage forced (and with sgb2) equal
+  transformers' on the dequantized weights.
+
+References: pyapp.formats' numpy decode (checked against gguf's dequantize in
+test_gpu_formats / test_gemma_gpu_kernels), in float64.  Tolerance as there: max |gpu - ref|
+/ max |ref| <= 1e-5 (f32 accumulation; the dequantized values are exact in f32).
+Shapes: SmolLM2's real ones (576, 192, 1536, the 49152-row table) and Gemma's 640 x 2048 for
+the 256-value super-blocks; odd ones (135 rows, K = 96 = 3 blocks, tables split by rows)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyapp import formats
+from pyapp.models import Model, op
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("wgpu")
+gguf = pytest.importorskip("gguf")
+from test_gemma_gpu_kernels import random_blocks  # noqa: E402
+from test_gpu_formats import blocks, gemv_backend, relerr  # noqa: E402
+
+TOL = 1e-5
+ALL = ["f16", "q4_1", "q8_0", "q5_0", "q4_k", "q6_k"]
+F16_LOADERS = {"f16", "q4_1", "q4_k"}       # formats with a `wgsl_f16` entry
+
+
+@pytest.fixture(autouse=True)
+def _needs_f16(device):
+    if "shader-f16" not in device.features:
+        pytest.skip("adapter without shader-f16")
+
+
+def weights(fmt, N, K, seed):
+    """(stored bytes or f16 array, the numpy decode in float64)."""
+    if fmt == "f16":
+        w = (np.random.default_rng(seed).standard_normal((N, K)) * 0.1).astype(np.float16)
+        return w, w.astype(np.float64)
+    raw = blocks(fmt, N, K, seed)[0] if fmt in ("q4_1", "q8_0") else random_blocks(fmt, N, K, seed)
+    return raw, formats.get(fmt).decode(raw, (N, K)).astype(np.float64)
+
+
+def shapes_of(fmt):
+    """(real, odd) GEMV shapes whose rows hold whole blocks of `fmt`."""
+    if formats.get(fmt).block == 256:
+        return [(640, 2048), (135, 768)]          # Gemma 3's MLP down shape; 3 super-blocks
+    return [(1536, 576), (576, 1536), (192, 576), (135, 96)]
+
+
+def used_loader(device, fmt, vec, storage):
+    """The loader `fmt` gets under `storage` is in a pipeline the device compiled."""
+    from pyapp.gpu import wgsl
+    body = "\n".join(ln for ln in wgsl.wdecl(1, "w", fmt, vec, storage).split("\n")
+                     if not ln.startswith("enable"))
+    return any(body in src for src in device._pipelines)
+
+
+def run_gemv(device, fmt, N, K, T, variants, seed=0, max_binding=None):
+    raw, W = weights(fmt, N, K, seed)
+    g = gemv_backend(device, [op("linear", "x", "y", {"w": "w", "b": None})], {"w": (N, K)},
+                     {"w": fmt}, K, variants, max_binding, {"y": N})
+    g.write_weight("w", 0, raw)
+    x = np.random.default_rng(seed + 1).standard_normal((T, K)).astype(np.float32)
+    g.poison()
+    g.forward(x=x, head=False)
+    err = relerr(g.read_activation("y", T), x.astype(np.float64) @ W.T)
+    storage, chunks = g.storage, len(g.tensors["w"].chunks)
+    g.destroy()
+    return err, storage, chunks
+
+
+@pytest.mark.parametrize("fmt", ALL)
+@pytest.mark.parametrize("variant", ["row", "sg4"])
+def test_gemv_f16_storage(device, fmt, variant):
+    from pyapp.gpu import wgsl
+    if variant.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    for N, K in shapes_of(fmt):
+        T = 1 if (N, K) != (135, 96) else 5
+        err, storage, _ = run_gemv(device, fmt, N, K, T, {"linear": variant}, seed=N + K)
+        assert storage == "f16" and err <= TOL, (fmt, N, K, variant, err)
+    vec = 4 if variant == "sg4" or not formats.get(fmt).quantized else 1
+    if variant == "row" and formats.get(fmt).quantized:
+        return                                   # row reads whole blocks (.blk) or scalars
+    assert used_loader(device, fmt, vec, "f16")
+    assert ("enable f16" in wgsl.wdecl(1, "w", fmt, vec, "f16")) == (fmt in F16_LOADERS)
+
+
+@pytest.mark.parametrize("fmt", ["f16", "q4_1", "q4_k"])
+def test_u32_storage_switch(device, fmt):
+    """`storage: u32` in the variants: the packed loaders, as on an adapter without shader-f16."""
+    N, K = shapes_of(fmt)[-1]
+    err, storage, _ = run_gemv(device, fmt, N, K, 3, {"linear": "wg", "storage": "u32"}, seed=4)
+    assert storage == "u32" and err <= TOL
+    assert used_loader(device, fmt, 4 if K % 4 == 0 else 1, "u32")
+
+
+@pytest.mark.parametrize("fmt", ALL)
+def test_embedding_gather_f16_storage(device, fmt):
+    """Token rows straight out of the stored bytes: SmolLM2's 49152 x 576 table (Gemma-like
+    256-block rows for the K-quants), and an odd table split across bindings.  Exact."""
+    from pyapp.gpu import GpuBackend
+    big = (49152, 576) if formats.get(fmt).block == 32 or fmt == "f16" else (4096, 1024)
+    for (V, D), mb in ((big, None), ((203, 96 if formats.get(fmt).block < 256 else 512), 4096)):
+        raw, E = weights(fmt, V, D, V)
+        m = Model(arch="test", config={}, hidden=D, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=D,
+                  vocab=V, max_context=16, causal=False, embed=[op("embed", "ids", "x", {"tokens": "tok"})],
+                  layers=[[]], head=[])
+        g = GpuBackend(device, m, 0, 1, embed=True, head=False, shapes={"tok": (V, D)},
+                       dtypes={"tok": fmt}, max_tokens=8, max_positions=16, max_binding=mb)
+        assert g.storage == "f16"
+        g.write_weight("tok", 0, raw)
+        if mb:
+            assert len(g.tensors["tok"].chunks) > 2
+        ids = [0, V - 1, 7, V // 2, 100, 3]
+        g.poison()
+        got = g.forward(ids=ids, head=False)
+        g.destroy()
+        assert np.array_equal(got, E[ids].astype(np.float32)), (fmt, V, D)
+    assert used_loader(device, fmt, 1, "f16")
+
+
+# ----------------------------------------------------------------------------- sgb (Q4_1 blocks)
+
+@pytest.mark.parametrize("storage", ["u32", "f16"])
+@pytest.mark.parametrize("variant", ["sgb1", "sgb2", "sgb4", "sgb1u4", "sgb2u2", "sgb4u2"])
+def test_gemv_sgb_q4_1(device, storage, variant):
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    v = {"linear": variant, "storage": storage}
+    for (N, K), T in [((576, 576), 1), ((192, 576), 1), ((1536, 576), 1), ((576, 1536), 1),
+                      ((135, 96), 5), ((1536, 576), 3)]:
+        err, got_storage, _ = run_gemv(device, "q4_1", N, K, T, v, seed=N + K + T)
+        assert got_storage == storage and err <= TOL, (N, K, T, variant, err)
+    err, _, chunks = run_gemv(device, "q4_1", 203, 96, 2, v, seed=9, max_binding=4096)
+    assert chunks > 1 and err <= TOL
+    assert any("fn dmw_at" in src for src in device._pipelines)     # the block-word kernel ran
+
+
+def test_gemv_sgb_falls_back_for_other_formats(device):
+    """Weights without block-word loaders (Q8_0, f16) run the vec4 subgroup kernel."""
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    for fmt in ("q8_0", "f16"):
+        err, _, _ = run_gemv(device, fmt, 135, 96, 2, {"linear": "sgb2"}, seed=3)
+        assert err <= TOL, fmt
+
+
+@pytest.mark.parametrize("storage", ["u32", "f16"])
+def test_sgb_fused_layer(device, storage):
+    """One dispatch each for RMSNorm + q/k/v, gate/up + SiLU*mul, and down + residual add,
+    all Q4_1 through linear_sgb, against numpy on the dequantized weights."""
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    D, F, KV, eps = 576, 1536, 192, 1e-5
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=eps),
+             op("linear", "h", "q", {"w": "wq", "b": None}),
+             op("linear", "h", "k", {"w": "wk", "b": None}),
+             op("linear", "h", "v", {"w": "wv", "b": None}),
+             op("add", ("x", "q"), "x"),
+             op("rms_norm", "x", "h2", {"w": "nw2"}, eps=eps),
+             op("linear", "h2", "g", {"w": "wg", "b": None}),
+             op("linear", "h2", "u", {"w": "wu", "b": None}),
+             op("silu_mul", ("g", "u"), "m"),
+             op("linear", "m", "d", {"w": "wd", "b": None}),
+             op("add", ("x", "d"), "x")]
+    shp = {"wq": (D, D), "wk": (KV, D), "wv": (KV, D), "wg": (F, D), "wu": (F, D), "wd": (D, F)}
+    g = gemv_backend(device, layer, {**shp, "nw": (D,), "nw2": (D,)},
+                     {**{n: "q4_1" for n in shp}, "nw": "f32", "nw2": "f32"}, D,
+                     {"linear": "sgb2", "fuse": True, "norm_wg": 64, "storage": storage},
+                     widths={"h": D, "q": D, "k": KV, "v": KV, "h2": D, "g": F, "u": F, "m": F, "d": D})
+    rng = np.random.default_rng(11)
+    W = {}
+    for i, (n, (N, K)) in enumerate(shp.items()):
+        raw, W[n] = weights("q4_1", N, K, 20 + i)
+        g.write_weight(n, 0, raw)
+    nw, nw2 = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32), (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    g.write_weight("nw", 0, nw)
+    g.write_weight("nw2", 0, nw2)
+    rec, n = g._plan(2, None, 0, 1, False, False, False, False)
+    assert n == 4                   # norm+q/k/v | add+norm | gate/up+SiLU | down+add
+    x = rng.standard_normal((2, D)).astype(np.float32)
+    g.poison()
+    g.forward(x=x, head=False)
+
+    def rms(a, w):
+        return a / np.sqrt((a * a).mean(-1, keepdims=True) + eps) * w
+    x64 = x.astype(np.float64)
+    h = rms(x64, nw)
+    q, k, v = h @ W["wq"].T, h @ W["wk"].T, h @ W["wv"].T
+    x1 = x64 + q
+    h2 = rms(x1, nw2)
+    gg, uu = h2 @ W["wg"].T, h2 @ W["wu"].T
+    m = gg / (1 + np.exp(-gg)) * uu
+    out = x1 + m @ W["wd"].T
+    for name, ref in (("k", k), ("v", v), ("m", m), ("x", out)):
+        assert relerr(g.read_activation(name, 2), ref) <= 1e-4, name
+    assert any("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1" in s for s in device._pipelines)
+
+
+# ----------------------------------------------------------------------------- SmolLM2 Q4_1
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("linear", ["sg4", "sgb2"])
+def test_smollm2_q4_1_greedy_f16_storage(device, linear):
+    """The store's SmolLM2 Q4_1 blocks with f16 storage forced: 32 greedy ids equal
+    transformers' on the same blocks dequantized by gguf (the store's model.safetensors)."""
+    from test_gpu_real import Q_PROMPTS, _store
+
+    from pyapp.decode import generate
+    from pyapp.gpu import GpuBackend
+    from pyapp.sampling import SamplingParams
+    from pyapp.tokenizer import Tokenizer
+    from test_real_models import torch_greedy
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    if linear.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    d = _store("smollm2-135m")
+    if not (d / "model.q4_1.safetensors").exists():
+        pytest.skip("smollm2-135m has no Q4_1 file")
+    tok = Tokenizer.from_pretrained(str(d))
+    ref = tf.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    gb = GpuBackend.load(d, "q4_1", device=device, variants={
+        "linear": linear, "norm_wg": 64, "attention": "wg", "storage": "f16"})
+    assert gb.storage == "f16"
+    assert {t.dtype for t in gb.tensors.values()} >= {"q4_1"}
+    for _kind, p in Q_PROMPTS[:1]:
+        ids = tok.encode(p).ids
+        want = torch_greedy(ref, ids, 32)
+        c = gb.new_cache(len(ids) + 40)
+        got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
+        assert got == want, linear
