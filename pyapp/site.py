@@ -135,7 +135,8 @@ def build_model(out: Path, name: str, dtype: str, max_file_size: int = MAX_FILE_
     mdir = out / "models" / name
     (mdir / "manifest.json").write_text(json.dumps(m))
     sizes = [int(e["size"]) for e in m["files"].values()]
-    assert max(sizes) <= max_file_size, (name, max(sizes))
+    if max(sizes) > max_file_size:       # a bug, not bad input: every file above was cut to fit
+        raise PyappError(f"{name}: a file of {max(sizes)} bytes is over --max-file-size {max_file_size}")
     log(f"  {name} ({dtype}): {len(sizes)} files ({written} weight files written), "
         f"{sum(sizes) / 1e6:.1f} MB, largest {max(sizes) / 1e6:.1f} MB")
     return {"id": name, "object": "model", "pyapp": {"n_layers": m["n_layers"], "kind": m["kind"],
