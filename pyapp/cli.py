@@ -210,7 +210,12 @@ def cmd_synth(a):
 
 def cmd_build_site(a):
     from .site import DEFAULT_MODELS, build_site
-    build_site(a.out_dir, a.model or DEFAULT_MODELS, a.format)
+    from .site import parse_size
+    try:
+        size = parse_size(a.max_file_size)
+    except ValueError as e:
+        raise PyappError(f"--max-file-size: {e}") from None
+    build_site(a.out_dir, a.model or DEFAULT_MODELS, a.format, size)
 
 
 def build_parser():
@@ -275,8 +280,12 @@ def build_parser():
     s.add_argument("out_dir")
     s.add_argument("--model", action="append", default=None,
                    help="a model to include (repeatable); default: smollm2-135m and minilm-l6")
-    s.add_argument("--format", default="f32", choices=list(SERVED_TAGS),
-                   help="weight format (a model without it is included in f32)")
+    s.add_argument("--format", default=None, choices=list(SERVED_TAGS),
+                   help="weight format; default (and for a model without the one named): the "
+                        "smallest format the model has, which the page runs by default")
+    s.add_argument("--max-file-size", default="16MiB",
+                   help="no file of the site is larger (default and most: 16MiB; e.g. 4MiB, "
+                        "4000000); under Cloudflare Pages' 25 MiB and GitHub Pages' 100 MB caps")
     s.set_defaults(fn=cmd_build_site)
 
     sub.add_parser("serve", help="run the server (see `pyapp serve --help`)", add_help=False)

@@ -72,3 +72,26 @@ def eos_ids(model_dir, model) -> tuple:
         if g is not None:
             eos += g if isinstance(g, list) else [g]
     return tuple(dict.fromkeys(int(e) for e in eos))
+
+
+def default_format(model_dir) -> str:
+    """The format a model runs in when none is named: the served format (formats.SERVED_TAGS)
+    it has with the fewest weight bytes (every tensor once; ties by name), as the edge's
+    ``generate`` and ``saveOffline`` choose (pyapp/edge/api.py ``resolve_format``).  Every one
+    is u32-packed, so every adapter runs it."""
+    d = Path(model_dir)
+    sizes = {}
+    for tag in formats.SERVED_TAGS:
+        try:
+            wf = weight_files(d, tag)
+        except FileNotFoundError:
+            continue
+        total = 0
+        for p in set(wf.values()):
+            header, _ = read_safetensors_header(p)
+            total += sum(t["data_offsets"][1] - t["data_offsets"][0] for k, t in header.items()
+                         if wf.get(k) == p)
+        sizes[tag] = total
+    if not sizes:
+        raise FileNotFoundError(f"{d.name} has no weight file")
+    return min(sizes, key=lambda t: (sizes[t], t))

@@ -44,11 +44,11 @@ def _sha256_file(path: Path, buf=1 << 20) -> str:
     return h.hexdigest()
 
 
-def _piece_cuts(tensors, ranges) -> list:
+def _piece_cuts(tensors, ranges, piece=None) -> list:
     """[[start, length]] of a chunk's pieces in its byte stream (its ranges concatenated), each
-    at most PIECE_BYTES; a cut inside a tensor falls on a 4-byte boundary of that tensor (the
-    GPU takes writes at multiples of 4)."""
-    piece = PIECE_BYTES
+    at most ``piece`` (default PIECE_BYTES) bytes; a cut inside a tensor falls on a 4-byte
+    boundary of that tensor (the GPU takes writes at multiples of 4)."""
+    piece = PIECE_BYTES if piece is None else int(piece)
     starts, pos = {}, 0
     for off, length in ranges:                   # file offset -> stream offset, per range
         starts[off] = pos
@@ -91,6 +91,17 @@ def _sha256_pieces(path: Path, ranges, cuts, buf=1 << 20) -> tuple[str, list]:
                 if pos == cuts[k][0] + cuts[k][1] and k + 1 < len(cuts):
                     k += 1
     return whole.hexdigest(), [h.hexdigest() for h in hs]
+
+
+def repiece(chunk: dict, path: Path, piece_bytes: int) -> dict:
+    """``chunk`` (of a manifest over the weight file ``path``) with its pieces cut again at most
+    ``piece_bytes`` long and hashed from the file: for a static site whose files must be smaller
+    than PIECE_BYTES (pyapp build-site --max-file-size)."""
+    cuts = _piece_cuts(chunk["tensors"], chunk["ranges"], piece_bytes)
+    sha, piece_sha = _sha256_pieces(Path(path), chunk["ranges"], cuts)
+    if sha != chunk["sha256"]:
+        raise ValueError(f"{Path(path).name} changed since its manifest was made (chunk {chunk['id']})")
+    return dict(chunk, pieces=[[a, n, h] for (a, n), h in zip(cuts, piece_sha)])
 
 
 def _coalesce(spans):

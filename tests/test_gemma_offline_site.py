@@ -2,8 +2,8 @@
 with a persistent profile (the service worker lives across reloads), as tests/test_offline_site.py
 does for SmolLM2.
 
-`pyapp build-site OUT --model gemma3-270m --format q4_k_m` (the GGUF's own blocks: 247 MB of
-chunk files rather than 1.07 GB of f32) served by `python3 -m http.server` (plain files, no Range):
+`pyapp build-site OUT --model gemma3-270m` (its default, the GGUF's own q4_k_m blocks: 281 MB of
+files, none over 16 MiB, rather than 1.07 GB of f32) served by `python3 -m http.server` (plain files, no Range):
 the picker shows Gemma in q4_k_m; greedy generation at split 0 gives transformers' ids (the same
 GGUF in float32, ``test_gemma_model.reference``); `pyapp.saveOffline` stores every file; then the
 static server stopped and the context offline: reload, boot from the service worker and generate
@@ -25,7 +25,7 @@ import pytest
 
 from test_edge_harness import ARTIFACTS, ROOT, have_chromium
 from test_gemma_model import MODEL, RAW, gemma_dir, reference  # noqa: F401  (fixtures)
-from test_offline_site import ENV, StaticServer, boot, browser
+from test_offline_site import ENV, StaticServer, boot, browser, check_site_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model,
               pytest.mark.skipif(not have_chromium(), reason="no chromium")]
@@ -37,10 +37,11 @@ N_NEW = 4
 @pytest.fixture(scope="module")
 def site(gemma_dir, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("gemma-site")
-    r = subprocess.run([sys.executable, "-m", "pyapp", "build-site", str(out), "--model", MODEL,
-                        "--format", "q4_k_m"], cwd=ROOT, env=ENV, check=True, timeout=900,
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "pyapp", "build-site", str(out), "--model", MODEL],
+                       cwd=ROOT, env=ENV, check=True, timeout=900, capture_output=True, text=True)
     print("\n" + r.stdout[-600:])
+    m = check_site_files(out, MODEL, "q4_k_m")   # the default; the 178 MB table in 16 MiB pieces
+    assert isinstance(m["tokenizer"]["tokenizer.json"], list)   # 33 MB: in parts the edge joins
     return out
 
 

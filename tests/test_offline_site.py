@@ -3,7 +3,8 @@ persistent profile, so the service worker lives across reloads.
 
 * `pyapp build-site` served by `python3 -m http.server` (no Range support) and `pyapp serve`:
   visit -> `pyapp.saveOffline` -> server stopped and the context offline -> reload -> greedy
-  generation at split 0 gives the ids `pyapp generate --greedy` (numpy, CPU) gives.
+  generation at split 0 gives the ids `pyapp generate --greedy --format q4_1` (numpy, CPU) gives.
+  The site is build-site's default: q4_1 (the smallest format), no file over 16 MiB.
 * A saved weight file rewritten in the Cache API is caught by its sha256, dropped and refetched.
 * One visit, then offline: the page boots; generating names the model that was never saved.
 * A tiny storage quota (DevTools `Storage.overrideQuotaForOrigin`) gives the documented error.
@@ -37,8 +38,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def expected():
-    """The independent reference: the numpy backend through the CLI, on the CPU."""
-    r = subprocess.run([sys.executable, "-m", "pyapp", "generate", SMOL, PROMPT, "--greedy",
+    """The independent reference: the numpy backend through the CLI, on the CPU, in the format
+    the page runs by default and build-site builds by default (the smallest: q4_1 blocks)."""
+    r = subprocess.run([sys.executable, "-m", "pyapp", "generate", SMOL, PROMPT, "--greedy", "--format", "q4_1",
                         "--max-new-tokens", str(N_NEW), "--json"], cwd=ROOT, env=ENV,
                        capture_output=True, text=True, timeout=300, check=True)
     return json.loads(r.stdout)["ids"]
@@ -49,7 +51,19 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     subprocess.run([sys.executable, "-m", "pyapp", "build-site", str(out), "--model", SMOL],
                    cwd=ROOT, env=ENV, check=True, timeout=600, capture_output=True)
+    check_site_files(out, SMOL, "q4_1")
     return out
+
+
+def check_site_files(out, model, fmt, cap=16 << 20):
+    """build-site's default: the model's smallest format, and no file over the 16 MiB cap (a
+    big chunk is one file per manifest piece; SmolLM2's 17.7 MB q4_1 table is two)."""
+    m = json.loads((out / "models" / model / "manifest.json").read_text())
+    assert m["dtype"] == fmt
+    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    assert max(sizes.values()) <= cap, max(sizes.items(), key=lambda kv: kv[1])
+    assert any(c["file"] is None for c in m["chunks"])          # at least one chunk in piece files
+    return m
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -208,7 +222,10 @@ def test_one_visit_boots_offline_and_quota_error(site, tmp_path):
                 cdp.send("Storage.overrideQuotaForOrigin", {"origin": srv.url, "quotaSize": 60_000_000})
                 err = page.evaluate("() => pyapp.saveOffline('smollm2-135m').then(() => null, e => [e.name, e.message, e.stored])")
                 assert err is not None and err[0] == "QuotaExceededError", err
-                assert err[1].startswith("Not enough storage to save smollm2-135m for offline use: it needs 541.6 MB more"), err
+                m = json.loads((site / "models" / SMOL / "manifest.json").read_text())
+                need = sum(f["size"] for f in m["files"].values())     # ~100 MB of q4_1 + tokenizer
+                assert err[1].startswith("Not enough storage to save smollm2-135m for offline use: "
+                                         f"it needs {need / 1e6:.1f} MB more"), err
                 assert "storage.estimate() reports" in err[1] and err[2] < 60_000_000, err
                 st = page.evaluate("() => pyapp.offlineStatus()")["models"][SMOL]
                 assert not st["complete"] and st["bytes"] == err[2]     # what fitted stays: a later save resumes

@@ -1,7 +1,7 @@
 // Offline use and the static site, for boot.js and the page.
 //   saveOffline(model, {format})  every file of the model (in `format`, default the format generate
 //                                 runs by default) into the 'pyapp-models' cache, one file
-//                                 per weight chunk, each checked against its sha256 before it goes
+//                                 per weight chunk (per 16 MiB piece of a bigger one), each checked against its sha256 before it goes
 //                                 in; resumes (files already cached are skipped); pyapp:offline
 //                                 events carry the progress
 //   offlineStatus()               {models: {name: {bytes, total, complete, files, cached, n_layers, kind}},
@@ -108,7 +108,7 @@ async function defaultFormat(model) {
 async function save(model, format) {
   const t0 = performance.now();
   const m = await chunkedManifest(model, format || await defaultFormat(model));
-  const source = Object.fromEntries(m.chunks.filter((c) => c.source).map((c) => [c.file, c.source]));
+  const source = Object.assign({}, ...m.chunks.map((c) => c.sources || {}));   // file -> {url, ranges} (under a server)
   const cache = await caches.open(MODELS);
   const have = new Set((await cache.keys()).map((r) => r.url));
   const files = Object.entries(m.files).map(([name, f]) => ({ name, ...f }));
@@ -120,7 +120,7 @@ async function save(model, format) {
   if (est.quota && est.quota - est.usage < need) throw quotaError(model, need, est);
   const persisted = navigator.storage && navigator.storage.persist ? await navigator.storage.persist().catch(() => false) : false;
   const { source: _s, ...bare } = m;
-  const saved = { ...bare, chunks: m.chunks.map(({ source: _x, ...c }) => c) };
+  const saved = { ...bare, chunks: m.chunks.map(({ sources: _x, ...c }) => c) };
   await put(cache, manifestKey(model), new Response(JSON.stringify(saved), { headers: { 'Content-Type': 'application/json' } }), model, need, 0);
   emit({ model, phase: 'save', done, total, file: null });
   let stored = 0;

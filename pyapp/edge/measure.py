@@ -42,9 +42,11 @@ async def plain_fetch_seconds(manifest, chunks, base_url=""):
     from pyodide.ffi import to_js  # type: ignore[import-not-found]
     total = 0.0
     for c in chunks:
-        url = stream.absolute_url(base_url, manifest["files"][c["file"]]["url"])
-        r = await load("measure").plainFetch(url, to_js(stream.plan_requests(c["ranges"])))
-        total += float(r.ms) / 1e3
+        files = [(c["file"], c["ranges"])] if c.get("file") else [(p["file"], p["ranges"]) for p in stream.chunk_pieces(c)]
+        for f, ranges in files:
+            url = stream.absolute_url(base_url, manifest["files"][f]["url"])
+            r = await load("measure").plainFetch(url, to_js(stream.plan_requests(ranges)))
+            total += float(r.ms) / 1e3
     return total
 
 

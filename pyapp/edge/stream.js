@@ -191,7 +191,8 @@
 
   // A small document (manifest, tokenizer, JSON API reply): the whole exchange within ms, retried
   // on network errors, timeouts and 5xx up to `tries` times.  Returns {ok, status, text | json}.
-  async function fetchDoc(url, init, ms, tries, asJson) {
+  // asBytes: the body as a Uint8Array (fetchDocParts joins parts before decoding).
+  async function fetchDoc(url, init, ms, tries, asJson, asBytes) {
     let last = null;
     for (let i = 0; i < tries; i++) {
       if (i) await sleep(Math.min(2000, 100 * 2 ** i));
@@ -199,7 +200,10 @@
         const { resp, ctl } = await fetchTimed(url, init || {}, ms);
         const t = setTimeout(() => ctl.abort(), ms);
         let text;
-        try { text = await resp.text(); } catch (e) {
+        try {
+          if (asBytes && resp.ok) return { ok: true, status: resp.status, bytes: new Uint8Array(await resp.arrayBuffer()) };
+          text = await resp.text();
+        } catch (e) {
           throw ctl.signal.aborted ? fail('timeout', `the reply from ${url} did not arrive within ${ms / 1000} s`) : e;
         } finally { clearTimeout(t); }
         if (resp.status >= 500 && i + 1 < tries) { last = fail('server', `HTTP ${resp.status} from ${url}`); continue; }
@@ -216,6 +220,22 @@
     throw fail(last && last.code === 'timeout' ? 'timeout' : 'network', `could not fetch ${url} (${why})`);
   }
 
+  // A document a static site stored in parts (each under the host's per-file cap): the parts'
+  // bytes joined, then decoded once (a cut may fall inside a UTF-8 character).
+  async function fetchDocParts(urls, init, ms, tries, asJson) {
+    const parts = [];
+    for (const u of urls) {
+      const r = await fetchDoc(u, init, ms, tries, false, true);
+      if (!r.ok) return r;
+      parts.push(r.bytes);
+    }
+    const all = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+    let at = 0;
+    for (const p of parts) { all.set(p, at); at += p.length; }
+    const text = new TextDecoder().decode(all);
+    return { ok: true, status: 200, message: null, text: asJson ? null : text, json: asJson ? JSON.parse(text) : null };
+  }
+
   // Tensor views for a Python sink: one JS array of subarrays, so Python crosses once per chunk.
   const views = (data, slices) => slices.map(([, off, len]) => data.subarray(off, off + len));
 
@@ -227,7 +247,7 @@
   async function gpuDone(device) { if (device) await device.queue.onSubmittedWorkDone(); }
 
   return {
-    fetchChunk, releaseBuffer, fetchTimed, fetchDoc, views, jsHeap, wasmHeap, totals, sample, emit, gpuDone, hasSubtle, sha256Hex,
+    fetchChunk, releaseBuffer, fetchTimed, fetchDoc, fetchDocParts, views, jsHeap, wasmHeap, totals, sample, emit, gpuDone, hasSubtle, sha256Hex,
     resetTotals() { Object.assign(totals, { peakJsHeap: jsHeap(), bytes: 0, resumes: 0, errors: 0, refetches: 0, requests: 0 }); },
   };
 })()

@@ -115,30 +115,35 @@ def tensor_slices(chunk):
 
 def chunk_pieces(chunk, owner=None):
     """The chunk as the pieces the manifest hashes (each <= 16 MiB; the whole chunk when it lists
-    none): [{id, layer, file, ranges (file spans), bytes, sha256, slices}] with slices
+    none; a piece with a fourth field is that file's whole content, pyapp/edge/offline.py):
+    [{id, layer, file, ranges (file spans), bytes, sha256, slices}] with slices
     [(tensor, offset in the piece, length, offset in the tensor)] of the tensors this chunk
     writes (``owner``).  A piece is fetched, verified and uploaded alone, then dropped."""
     pieces = chunk.get("pieces") or [[0, int(chunk["bytes"]), chunk.get("sha256") or ""]]
     tensors = [t for t in tensor_slices(chunk) if owner is None or owner.get(t[0]) == chunk["id"]]
     out = []
-    for a, n, sha in pieces:
+    for a, n, sha, *own in pieces:
         ranges, pos = [], 0
         for off, length in chunk["ranges"]:
             lo, hi = max(a, pos), min(a + n, pos + length)
             if lo < hi:
                 ranges.append([off + lo - pos, hi - lo])
             pos += length
+        if own:                       # a piece in a file of its own (a static site's big chunk)
+            ranges = [[0, n]]
         slices = []
         for name, dst, length in tensors:
             lo, hi = max(a, dst), min(a + n, dst + length)
             if lo < hi:
                 slices.append((name, lo - a, hi - lo, lo - dst))
-        out.append({"id": chunk["id"], "layer": chunk.get("layer"), "file": chunk["file"],
+        out.append({"id": chunk["id"], "layer": chunk.get("layer"), "file": own[0] if own else chunk["file"],
                     "ranges": ranges, "bytes": n, "sha256": sha, "slices": slices})
     return out
 
 
 def absolute_url(base, url):
+    if isinstance(url, (list, tuple)):          # a document in parts (fetch_doc)
+        return [absolute_url(base, u) for u in url]
     if "://" in url or not base:
         return url
     return base.rstrip("/") + ("" if url.startswith("/") else "/") + url
@@ -283,7 +288,7 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
         async with sem:
             if cancelled is not None and cancelled():
                 raise EdgeError(f"the load was cancelled before {chunk['id']}", "cancelled")
-            url = absolute_url(base_url, manifest["files"][chunk["file"]]["url"])
+            url = absolute_url(base_url, manifest["files"][p["file"]]["url"])
             reqs = _to_js(plan_requests(p["ranges"]))
             try:
                 res = await helper.fetchChunk(url, reqs, p["bytes"], p["sha256"], chunk["id"],
@@ -309,6 +314,9 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
     async def one(chunk):
         if getattr(sink, "partial", False):
             parts = chunk_pieces(chunk, owner)
+        elif chunk.get("file") is None:
+            raise EdgeError(f"chunk {chunk['id']} is stored in several files: it streams only into a "
+                            "sink that takes pieces of tensors", "bad_input")
         else:
             whole = chunk_pieces(dict(chunk, pieces=None))[0]
             parts = [dict(whole, slices=[s[:3] for s in whole["slices"]
@@ -376,9 +384,15 @@ async def ensure_sha256(base_url=""):
 
 async def fetch_doc(url, init=None, as_json=False):
     """A small document, bounded in time and retried (:data:`NET`): its text, or with ``as_json``
-    a JS object (parsed in JS: tokenizer.json stays out of Python)."""
-    r = await js_helper().fetchDoc(url, _to_js(init) if init else None, NET["doc_s"] * 1000,
-                                   NET["doc_tries"], as_json)
+    a JS object (parsed in JS: tokenizer.json stays out of Python).  ``url`` may be a list: the
+    document in parts (a static site splits a file over its per-file cap), joined in JS."""
+    h = js_helper()
+    js_init = _to_js(init) if init else None
+    if isinstance(url, (list, tuple)):
+        r = await h.fetchDocParts(_to_js(list(url)), js_init, NET["doc_s"] * 1000, NET["doc_tries"], as_json)
+        url = url[0]
+    else:
+        r = await h.fetchDoc(url, js_init, NET["doc_s"] * 1000, NET["doc_tries"], as_json)
     if not r.ok:
         why = f": {r.message}" if r.message else ""
         raise EdgeError(f"the server answered HTTP {r.status} for {url}{why}",
