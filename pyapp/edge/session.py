@@ -233,7 +233,9 @@ class ProgressiveRunner:
     """Target split ``target``: the server session starts at N (every layer there, the head
     here); as ``backend.mark_ready(j)`` lands (weights streamed and verified), the split moves
     down between two steps, with the KV of the moved layers handed over (docs/server.md,
-    "Moving the split"), until it reaches the target.  ``trace`` is [{token, split}]."""
+    "Moving the split"), until it reaches the target.  With ``auto`` the target is re-evaluated
+    every EVAL_EVERY tokens (split.rebalance): up when the edge is too slow, down (``grow``
+    streams the extra layers) when the server is.  ``trace`` is [{token, split}]."""
 
     def __init__(self, edge_model, target, backend, server, auto=False, grow=None, lowest=None):
         self.em = edge_model
