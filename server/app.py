@@ -124,7 +124,7 @@ async def create_session(request: Request):
     st = request.app.state.pyapp
     body = await read_json(request, st.limits.max_body)
     s = await st.sessions.create(body, owner=client_id(request))
-    return JSONResponse(s.created_info(), status_code=201)
+    return JSONResponse({**s.created_info(), "load": st.sessions.load()}, status_code=201)
 
 
 async def list_sessions(request: Request):
@@ -154,7 +154,7 @@ async def session_route(request: Request):
     if request.method == "DELETE":
         st.sessions.delete(s)
         return JSONResponse({"id": s.id, "deleted": True})
-    return JSONResponse(s.info())
+    return JSONResponse({**s.info(), "load": st.sessions.load()})
 
 
 def _int_header(request, name):
@@ -265,7 +265,7 @@ async def session_ws(ws: WebSocket):
                 elif op == "info":
                     if s.closed:
                         raise ApiError(404, f"unknown session {s.id!r} (ended or evicted)")
-                    await ws.send_text(json.dumps(s.info()))
+                    await ws.send_text(json.dumps({**s.info(), "load": st.sessions.load()}))
                     continue
                 else:
                     raise ApiError(400, f"unknown op {op!r}: use reset, truncate, info, move, "
@@ -392,7 +392,7 @@ async def static_route(request: Request):
 async def health(request: Request):
     st = request.app.state.pyapp
     return JSONResponse({"ok": True, "node": st.node, "models": list(st.registry.entries),
-                         **st.sessions.stats()})
+                         **st.sessions.stats(), "load": st.sessions.load()})
 
 
 async def openapi_route(request: Request):

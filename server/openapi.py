@@ -73,7 +73,9 @@ def openapi_document(state=None) -> dict:
         "id": text, "model": model_name, "split": integer, "n_layers": integer, "hidden": integer,
         "dtype": {"enum": DTYPES}, "weights": {"enum": DTYPES}, "position": integer,
         "context": integer, "bytes": integer, "ws": text, "key": text,
-        "node": {"type": ["string", "null"]}}}
+        "node": {"type": ["string", "null"]}, "load": {"type": "object", "properties": {
+            "busy_sessions": integer, "waiting": integer, "workers": integer, "steps": integer,
+            "ms_per_layer": {"type": ["number", "null"]}, "wait_ms": {"type": ["number", "null"]}}}}}
     octet = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     a_file = {"content": {t: {"schema": {}} for t in ("application/octet-stream", "application/json")}}
     sampling = {"temperature": {"type": "number", "minimum": 0, "maximum": 2},

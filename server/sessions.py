@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import secrets
 import time
+from collections import deque
 
 import anyio
 import numpy as np
@@ -26,6 +28,14 @@ from .runtime import ApiError, Limits, ModelEntry, Registry
 
 WIRE_DTYPES = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2")}
 MMAP_THRESHOLD = 256 << 10
+# The load figures (SessionManager.load) cover the last LOAD_STEPS one-token steps of any
+# session that ran layers, at most LOAD_MAX_AGE seconds old.
+LOAD_STEPS = 16
+LOAD_MAX_AGE = 30.0
+# Test hook: every step that runs layers also sleeps this many ms per layer in its worker, as if
+# other work shared the CPU: the server is slower for real, and its load figures say so. Tests set
+# it in-process; `PYAPP_TEST_DELAY_MS_PER_LAYER=80 pyapp serve` sets it for a served app.
+TEST = {"delay_ms_per_layer": float(os.environ.get("PYAPP_TEST_DELAY_MS_PER_LAYER") or 0)}
 
 
 def lazy_large_allocations() -> bool:
@@ -145,6 +155,7 @@ class SessionManager:
         # one GPU queue: serialise its work; numpy releases the GIL in BLAS, so use threads
         self.limiter = anyio.CapacityLimiter(1 if registry.backend_kind == 'wgpu' else limits.threads)
         self.evicted = 0
+        self.recent: deque = deque(maxlen=LOAD_STEPS)   # (monotonic end, ms per layer, ms waited)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -155,6 +166,21 @@ class SessionManager:
         return {"sessions": len(self.sessions), "bytes": self.total_bytes,
                 "evicted": self.evicted, "max_sessions": self.limits.max_sessions,
                 "max_total_bytes": self.limits.max_total_bytes}
+
+    def load(self) -> dict:
+        """How loaded the server is now (docs/server.md "Load"): sessions with a call running or
+        queued, calls waiting for a worker, and over the recent one-token steps of every session
+        the median compute ms per layer and ms waited for a worker (None before any step)."""
+        now = time.monotonic()
+        r = [x for x in self.recent if now - x[0] <= LOAD_MAX_AGE]
+
+        def med(i):
+            v = sorted(x[i] for x in r)
+            return round(v[len(v) // 2], 3) if v else None
+        return {"busy_sessions": sum(not s.idle for s in self.sessions.values()),
+                "waiting": int(self.limiter.statistics().tasks_waiting),
+                "workers": int(self.limiter.total_tokens), "steps": len(r),
+                "ms_per_layer": med(1), "wait_ms": med(2)}
 
     def _drop(self, s: Session, code: int = 4404):
         self.sessions.pop(s.id, None)
@@ -318,16 +344,23 @@ class SessionManager:
                         cache.length += T
                     return b"", 0, cache.length
                 wire = WIRE_DTYPES[s.dtype]
+                t_queued = time.perf_counter()
+                split = s.split
 
                 def run():
+                    t0 = time.perf_counter()
                     be = s.entry.backend(s.weights)
-                    x = be.forward(ids=ids, cache=cache, start=0, stop=s.split, head=False)
-                    return np.ascontiguousarray(x, dtype=wire).tobytes()
+                    x = be.forward(ids=ids, cache=cache, start=0, stop=split, head=False)
+                    if TEST["delay_ms_per_layer"]:
+                        time.sleep(TEST["delay_ms_per_layer"] * split / 1e3)
+                    return np.ascontiguousarray(x, dtype=wire).tobytes(), t0, time.perf_counter()
 
                 try:
-                    out = await anyio.to_thread.run_sync(run, limiter=self.limiter)
+                    out, t0, t1 = await anyio.to_thread.run_sync(run, limiter=self.limiter)
                 except ValueError as e:
                     raise ApiError(400, str(e))
+                if T == 1:
+                    self.recent.append((time.monotonic(), (t1 - t0) * 1e3 / split, (t0 - t_queued) * 1e3))
                 s.steps += 1
                 s.last_used = time.monotonic()
                 return out, T, (cache.length if m.causal else 0)

@@ -152,3 +152,45 @@ def test_no_weight_bytes_become_python_objects():
             name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
             assert name not in ("to_py", "to_bytes", "to_memoryview", "to_file", "bytes", "bytearray",
                                 "memoryview"), f"stream.py calls {name}() (line {node.lineno})"
+
+
+# ------------------------------------------------------------------ the progressive 'auto' policy
+# SmolLM2-135M q4_1 sizes: 30 layers of ~2.2 MB, a tied head of ~17.7 MB (8 layers' worth)
+LAYERS, HEAD = [2_200_000] * 30, 17_700_000
+
+
+def test_policy_moves_down_when_the_server_is_the_slower():
+    # split 30 (only the head here): a 250 ms head step prices a layer at 250 * 2.2 / 17.7 = 31 ms;
+    # a loaded server at 90 ms per layer (2.7 s a step) is over 1.5x that: half its layers come down
+    steps = [(250.0, 2700.0), (240.0, 2750.0), (700.0, 2690.0), (260.0, 2710.0)]
+    new, why = sp.rebalance(30, 30, steps, LAYERS, HEAD)
+    assert new == 15 and "server" in why
+    e, s = sp.per_layer_ms(30, 30, steps, LAYERS, HEAD)
+    assert abs(e - 255 * 2.2 / 17.7) < 0.1 and abs(s - 2705 / 30) < 0.1   # medians: the 700 ms spike is out
+    # and on down: 15 -> 7 -> 3 -> 1 -> 0, never below `lowest` (the memory budget)
+    assert [sp.rebalance(k, 30, steps, LAYERS, HEAD)[0] for k in (15, 7, 3, 1)] == [7, 3, 1, 0]
+    assert sp.rebalance(15, 30, steps, LAYERS, HEAD, lowest=12)[0] == 12
+    assert sp.rebalance(12, 30, steps, LAYERS, HEAD, lowest=12)[0] == 12
+    # not while the last lowering is still streaming, nor with fewer than EVAL_EVERY steps
+    assert sp.rebalance(30, 30, steps, LAYERS, HEAD, can_grow=False)[0] == 30
+    assert sp.rebalance(30, 30, steps[:3], LAYERS, HEAD)[0] == 30
+
+
+def test_policy_dead_band_and_move_back():
+    # this machine unloaded: SwiftShader's head 250 ms (31 ms a layer), numpy 3 ms a layer:
+    # at 30 nothing moves (the edge holds no layer to give back, the server is the faster)
+    fast_server = [(250.0, 90.0)] * 4
+    assert sp.rebalance(30, 30, fast_server, LAYERS, HEAD) == (30, "")
+    # at 15 the edge (15 layers + head = 50.7 MB in 470 ms: 20 ms a layer) is over 1.5x the
+    # server's 6 ms: half the edge's layers go back
+    assert sp.rebalance(15, 30, [(470.0, 90.0)] * 4, LAYERS, HEAD)[0] == 22
+    # the dead band: server/edge between 1/1.5 and 1.5 moves nothing either way
+    edge = 470.0 * 2.2 / 50.7                      # ms per layer at 15
+    for ratio in (0.7, 1.0, 1.4):
+        assert sp.rebalance(15, 30, [(470.0, ratio * edge * 15)] * 4, LAYERS, HEAD)[0] == 15, ratio
+    assert sp.rebalance(15, 30, [(470.0, 1.6 * edge * 15)] * 4, LAYERS, HEAD)[0] == 7
+    assert sp.rebalance(15, 30, [(470.0, edge * 15 / 1.6)] * 4, LAYERS, HEAD)[0] == 22
+    # a server that reports itself loaded (its recent ms per layer, all sessions) counts even
+    # when this session's round trips were quick
+    assert sp.rebalance(30, 30, fast_server, LAYERS, HEAD, reported=60.0)[0] == 15
+    assert sp.rebalance(30, 30, fast_server, LAYERS, HEAD, reported=40.0)[0] == 30

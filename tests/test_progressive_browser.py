@@ -154,6 +154,41 @@ def test_socket_dropping_twice_is_a_clear_error(page):
     assert r["ids"] == ids[:8]
 
 
+# the server's test hook: each step sleeps this long per layer in its worker (server/sessions.py
+# TEST), so the server is slower per layer than SwiftShader (~15-30 ms a layer here, q4_1)
+LOADED_MS_PER_LAYER = 80
+
+
+def test_auto_moves_down_when_the_server_is_loaded(page, server):
+    """split 'auto' (SwiftShader: the chooser's target is 30, the head only) against a server made
+    slow for real (its hook sleeps 80 ms per layer per step, and its load report says so): every 4
+    tokens the policy finds the server's ms per layer over 1.5x the edge's and lowers the target by
+    half the server's layers; those layers stream (q4_1) and the split follows them down with the
+    KV handed over. 32 ids identical to numpy's."""
+    from server import sessions
+    pids, ids = reference(CJK, 32)
+    sessions.TEST["delay_ms_per_layer"] = LOADED_MS_PER_LAYER
+    try:
+        r = page.evaluate("(p) => pyapp.generate(p, {model: 'smollm2-135m', split: 'auto', greedy: true, "
+                          "maxNewTokens: 32, format: 'q4_1'})", CJK)
+    finally:
+        sessions.TEST["delay_ms_per_layer"] = 0
+    s = r["stats"]
+    show("auto, server loaded", r)
+    print(f"[progressive] policy moves {s['policy_moves']}, grown {s['grown']}, server load {s['server_load']}")
+    assert r["promptIds"] == pids
+    assert len(ids) == 32 and r["ids"] == ids, r["text"]
+    assert s["split"] == 30 and s["progressive"], s["split"]      # SwiftShader: auto chose 30
+    splits = [t["split"] for t in s["split_trace"]]
+    assert splits[0] == 30 and splits == sorted(splits, reverse=True), splits   # only down
+    downs = [m for m in s["policy_moves"] if m["to"] < m["from"]]
+    assert len(downs) >= 2 and downs[0]["from"] == 30 and downs[0]["to"] == 15, s["policy_moves"]
+    assert s["target_final"] < 15 and splits[-1] == s["split_final"] <= 15, splits
+    assert all(g["bytes"] > 0 for g in s["grown"]) and len(s["grown"]) == len(downs)
+    assert s["handover_bytes"] > 0
+    assert s["server_load"]["ms_per_layer"] >= LOADED_MS_PER_LAYER
+
+
 # ----------------------------------------------------------------------- encoders (MiniLM)
 
 EMBED_TEXTS = [["Der Zug nach Lissabon fährt um sieben Uhr ab.", "Quasar"],

@@ -318,3 +318,44 @@ def test_dropped_socket_mid_handover_keeps_old_split_and_retry_gives_same_ids(
         return out
 
     assert asyncio.run(run()) == torch_ids[:7]
+
+
+def test_load_report_follows_a_slowed_server(server, numpy_edge, prompt_ids, torch_ids):
+    """`load` in the session info (create, WebSocket `info`) and /healthz: the median ms per layer
+    of recent one-token steps. With the test hook each step sleeps 20 ms per layer for real: the
+    report rises to at least that, the client's own round trip shows it too, and the ids stay
+    torch's."""
+    import time
+
+    from server import sessions
+
+    s = open_session(server, 10)
+    assert set(s["load"]) == {"busy_sessions", "waiting", "workers", "steps", "ms_per_layer", "wait_ms"}
+    assert s["load"]["workers"] >= 1 and s["load"]["waiting"] == 0
+
+    async def run():
+        edge = Edge(numpy_edge)
+        async with connect(server.ws_url + s["ws"]) as ws:
+            out = [await forward(ws, edge, prompt_ids, 10)]
+            sessions.TEST["delay_ms_per_layer"] = 20
+            try:
+                rtt = []
+                for _ in range(16):     # fills the window: every step in it is a slowed one
+                    t0 = time.perf_counter()
+                    out.append(await forward(ws, edge, [out[-1]], 10))
+                    rtt.append((time.perf_counter() - t0) * 1e3)
+            finally:
+                sessions.TEST["delay_ms_per_layer"] = 0
+            await ws.send(json.dumps({"op": "info"}))
+            info = await _text(ws)
+        return out, rtt, info
+
+    out, rtt, info = asyncio.run(run())
+    assert out == torch_ids[:17]
+    load = info["load"]
+    assert load["steps"] == 16 and load["ms_per_layer"] >= 20 and load["wait_ms"] >= 0, load
+    assert min(rtt) >= 200, rtt       # 10 layers x 20 ms, seen by the client too
+    assert load["busy_sessions"] == 0  # nobody computes while the info is asked
+    health = httpx.get(server.url + "/healthz").json()
+    assert health["load"]["ms_per_layer"] >= 20
+    httpx.delete(f"{server.url}/v1/sessions/{s['id']}", headers={"x-session-key": s["key"]})

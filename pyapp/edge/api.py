@@ -428,15 +428,25 @@ def _progressive_load(em, split, budget):
                     shapes={t["name"]: tuple(t["shape"]) for t in chunks_all},
                     dtypes={t["name"]: t["dtype"] for t in chunks_all})
     be.track_ready()
-    chunks, owner = stream.select_chunks(em.manifest, needed=[nm for nm, _ in be.weight_layout()])
+    parts = {"head": set(m.tensors(m.ops(n, n, embed=False, head=True)))}
+    loading, head_ready = _stream_parts(em, be, [nm for nm, _ in be.weight_layout()], split, n, parts)
+    return be, loading, head_ready
+
+
+def _stream_parts(em, be, needed, lo, hi, parts=None):
+    """Stream the chunks holding tensors ``needed`` into ``be``, marking layers [lo, hi) (the
+    embedding too at lo == 0) and ``parts`` ready as their tensors are all written; tensors of
+    ``be`` not in ``needed`` are already there. (loading task, head_ready event)."""
+    m, n = em.model, em.model.n_layers
+    chunks, owner = stream.select_chunks(em.manifest, needed=needed)
     # the head first (the only wait), then layers from the top: each lets the split move one down
     chunks.sort(key=lambda c: (0, 0) if c["id"] == "head" else
                 (1, -int(c["layer"])) if c.get("layer") is not None else (2, 0))
-    parts = {"head": set(m.tensors(m.ops(n, n, embed=False, head=True)))}
-    parts.update({i: set(m.tensors(m.ops(i, i + 1, embed=False, head=False))) for i in range(split, n)})
-    if split == 0:
+    parts = dict(parts or {})
+    parts.update({i: set(m.tensors(m.ops(i, i + 1, embed=False, head=False))) for i in range(lo, hi)})
+    if lo == 0:
         parts["embed"] = set(m.tensors(m.ops(0, 0, embed=True, head=False)))
-    written, head_ready = set(), asyncio.Event()
+    written, head_ready = set(be.tensors) - set(needed), asyncio.Event()
 
     def mark():
         for part in [p for p, names in parts.items() if names <= written]:
@@ -452,12 +462,34 @@ def _progressive_load(em, split, budget):
         _emit("ready", {"model": em.name, "part": cs.id, "runnable_from": be.runnable_from()})
 
     mark()
-    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers {split}..{n - 1} "
+    status(f"streaming {sum(c['bytes'] for c in chunks) / 1e6:.1f} MB of weights for layers {lo}..{hi - 1} "
            f"of {em.name} while the server runs them (progressive)", phase="load",
            chunks=[[c["id"], c["bytes"]] for c in chunks])
     loading = asyncio.ensure_future(stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be),
                                                          state.base_url, owner=owner, on_chunk=on_chunk))
-    return be, loading, head_ready
+    return loading, head_ready
+
+
+def _lowest_fit(em, split, budget):
+    """The lowest split at or below ``split`` that fits this device (split.check_fit)."""
+    k = split
+    while k > 0:
+        try:
+            _check_fit(em, state.device, k - 1, budget)
+        except EdgeError:
+            break
+        k -= 1
+    return k
+
+
+def _grower(em, be):
+    """The 'auto' runner's way down past its first target: the backend grown to [new, N) and
+    layers [new, old start) streamed like the first load (each marked ready as it lands)."""
+    def grow(new):
+        hi = be.start
+        needed = be.extend_down(new)
+        return _stream_parts(em, be, needed, new, hi)[0]
+    return grow
 
 
 async def _server_weights(em):
@@ -486,7 +518,8 @@ async def _start_progressive(em, split, auto, budget=(None, "")):
         loading.cancel()
         be.destroy()
         raise
-    r = ProgressiveRunner(em, split, be, server, auto=auto)
+    r = ProgressiveRunner(em, split, be, server, auto=auto, grow=_grower(em, be) if auto else None,
+                          lowest=_lowest_fit(em, split, budget) if auto else split)
     r.on_move = lambda tok, k: _emit("split", {"model": em.name, "token": tok, "split": k, "n_layers": n})
     return r, loading
 
@@ -519,6 +552,21 @@ async def _start_progressive_encoder(em, split, budget=(None, "")):
     loading.add_done_callback(loaded)
     _evict(key)
     return r
+
+
+async def _finish_growing(runner):
+    """The loads the 'auto' policy started below the first target, awaited: [{bytes, seconds}].
+    One that failed leaves the target at the lowest split whose layers all landed."""
+    out = []
+    for t in runner.growing:
+        try:
+            st = await t
+            out.append({"bytes": st.bytes, "seconds": round(st.seconds, 3)})
+        except Exception as e:  # noqa: BLE001 - the generation already ran at the splits it had
+            ready = runner.backend.runnable_from()
+            runner.target = ready if ready is not None else runner.n
+            out.append({"bytes": 0, "error": str(e)})
+    return out
 
 
 async def _keep_progressive(em, split, runner, st):
@@ -689,10 +737,13 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
         ttft_total = t_gen - t_load + res.time_to_first_token
         st = await loading
         load_s, streamed = st.seconds, st.bytes       # the stream's own time (it ran alongside)
+        grown = await _finish_growing(runner)
+        streamed += sum(g["bytes"] for g in grown)
         prog = {"handover_bytes": runner.handover_bytes, "handover_retries": runner.retries,
                 "split_final": runner.split, "steps": [list(t) for t in runner.times],
-                "handover_moves": list(runner.moves)}
-        runner = await _keep_progressive(em, split, runner, st)
+                "handover_moves": list(runner.moves), "target_final": runner.target,
+                "policy_moves": list(runner.decisions), "grown": grown, "server_load": runner.load}
+        runner = await _keep_progressive(em, runner.target, runner, st)
     tail = ds.flush()
     if tail and not tail.endswith("\ufffd"):
         pieces.append(tail)
@@ -728,7 +779,7 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
         "ffi_first_token": {"events": first[0], "websocket": first[1], "gpu": first[2]},
         "ffi_second_token": {"events": second[0], "websocket": second[1], "gpu": second[2]},
         "js_heap": stream.js_heap_bytes(),
-        "load": state.load_stats.get((em.name, em.manifest.get("dtype", "f32"), split)) if streamed else None,
+        "load": state.load_stats.get((em.name, em.manifest.get("dtype", "f32"), runner.split)) if streamed else None,
         "gpu": dict(runner.backend.stats),
     }
     state.last_stats = stats

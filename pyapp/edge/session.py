@@ -18,6 +18,7 @@ import time
 
 from .errors import EdgeError
 from .jsfiles import load
+from .split import EVAL_EVERY, layer_costs, rebalance
 from .stream import NET, absolute_url, fetch_json
 
 # --------------------------------------------------------------------------- the WebSocket
@@ -182,7 +183,7 @@ class SplitRunner:
         if self.server is None:
             return int(await self.backend.step_async(ids=list(ids), cache=self.cache, params=params, n=n))
         x = await self.server.forward(ids)
-        return int(await self.backend.step_async(x=x, cache=self.cache, params=params, n=n))
+        return int(await self.backend.step_async(x=x, cache=self.cache, params=params, n=n, start=self.split))
 
     async def embed(self, seqs):
         """Encoder models: the pooled, normalised embeddings of token sequences, packed into as
@@ -226,25 +227,29 @@ class SplitRunner:
 # the re-evaluation reports the edge as slow; "drop_in_handover" = how many coming hand-overs
 # close the socket after the server's handover header (the move is then retried once).
 TEST = {"edge_slow_from": None, "drop_in_handover": 0}
-# The policy (docs/edge.md "Progressive offload"): every EVAL_EVERY tokens, over the last
-# EVAL_EVERY steps, the edge's milliseconds per layer against the server's; when the edge's is
-# more than SLOW_MARGIN times the server's, half the edge's layers (at least one) move back.
-EVAL_EVERY = 4
-SLOW_MARGIN = 1.5
 
 
 class ProgressiveRunner:
     """Target split ``target``: the server session starts at N (every layer there, the head
     here); as ``backend.mark_ready(j)`` lands (weights streamed and verified), the split moves
     down between two steps, with the KV of the moved layers handed over (docs/server.md,
-    "Moving the split"), until it reaches the target.  ``trace`` is [{token, split}]."""
+    "Moving the split"), until it reaches the target.  With ``auto`` the target is re-evaluated
+    every EVAL_EVERY tokens (split.rebalance): up when the edge is too slow, down (``grow``
+    streams the extra layers) when the server is.  ``trace`` is [{token, split}]."""
 
-    def __init__(self, edge_model, target, backend, server, auto=False):
+    def __init__(self, edge_model, target, backend, server, auto=False, grow=None, lowest=None):
         self.em = edge_model
         self.n = edge_model.model.n_layers
-        self.target = target
+        self.target = target         # lowered by the 'auto' policy when the server is the slower
         self.floor = target          # lowest split allowed now (raised when the edge is slow)
         self.auto = auto
+        self.grow = grow             # (new target) -> task streaming layers [new, target) (api)
+        self.growing = []            # those tasks
+        self.lowest = target if lowest is None else lowest   # lowest split the memory budget allows
+        self.up_floor = 0            # after a move up the split never goes below it again
+        self.load = None             # the server's last load report (session info)
+        self.decisions = []          # [{token, from, to, why}]: the policy's moves
+        self.layer_bytes, _, self.head_bytes, _ = layer_costs(edge_model.manifest)
         self.backend = backend       # built for [target, N) + head, track_ready() on
         self.server = server         # a session opened at split N
         self.split = self.n
@@ -286,30 +291,40 @@ class ProgressiveRunner:
     async def _rebalance(self):
         if self.tokens == 0:
             return
-        if self._edge_slow():
-            up = min(self.n, self.split + max(1, (self.n - self.split) // 2))
-            self.floor = up
-            await self.move(up)
+        new = await self._evaluate()
+        if new > self.split:
+            self.floor = self.up_floor = new
+            await self.move(new)
             return
+        if new < self.target:        # lowered: stream layers [new, target); the split follows
+            self.growing.append(self.grow(new))
+            self.target = self.floor = new
         ready = self.backend.runnable_from()
         low = max(self.floor, ready if ready is not None else self.n)
         if low < self.split:
             await self.move(low)
 
-    def _edge_slow(self) -> bool:
-        if self.split >= self.n or self.tokens % EVAL_EVERY:
-            return False
+    async def _evaluate(self) -> int:
+        """The split the policy wants now (split.rebalance, every EVAL_EVERY tokens, 'auto' only)."""
+        if self.tokens % EVAL_EVERY:
+            return self.split
         hook = TEST["edge_slow_from"]
         if hook is not None:
-            return self.tokens >= hook
+            slow = self.split < self.n and self.tokens >= hook
+            return min(self.n, self.split + max(1, (self.n - self.split) // 2)) if slow else self.split
         if not self.auto:
-            return False           # an explicit split is honoured
-        last = [t for t in self.times[-EVAL_EVERY:] if t[0] == self.split]
+            return self.split          # an explicit split is honoured
+        last = [(t[1], t[2]) for t in self.times[-EVAL_EVERY:] if t[0] == self.split]
         if len(last) < EVAL_EVERY:
-            return False
-        edge = sum(t[1] for t in last) / len(last) / (self.n - self.split + 1)   # + the head
-        server = sum(t[2] for t in last) / len(last) / max(1, self.split)
-        return edge > SLOW_MARGIN * server
+            return self.split          # a full window at this split first
+        self.load = (await self.server.control({"op": "info"})).get("load")
+        # down only once the last lowering has landed, while layers can be streamed
+        can_grow = self.grow is not None and self.split == self.target
+        new, why = rebalance(self.split, self.n, last, self.layer_bytes, self.head_bytes,
+                             (self.load or {}).get("ms_per_layer"), max(self.lowest, self.up_floor), can_grow)
+        if new != self.split:
+            self.decisions.append({"token": self.tokens, "from": self.split, "to": new, "why": why})
+        return new
 
     # -------------------------------------------------------------- the hand-over
     async def move(self, new: int):
@@ -420,11 +435,12 @@ class ProgressiveRunner:
         return SplitRunner(self.em, self.target, self.backend, server)
 
     def close(self):
+        for t in self.growing:
+            t.cancel()
         self.server.close()
         _free(self.cache)
         self.cache = None
         self.backend.destroy()
-
 
 
 class ProgressiveEncoder(SplitRunner):

@@ -196,3 +196,58 @@ async def measure_gflops(device, rows=1536, cols=576, iters=8):
     from .jsfiles import load
     r = await load("gemv_bench")(device, gemv_bench_wgsl(rows, cols), rows, cols, iters)
     return float(r.gflops)
+
+
+# --------------------------------------------------------------------------- progressive policy
+
+# docs/edge.md "Policy": every EVAL_EVERY tokens, over the last EVAL_EVERY steps at the current
+# split, the edge's milliseconds per layer against the server's. Edge over SLOW_MARGIN x the
+# server's: half the edge's layers go back (up). Server over LOADED_MARGIN x the edge's: half the
+# server's layers come here (down). Between the two nothing moves (the dead band).
+EVAL_EVERY = 4
+SLOW_MARGIN = 1.5
+LOADED_MARGIN = 1.5
+
+
+def _median(xs):
+    xs = sorted(xs)
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+def per_layer_ms(split, n, steps, layer_bytes, head_bytes, reported=None):
+    """(edge ms per layer, server ms per layer) from ``steps`` = [(edge ms, server ms)] at
+    ``split``: medians (one slow step of a shared machine does not decide). The edge's step
+    (its layers + norm + head) is spread over its weight bytes and priced at a mean layer's
+    bytes, so the head (8 layers' worth in SmolLM2) counts for what it weighs and a split of N
+    (only the head here) still gives a figure. The server's is the round trip over its layers,
+    or what it ``reported`` (its recent ms per layer, all sessions) when that is higher."""
+    n_edge = n - split
+    mean_layer = sum(layer_bytes) / max(1, len(layer_bytes))
+    edge_bytes = sum(layer_bytes[split:]) + head_bytes
+    edge = _median([e for e, _ in steps]) * mean_layer / max(1, edge_bytes) if edge_bytes else \
+        _median([e for e, _ in steps]) / (n_edge + 1)
+    server = _median([s for _, s in steps]) / max(1, split)
+    if reported:
+        server = max(server, float(reported))
+    return edge, server
+
+
+def rebalance(split, n, steps, layer_bytes, head_bytes, reported=None, lowest=0, can_grow=True):
+    """Where an 'auto' split goes after an evaluation: (new split, why) or (split, "").
+
+    Up: edge per layer > SLOW_MARGIN x the server's -> split + half the edge's layers (at least
+    one). Down: server per layer > LOADED_MARGIN x the edge's (so the edge is the faster) ->
+    split - half the server's layers (at least one), never below ``lowest`` (the memory budget,
+    or a split the edge was once too slow for), and only when ``can_grow`` (the layers can be
+    streamed now). Pure: the runner gives it the measured steps."""
+    if len(steps) < EVAL_EVERY:
+        return split, ""
+    edge, server = per_layer_ms(split, n, steps, layer_bytes, head_bytes, reported)
+    if split < n and edge > SLOW_MARGIN * server:
+        return min(n, split + max(1, (n - split) // 2)), (
+            f"edge {edge:.1f} ms/layer > {SLOW_MARGIN} x server {server:.1f}")
+    down = max(lowest, split // 2)
+    if split > 0 and can_grow and down < split and server > LOADED_MARGIN * edge:
+        return down, f"server {server:.1f} ms/layer > {LOADED_MARGIN} x edge {edge:.1f}"
+    return split, ""

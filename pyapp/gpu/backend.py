@@ -187,6 +187,7 @@ class GpuBackend:
         lower.check_ops(self.ops)
         self.dtype = dtype
         shapes = dict(shapes) if shapes is not None else infer_shapes(model)
+        self._shapes, self._dtypes = shapes, dict(dtypes or {})     # for extend_down
         self.widths = widths_from_shapes(model, shapes, widths or {})
         self.max_positions = max_positions or min(model.max_context, 2048)
         self.max_tokens = max_tokens or min(self.max_positions, 512)
@@ -203,18 +204,10 @@ class GpuBackend:
                       "plans_built": 0}
         # weights
         self.tensors = {}
-        for n in model.tensors(self.ops):
-            dt = formats.get((dtypes or {}).get(n, dtype)).name
-            t = self.tensors[n] = Tensor(n, shapes[n], dt)
-            # any matrix may be split by rows; lower.py addresses the chunks (gathers, GEMVs over
-            # output rows, transposed GEMVs over input rows, position tables)
-            self._alloc(t, len(t.shape) == 2)
+        self._alloc_tensors(self.ops)
         # activations, ids, params, rope table, output token
         self.acts = {}
-        for o in self.ops:
-            for n in list(o.ins) + list(o.outs):
-                if n not in self.acts and n not in ("ids", "logits"):
-                    self.acts[n] = device.create_buffer(self.max_tokens * self.widths[n] * 4)
+        self._alloc_acts(self.ops)
         self.ids_buf = device.create_buffer(self.max_tokens * 4)
         self.ids_src = self.ids_buf   # what `embed` reads while a plan is built (tok_buf: pipelined)
         self._ring = []               # readback buffers of pipelined decode
@@ -233,9 +226,44 @@ class GpuBackend:
         self.readback = device.create_buffer(16, "readback")
         self.ready = None             # progressive loading: parts whose weights are on the GPU
         self.rope_bufs = {}           # theta -> cos/sin table (Gemma: one per local/global base)
-        for o in self.ops:
+        self._alloc_ropes(self.ops)
+
+    def _alloc_tensors(self, ops):
+        """Weight buffers for the tensors of ``ops`` not here yet; their names."""
+        new = [n for n in self.model.tensors(ops) if n not in self.tensors]
+        for n in new:
+            t = self.tensors[n] = Tensor(n, self._shapes[n], formats.get(self._dtypes.get(n, self.dtype)).name)
+            # any matrix may be split by rows; lower.py addresses the chunks (gathers, GEMVs over
+            # output rows, transposed GEMVs over input rows, position tables)
+            self._alloc(t, len(t.shape) == 2)
+        return new
+
+    def _alloc_acts(self, ops):
+        for o in ops:
+            for n in list(o.ins) + list(o.outs):
+                if n not in self.acts and n not in ("ids", "logits"):
+                    self.acts[n] = self.device.create_buffer(self.max_tokens * self.widths[n] * 4)
+
+    def _alloc_ropes(self, ops):
+        for o in ops:
             if o.kind == "rope" and o.attrs["theta"] not in self.rope_bufs:
                 self.rope_bufs[o.attrs["theta"]] = self._upload_rope(o.attrs["head_dim"], o.attrs["theta"])
+
+    def extend_down(self, start):
+        """Grow the backend from [self.start, stop) down to [start, stop) (and the embedding at
+        0): buffers for the new layers' weights (a progressive runner whose split goes below its
+        first target streams them; with track_ready() they run once marked ready). Returns the
+        new tensors' names; nothing already here changes, so recorded plans stay valid."""
+        if start >= self.start:
+            return []
+        ops = self.model.ops(start, self.start, embed=start == 0, head=False)
+        lower.check_ops(ops)
+        new = self._alloc_tensors(ops)
+        self._alloc_acts(ops)
+        self._alloc_ropes(ops)
+        self.start, self.embed = start, self.embed or start == 0
+        self.ops = self.model.ops(self.start, self.stop, embed=self.embed, head=self.head)
+        return new
 
     # ------------------------------------------------------------------ weights
     def _alloc(self, t: Tensor, splittable):
