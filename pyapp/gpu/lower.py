@@ -384,8 +384,7 @@ def fuse_gemv(b, ops, i, s: Step):
         rows = sum(n for n, _f, _bf in parts)
         return after - i, [gemv(b, wd, "", yd, vec, rows, K // vec, rows, 0, s, ent, variant, adecl)]
     # one GEMV: a folded norm and/or the residual add after it
-    add = (rich and nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
-           and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, after + 1, o.outs[0]))
+    add = rich and _residual_add(ops, after, o)
     if norm is None and not add:
         return None
     wt = b.tensors[o.weights["w"]]
@@ -400,6 +399,13 @@ def fuse_gemv(b, ops, i, s: Step):
     yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
     NF = wt.shape[0]
     return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // vec, NF, 0, s, ent, variant, adecl)]
+
+
+def _residual_add(ops, j, o) -> bool:
+    """ops[j] is `x += y` over linear o's output y (read by nothing after): foldable into o's store."""
+    nxt = ops[j] if j < len(ops) else None
+    return (nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
+            and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, j + 1, o.outs[0]))
 
 
 def _add_norm(b, x, r, y, norm, s: Step):
@@ -440,8 +446,8 @@ def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[in
 
 
 def fuse_rope_attention(b, ops, i, s: Step):
-    """rope + causal attention (+ the KV-cache append) -> attention_split (+ attention_merge
-    when the context is split), on the reduction variants."""
+    """rope + causal attention (+ the KV-cache append) -> attention_split; a split context's
+    merge folded into the o-projection after it, or attention_merge; on the reduction variants."""
     if not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None:
         return None
     r = ops[i]
@@ -498,9 +504,8 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
     # the merged row + per-head (max, 1/sum) + linear_wg's partial sums (T = 1)
     if len(wt.chunks) != 1 or K != H * hd or K * 4 + H * 8 + 3 * 64 * 4 > b.device.limits.get("max_workgroup_storage", 16384):
         return None
-    nxt = ops[j + 1] if j + 1 < len(ops) else None
-    add = (nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
-           and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, j + 2, o.outs[0]))
+    add = _residual_add(ops, j + 1, o)
+    nxt = ops[j + 1] if add else None
     vec = 4 if K % 4 == 0 else 1
     ent = {1: wt.chunks[0][0], 3: part, 4: b.act(nxt.outs[0] if add else o.outs[0])}
     bdecl = wgsl.NO_BIAS
