@@ -501,8 +501,9 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         return None
     wt = b.tensors[o.weights["w"]]
     NF, K = wt.shape
-    # the merged row + per-head (max, 1/sum) + linear_wg's partial sums (T = 1)
-    if len(wt.chunks) != 1 or K != H * hd or K * 4 + H * 8 + 3 * 64 * 4 > b.device.limits.get("max_workgroup_storage", 16384):
+    # the merged row + a weight per (head, split) + linear_wg's partial sums (T = 1)
+    if (len(wt.chunks) != 1 or K != H * hd
+            or (K + H * ns + 3 * 64) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
         return None
     add = _residual_add(ops, j + 1, o)
     nxt = ops[j + 1] if add else None

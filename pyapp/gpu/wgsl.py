@@ -102,7 +102,8 @@ def merged_attention_input(vec: int, KV: int, H: int, HD: int, NS: int, SL: int)
     workgroup memory first (kernels/attention_merge_input.wgsl)."""
     put = ("vec4f(merged(4u * i, na), merged(4u * i + 1u, na), merged(4u * i + 2u, na), "
            "merged(4u * i + 3u, na))" if vec == 4 else "merged(i, na)")
-    return kernels.snippet("attention_merge_input", VT=vtype(vec), KV=KV, H=H, HD=HD, NS=NS, SL=SL, PUT=put)
+    return kernels.snippet("attention_merge_input", VT=vtype(vec), KV=KV, H=H, HD=HD, NS=NS, SL=SL, HNS=H * NS,
+                           PUT=put)
 
 
 def no_pair(vec: int) -> str:

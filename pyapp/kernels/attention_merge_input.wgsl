@@ -5,7 +5,7 @@
 // no key and are skipped (attention_qkv does not write them).
 @group(0) @binding(3) var<storage, read> attp: array<f32>;
 var<workgroup> a: array<${VT}, ${KV}>;
-var<workgroup> hml: array<vec2f, ${H}>;     // per head: the max m and 1 / the sum of weights
+var<workgroup> cw: array<f32, ${HNS}>;      // per head and split: exp(m - max) / sum of weights
 const NORM: bool = false;
 const AWG: bool = true;
 const MH: u32 = ${H}u;
@@ -19,24 +19,23 @@ fn merged(e: u32, na: u32) -> f32 {
   let h = e / MHD;
   let d = e % MHD;
   var s = 0.0;
-  for (var j = 0u; j < na; j++) {
-    let b = (h * MNS + j) * (MHD + 2u);
-    s += attp[b + d] * exp(attp[b + MHD] - hml[h].x);
-  }
-  return s * hml[h].y;
+  for (var j = 0u; j < na; j++) { s += attp[(h * MNS + j) * (MHD + 2u) + d] * cw[h * MNS + j]; }
+  return s;
 }
 
 fn prologue(l: u32, nl: u32) {
   let na = min(MNS, p.pos0 / MSL + 1u);       // splits holding keys 0..pos0
-  for (var h = l; h < MH; h += nl) {
+  for (var h = l; h < MH; h += nl) {          // the exps once per (head, split), not per value
     var m = -3.0e38;
     for (var j = 0u; j < na; j++) { m = max(m, attp[(h * MNS + j) * (MHD + 2u) + MHD]); }
     var sl = 0.0;
     for (var j = 0u; j < na; j++) {
       let b = (h * MNS + j) * (MHD + 2u);
-      sl += attp[b + MHD + 1u] * exp(attp[b + MHD] - m);
+      let c = exp(attp[b + MHD] - m);
+      cw[h * MNS + j] = c;
+      sl += attp[b + MHD + 1u] * c;
     }
-    hml[h] = vec2f(m, 1.0 / sl);
+    for (var j = 0u; j < na; j++) { cw[h * MNS + j] /= sl; }
   }
   workgroupBarrier();
   for (var i = l; i < ${KV}u; i += nl) { a[i] = ${PUT}; }
