@@ -361,6 +361,8 @@ def main(argv=None):
                          "`linear_head` existed); default: autotuned (--random only)")
     ap.add_argument("--no-fuse", action="store_true", help="one dispatch per linear (no q/k/v, gate/up fusion)")
     ap.add_argument("--gemv-only", help="kernels: only the T = 1 GEMVs of these variants (comma list)")
+    ap.add_argument("--variants", help="decode: JSON merged into the variants, e.g. "
+                    '\'{"off": ["fuse_qkv_attention", "fold_merge"]}\' (the 6-dispatch layer of before)')
     a = ap.parse_args(argv)
     from .gpu.native import NativeDevice
     dev = NativeDevice.create()
@@ -384,6 +386,11 @@ def main(argv=None):
             variants = {"linear": a.linear, "norm_wg": 1 if row else 64, "attention": "row" if row else "wg"}
             if a.no_fuse:
                 variants["fuse"] = False
+        if a.variants:
+            from .gpu.autotune import autotune_variants
+            from .gpu.shapes import infer_shapes
+            variants = {**(variants or autotune_variants(dev, model, infer_shapes(model), {})),
+                        **json.loads(a.variants)}
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
                          variants, a.linear_head)
         result["decode"] = r

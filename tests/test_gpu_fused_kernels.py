@@ -152,6 +152,15 @@ LLAMA_SHAPES = {
     # vec4 loads, GQA 2:1, hd 32, untied head
     "vec4": dict(hidden_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
                  vocab_size=211, tie_word_embeddings=False),
+    # the 4-dispatch decode layer's shapes: head_dim 48 with GQA 3:1 (q rows 144, k/v rows 48)
+    "hd48": dict(hidden_size=144, intermediate_size=100, num_attention_heads=3, num_key_value_heads=1,
+                 vocab_size=97, tie_word_embeddings=True),
+    # head_dim 64, no GQA (1:1), q/k/v/o 192 rows
+    "hd64": dict(hidden_size=192, intermediate_size=77, num_attention_heads=3, num_key_value_heads=3,
+                 vocab_size=97, tie_word_embeddings=True),
+    # head_dim 80 != hidden / heads, GQA 3:1, hidden 90 (scalar loads), o-projection 240 -> 90
+    "hd80": dict(hidden_size=90, head_dim=80, intermediate_size=70, num_attention_heads=3,
+                 num_key_value_heads=1, vocab_size=97, tie_word_embeddings=True),
 }
 
 
@@ -188,7 +197,7 @@ def random_llama(path, shape, layers=2, seed=0):
 GPU_VARIANTS = ["wg", "sg", "sg4"]
 
 
-@pytest.mark.parametrize("shape", list(LLAMA_SHAPES))
+@pytest.mark.parametrize("shape", ["odd", "vec4"])
 @pytest.mark.parametrize("variant", GPU_VARIANTS)
 def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
     from pyapp.gpu import GpuBackend
@@ -213,10 +222,44 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
             ref = nb.forward(ids=[tok], cache=nc)
             got = gb.forward(ids=[tok], cache=gc)
             assert relerr(got, ref) <= 1e-4, f"decode step {step}"
-            # embed + per layer (norm+qkv, attention, o+add, norm+gate/up+silu, down+add) + head
-            # (+ the merge of the split attention per layer)
-            assert gb.stats["dispatches"] - d0 == 1 + L * (5 + (n_splits > 1)) + 1
+            # embed + per layer (norm+qkv+rope+attention, merge+o+add, norm+gate/up+silu,
+            # down+add) + head, whatever the split count
+            assert gb.stats["dispatches"] - d0 == 1 + L * 4 + 1
             tok = int(ref[-1].argmax())
+
+
+@pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
+@pytest.mark.parametrize("variant", ["wg", "sg"])
+def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, variant):
+    """The 4-dispatch decode layer (attention_qkv + the merge folded into the o-projection) at
+    every context from 1 to 106 (1 to 4 active 32-key splits of a 128-key cache, so 31 / 32 /
+    33 and 100+ all occur): logits of every step against the numpy executor; then the same
+    steps with the rules off (`off`: the 6-dispatch layer of before) give the same logits."""
+    from pyapp.gpu import GpuBackend
+    from pyapp.numpy_backend import NumpyBackend
+    if variant.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups on this adapter")
+    cfg = random_llama(tmp_path / shape, shape, seed=3)
+    L = cfg["num_hidden_layers"]
+    nb = NumpyBackend.load(tmp_path / shape)
+    v = {"linear": variant, "norm_wg": 64, "attention": "wg"}
+    gb = GpuBackend.load(tmp_path / shape, device=device, variants=v)
+    old = GpuBackend.load(tmp_path / shape, device=device,
+                          variants={**v, "off": ["fuse_qkv_attention", "fold_merge"]})
+    rng = np.random.default_rng(11)
+    nc, gc, oc = nb.new_cache(128), gb.new_cache(128), old.new_cache(128)
+    ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
+    for n, tok in enumerate(ids):          # context n + 1: the first step is a 1-token prefill
+        d0, o0 = gb.stats["dispatches"], old.stats["dispatches"]
+        ref = nb.forward(ids=[tok], cache=nc)
+        got = gb.forward(ids=[tok], cache=gc)
+        assert relerr(got, ref) <= 1e-4, f"context {n + 1}"
+        assert gb.stats["dispatches"] - d0 == 1 + 4 * L + 1
+        if n in (0, 30, 32, 105):
+            assert relerr(old.forward(ids=[tok], cache=oc), got) <= 1e-4, f"context {n + 1}, rules off"
+            assert old.stats["dispatches"] - o0 == 1 + 6 * L + 1        # 128-key cache: 4 splits + merge
+        else:
+            old.forward(ids=[tok], cache=oc)
 
 
 @pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
@@ -243,3 +286,38 @@ def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
         assert r2 == r1 == ref[:ref.index(stop) + 1]
         assert c2.length == c1.length
         assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0
+
+
+def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
+    """Gemma 3 (per-head q/k norms, a sliding-window layer, the post-attention norm between the
+    o-projection and the residual add) keeps fuse_rope_attention, and its global layer's split
+    merge folds into the o-projection (no add in that store): a tiny random Gemma 3 made by
+    transformers, every context 1..45 of a 4-split cache against the numpy executor, one
+    dispatch per token fewer than with `fold_merge` off."""
+    torch = pytest.importorskip("torch")
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from pyapp.gpu import GpuBackend
+    from pyapp.numpy_backend import NumpyBackend
+    cfg = Gemma3TextConfig(vocab_size=97, hidden_size=64, intermediate_size=80, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                           max_position_embeddings=256, sliding_window=8,
+                           layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    m = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for _n, t in m.named_parameters():
+            if t.dim() == 1:
+                t.copy_(0.1 * torch.randn_like(t))     # norm weights off zero (1 + w)
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    v = {"linear": "wg", "norm_wg": 64, "attention": "wg"}
+    nb = NumpyBackend.load(tmp_path)
+    gb = GpuBackend.load(tmp_path, device=device, variants=v)
+    old = GpuBackend.load(tmp_path, device=device, variants={**v, "off": ["fold_merge"]})
+    nc, gc, oc = nb.new_cache(100), gb.new_cache(100), old.new_cache(100)
+    for n, tok in enumerate(np.random.default_rng(0).integers(0, 97, 45)):
+        d0, o0 = gb.stats["dispatches"], old.stats["dispatches"]
+        ref = nb.forward(ids=[int(tok)], cache=nc)
+        assert relerr(gb.forward(ids=[int(tok)], cache=gc), ref) <= 1e-5, f"context {n + 1}"
+        assert relerr(old.forward(ids=[int(tok)], cache=oc), ref) <= 1e-5, f"context {n + 1}, fold_merge off"
+        assert gb.stats["dispatches"] - d0 == old.stats["dispatches"] - o0 - 1

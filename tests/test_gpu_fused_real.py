@@ -1,6 +1,6 @@
 """The fused lowering (pyapp/gpu/lower.py rules, forced with a reduction GEMV variant) on the
 real SmolLM2-135M through lavapipe: 32 greedy ids identical to transformers and to the numpy
-executor; and the dispatch count of one decode token from `pyapp bench decode --random`."""
+executor; and the dispatch count of one decode token from `pyapp bench decode --random` (<= 150)."""
 from __future__ import annotations
 
 import json
@@ -39,23 +39,25 @@ def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # no
         got = generate(step, ids, 32).ids
         assert got == ref, p
         assert got == torch_ref[p], p
-        # decode tokens: 5 dispatches per layer + embed, lm head (norm folded), sampler; + one
-        # merge per layer where the cache holds more than one 32-key split
-        ns, _sl = attention_splits(1, c.capacity)
-        assert set(per_step[1:]) == {5 * L + 3 + (L if ns > 1 else 0)}
+        # decode tokens: 4 dispatches per layer + embed, lm head (norm folded), sampler,
+        # whether the cache is one 32-key split or several (the merge is in the o-projection)
+        assert attention_splits(1, c.capacity)[0] > 1
+        assert set(per_step[1:]) == {4 * L + 3}
     gb.destroy()
 
 
 def test_bench_decode_dispatch_count(tmp_path, capsys):
-    """`pyapp bench decode --random --linear wg` (SmolLM2's shape) with a cache of one 32-key
-    split: 153 dispatches per token (364 before the rules: 12 per layer); printed. (A longer
-    cache adds one attention_merge per layer: 183.)"""
+    """The issue's check: `pyapp bench decode --random --linear sg` (SmolLM2's shape; `sg` runs
+    as `wg` without subgroups) at a context above 32 (33-token prompt: the 43-key cache is two
+    32-key splits) reports <= 150 dispatches per token: 4 per layer + embed, head, sampler = 123
+    (183 before the 4-dispatch layer, 364 before the rules); printed."""
     from pyapp.bench import main
     out = tmp_path / "d.json"
-    main(["decode", "--random", "--linear", "wg", "--prompt-tokens", "8", "--new-tokens", "3",
+    main(["decode", "--random", "--linear", "sg", "--prompt-tokens", "33", "--new-tokens", "2",
           "--out", str(out)])
     r = json.loads(out.read_text())["decode"]
     n = r["dispatches_per_token"]
     with capsys.disabled():
-        print(f"\nSmolLM2-135M shape, wg on {r['variants']}: {n:.0f} dispatches per decode token")
-    assert n == 30 * 5 + 3
+        print(f"\nSmolLM2-135M shape, {r['variants']}, context 34-35: {n:.0f} dispatches per decode token")
+    assert n <= 150
+    assert n == 30 * 4 + 3

@@ -23,7 +23,7 @@ Dispatch = tuple    # (pipeline, bind group, gx, gy, gz)
 @runtime_checkable
 class Device(Protocol):
     kind: str                    # "native" | "browser"
-    limits: dict                 # max_storage_binding, max_buffer, max_workgroups
+    limits: dict                 # max_storage_binding, max_buffer, max_workgroups, max_storage_buffers, max_workgroup_storage
     features: set                # "subgroups", "shader-f16", "timestamp-query"
     info: dict                   # vendor, architecture, device, description, ...
     subgroup_enable: str         # the WGSL directive subgroup kernels need ("" if none)

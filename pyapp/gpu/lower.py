@@ -401,8 +401,7 @@ def fuse_gemv(b, ops, i, s: Step):
         rows = sum(n for n, _f, _bf in parts)
         return after - i, [gemv(b, wd, "", yd, vec, rows, K // wgsl.vwidth(vec), rows, 0, s, ent, variant, adecl)]
     # one GEMV: a folded norm and/or the residual add after it
-    add = (rich and nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
-           and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, after + 1, o.outs[0]))
+    add = rich and _residual_add(ops, after, o)
     if norm is None and not add:
         return None
     wt = b.tensors[o.weights["w"]]
@@ -417,6 +416,13 @@ def fuse_gemv(b, ops, i, s: Step):
     yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
     NF = wt.shape[0]
     return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // wgsl.vwidth(vec), NF, 0, s, ent, variant, adecl)]
+
+
+def _residual_add(ops, j, o) -> bool:
+    """ops[j] is `x += y` over linear o's output y (read by nothing after): foldable into o's store."""
+    nxt = ops[j] if j < len(ops) else None
+    return (nxt is not None and nxt.kind == "add" and nxt.ins[1] == o.outs[0]
+            and nxt.outs[0] == nxt.ins[0] != o.ins[0] and _dead_after(ops, j + 1, o.outs[0]))
 
 
 def _add_norm(b, x, r, y, norm, s: Step):
@@ -457,8 +463,8 @@ def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[in
 
 
 def fuse_rope_attention(b, ops, i, s: Step):
-    """rope + causal attention (+ the KV-cache append) -> attention_split (+ attention_merge
-    when the context is split), on the reduction variants."""
+    """rope + causal attention (+ the KV-cache append) -> attention_split; a split context's
+    merge folded into the o-projection after it, or attention_merge; on the reduction variants."""
     if not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None:
         return None
     r = ops[i]
@@ -480,10 +486,96 @@ def fuse_rope_attention(b, ops, i, s: Step):
     q, k, v = (b.acts[n] for n in at.ins)
     disp = [b.dispatch(src, {1: b.rope_bufs[r.attrs["theta"]], 2: q, 3: k, 4: v, 5: cache.k[li], 6: cache.v[li], 7: out},
                        s.T * H, ns)]
-    if ns > 1:
-        src = kernels.render("attention_merge", HD=hd, NS=ns, H=H)
-        disp.append(b.dispatch(src, {1: out, 2: y}, s.T * H))
-    return 2, disp
+    return _merge_split(b, ops, i + 2, 2, s, at, out, ns, sl, disp)
+
+
+def _merge_split(b, ops, j, n, s: Step, at, part, ns, sl, disp):
+    """After a split attention (its dispatches `disp`; n ops up to ops[j] consumed): nothing when the
+    context is one split (normalized in place); else the merge folded into the o-projection
+    ops[j] (+ the residual add), or the attention_merge dispatch. (ops consumed, dispatches)."""
+    if ns == 1:
+        return n, disp
+    a = at.attrs
+    H, hd = a["n_heads"], a["head_dim"]
+    r = _oproj_merged(b, ops, j, s, at.outs[0], part, ns, sl, H, hd)
+    if r is not None:
+        return n + r[0], disp + r[1]
+    src = kernels.render("attention_merge", HD=hd, NS=ns, H=H)
+    return n, disp + [b.dispatch(src, {1: part, 2: b.acts[at.outs[0]]}, s.T * H)]
+
+
+def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
+    """ops[j], a linear over the attention output `name` (read by nothing else), as a decode
+    GEMV whose input loader merges the split partials `part` in workgroup memory
+    (attention_merge_input.wgsl), with a residual add after it in its store; on the
+    reduction variants when the merged row fits workgroup memory. (ops consumed, [dispatch]) or None."""
+    if s.T != 1 or j >= len(ops) or "fold_merge" in b.variants.get("off", ()):
+        return None
+    o = ops[j]
+    variant = gemv_variant(b)
+    if (not _plain_linear(o) or o.ins[0] != name or variant not in ("wg", "sg", "sg4")
+            or not b.variants.get("fold", True) or not _dead_after(ops, j + 1, name)):
+        return None
+    wt = b.tensors[o.weights["w"]]
+    NF, K = wt.shape
+    # the merged row + a weight per (head, split) + linear_wg's partial sums (T = 1)
+    if (len(wt.chunks) != 1 or K != H * hd
+            or (K + H * ns + 3 * 64) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
+        return None
+    add = _residual_add(ops, j + 1, o)
+    nxt = ops[j + 1] if add else None
+    vec = 4 if K % 4 == 0 else 1
+    ent = {1: wt.chunks[0][0], 3: part, 4: b.act(nxt.outs[0] if add else o.outs[0])}
+    bdecl = wgsl.NO_BIAS
+    if o.weights.get("b"):
+        bt = b.tensors[o.weights["b"]]
+        bdecl = wgsl.wdecl(2, "b", bt.dtype, 1)
+        ent[2] = bt.chunks[0][0]
+    wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
+    yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
+    adecl = wgsl.merged_attention_input(vec, K // vec, H, hd, ns, sl)
+    return 1 + add, [gemv(b, wd, bdecl, yd, vec, NF, K // vec, NF, 0, s, ent, variant, adecl)]
+
+
+def fuse_qkv_attention(b, ops, i, s: Step):
+    """A decode token's rms_norm -> q/k/v linears -> rope -> causal attention in one dispatch
+    (attention_qkv.wgsl: each (head, split) workgroup projects its own q; the split holding
+    the new position also its k and v), then the split merge folded into the o-projection:
+    a llama layer in 4 dispatches. Reduction variants, T = 1, no biases, no sliding window;
+    9 storage bindings. Prefill keeps the other rules."""
+    if (not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None or s.T != 1
+            or s.head or gemv_variant(b) not in ("wg", "sg", "sg4") or not b.variants.get("fold", True)
+            or b.device.limits.get("max_storage_buffers", 8) < 9 or i + 6 > len(ops)):
+        return None
+    nm, *lin, r, at = ops[i:i + 6]
+    if not (_norm_foldable(b, nm) and r.kind == "rope" and at.kind == "attention"):
+        return None
+    a = at.attrs
+    q, k, v = at.ins
+    if (not a["causal"] or a.get("window") or tuple(r.ins) != (q, k) or tuple(r.outs) != (q, k)
+            or sorted(p.outs[0] for p in lin) != sorted((q, k, v))
+            or not all(_plain_linear(p) and p.ins[0] == nm.outs[0] and not p.weights.get("b") for p in lin)
+            or not all(_dead_after(ops, i + 6, n) for n in (nm.outs[0], q, k, v))):
+        return None
+    w = {p.outs[0]: b.tensors[p.weights["w"]] for p in lin}
+    H, Hkv, hd, li, cache = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["layer"], s.cache
+    D = b.widths[nm.ins[0]]
+    if (any(len(t.chunks) != 1 for t in w.values()) or w[q].shape != (H * hd, D)
+            or w[k].shape != (Hkv * hd, D) or w[v].shape != (Hkv * hd, D)):
+        return None
+    ns, sl = attention_splits(1, cache.capacity, int(b.variants.get("attn_split", ATTN_SPLIT)))
+    out = b.acts[at.outs[0]] if ns == 1 else cache.scratch(H * ns * (hd + 2) * 4)
+    vec = 4 if D % 4 == 0 else 1
+    nt = b.tensors[nm.weights["w"]]
+    src = kernels.render("attention_qkv", VT=wgsl.vtype(vec), MULV=wgsl.mulv(vec),
+                         NWDECL=wgsl.wdecl(3, "nw", nt.dtype, vec), WQDECL=wgsl.wdecl(4, "wq", w[q].dtype, vec),
+                         WKDECL=wgsl.wdecl(5, "wk", w[k].dtype, vec), WVDECL=wgsl.wdecl(6, "wv", w[v].dtype, vec),
+                         H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity, SCALE=wgsl.f32lit(a["scale"]),
+                         NS=ns, SL=sl, DPL=ceil(hd, 64), KV=D // vec, D=D, EPS=wgsl.f32lit(nm.attrs["eps"]),
+                         HDKP=hd * 8)
+    ent = {1: b.rope_bufs[r.attrs["theta"]], 2: b.act(nm.ins[0]), 3: nt.chunks[0][0], 4: w[q].chunks[0][0],
+           5: w[k].chunks[0][0], 6: w[v].chunks[0][0], 7: cache.k[li], 8: cache.v[li], 9: out}
+    return _merge_split(b, ops, i + 6, 6, s, at, out, ns, sl, [b.dispatch(src, ent, H, ns)])
 
 
 def fuse_pool_normalize(b, ops, i, s: Step):
@@ -493,7 +585,7 @@ def fuse_pool_normalize(b, ops, i, s: Step):
     return 2, _pool(b, ops[i], s, out=ops[i + 1].outs[0], norm=True)
 
 
-RULES: list[Callable] = [fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_pool_normalize]
+RULES: list[Callable] = [fuse_qkv_attention, fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_pool_normalize]
 
 
 def check_ops(ops) -> None:

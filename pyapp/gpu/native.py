@@ -21,6 +21,8 @@ class NativeDevice(Device):
             "max_storage_binding": int(lim["max-storage-buffer-binding-size"]),
             "max_buffer": int(lim["max-buffer-size"]),
             "max_workgroups": int(lim["max-compute-workgroups-per-dimension"]),
+            "max_storage_buffers": int(lim["max-storage-buffers-per-shader-stage"]),
+            "max_workgroup_storage": int(lim["max-compute-workgroup-storage-size"]),
         }
         feats = set(device.features)
         self.features = set()

@@ -117,7 +117,8 @@ def gemv_input(vec, norm=None, storage: str = "u32") -> str:
     y = (sum_k W[n,k] a[k] w[k]) / sqrt(sum_k a[k]^2 / D + eps), the sum of squares taken
     from the same loads (every column's reduction walks the whole row anyway)."""
     vt = vtype(vec)
-    head = f"@group(0) @binding(3) var<storage, read> a: array<{vt}>;"
+    head = (f"@group(0) @binding(3) var<storage, read> a: array<{vt}>;\n"
+            "const AWG: bool = false;\nfn prologue(l: u32, nl: u32) {}")
     if norm is None:
         return (f"{head}\nconst NORM: bool = false;\n"
                 f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v; }}\n"
@@ -127,6 +128,15 @@ def gemv_input(vec, norm=None, storage: str = "u32") -> str:
     return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, nvec, storage)}\n"
             f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * ldnw(k); }}\n"
             f"fn fin(v: f32, ss: f32) -> f32 {{ return v * (1.0 / sqrt(ss / {width}.0 + {f32lit(eps)})); }}")
+
+
+def merged_attention_input(vec: int, KV: int, H: int, HD: int, NS: int, SL: int) -> str:
+    """ADECL of a decode GEMV over a split attention's partials (binding 3), merged into
+    workgroup memory first (kernels/attention_merge_input.wgsl)."""
+    put = ("vec4f(merged(4u * i, na), merged(4u * i + 1u, na), merged(4u * i + 2u, na), "
+           "merged(4u * i + 3u, na))" if vec == 4 else "merged(i, na)")
+    return kernels.snippet("attention_merge_input", VT=vtype(vec), KV=KV, H=H, HD=HD, NS=NS, SL=SL, HNS=H * NS,
+                           PUT=put)
 
 
 def no_pair(vec) -> str:

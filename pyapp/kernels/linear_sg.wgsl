@@ -2,7 +2,8 @@
 // workgroup of 128 on a 32-wide subgroup), two independent accumulators per
 // lane (UNROLL) for more loads in flight, subgroupAdd reduction.  Needs `subgroups`.
 // Any subgroup size works: columns are walked in uniform rounds over the grid.
-// NORM: the input's RMSNorm folded in (scl/fin); PAIR: two weights per column (store2).
+// NORM: the input's RMSNorm folded in (scl/fin); PAIR: two weights per column (store2);
+// AWG: the input is built in workgroup memory first (`prologue`: a merged split attention).
 ${ENABLE}
 ${WDECL}
 ${BDECL}
@@ -23,6 +24,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let total = nwg.x * per;
   let rounds = (N + total - 1u) / total;
   let t0 = wg.y * TB;
+  if (AWG) { prologue(l, 128u); workgroupBarrier(); }   // an input built in workgroup memory
   for (var r = 0u; r < rounds; r++) {
   let n = r * total + wg.x * per + l / sgs;
   let live = n < N;

@@ -2,7 +2,8 @@
 // coalesced loads over k, shared-memory tree reduction.  For real GPUs.
 // Rows are walked in rounds over the grid (a dispatch has at most 65,535 workgroups
 // per dimension; an lm head has up to 128,256 rows). NORM: the input's RMSNorm is
-// folded in (scl/fin); PAIR: two weights per column (gate/up), stored through store2.
+// folded in (scl/fin); PAIR: two weights per column (gate/up), stored through store2;
+// AWG: the input is built in workgroup memory first (`prologue`: a merged split attention).
 ${WDECL}
 ${BDECL}
 ${ADECL}
@@ -20,6 +21,7 @@ var<workgroup> part3: array<f32, ${PART}>;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
         @builtin(num_workgroups) nwg: vec3u) {
   let t0 = wg.y * TB;
+  if (AWG) { prologue(l, 64u); workgroupBarrier(); }   // an input built in workgroup memory
   for (var n = wg.x; n < N; n += nwg.x) {
   var acc: array<f32, ${TB}>;
   var acc2: array<f32, ${TB}>;
