@@ -24,9 +24,14 @@ LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sg
                    "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2")
 
 
+# Bumped whenever the candidates or the plans they time change, so that a cached choice
+# made among older kernels is measured again instead of kept.
+TUNE_VERSION = 3
+
+
 def tune_key(device, K, N, dtype):
     i = device.info
-    return (f"{device.kind}|{i.get('vendor')}|{i.get('architecture')}|{i.get('device')}|"
+    return (f"v{TUNE_VERSION}|{device.kind}|{i.get('vendor')}|{i.get('architecture')}|{i.get('device')}|"
             f"{i.get('description')}|{K}x{N}|{dtype}")
 
 
