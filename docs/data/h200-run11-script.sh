@@ -15,7 +15,15 @@ if [ "$1" = A ]; then
     --variants '{"off": ["fuse_qkv_attention", "fold_merge"]}' 2>&1 | tee $OUT/before-log.txt
   timeout 420 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
     --deno-shapes smollm2-135m-f16,llama-7b-f16 --label after 2>&1 | tee $OUT/after-log.txt
+elif [ "$1" = C ]; then
+  # after A: the q/k/v-in-attention rule off by default on GPUs; is the folded merge worth it?
+  timeout 200 $B --shapes smollm2-135m-f16,llama-1b-f16,llama-7b-f16 --no-deno --no-torch --label fold \
+    2>&1 | tee $OUT/fold-log.txt
+  timeout 200 $B --shapes smollm2-135m-f16,llama-1b-f16,llama-7b-f16 --no-deno --no-torch --label nofold \
+    --variants '{"off": ["fold_merge"]}' 2>&1 | tee $OUT/nofold-log.txt
 else
-  timeout 500 $B --shapes gemma3-270m-f16,gemma3-270m-q4_1,smollm2-135m-f32 --deno-shapes gemma3-270m-f16 \
-    --profile --label gemma 2>&1 | tee $OUT/gemma-log.txt
+  # the final table: the default plans (q/k/v-in-attention off on GPUs, the merge folded up to
+  # 1,024 wide), PyTorch eager + HF generate, Deno on three shapes
+  timeout 560 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,gemma3-270m-f16,gemma3-270m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
+    --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --label final 2>&1 | tee $OUT/final-log.txt
 fi

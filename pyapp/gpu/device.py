@@ -56,3 +56,12 @@ class Device(Protocol):
 
     def now(self) -> float:
         """Seconds from a monotonic clock (autotune timing)."""
+
+
+def cpu_adapter(info: dict) -> bool:
+    """A CPU implementation of WebGPU (lavapipe / llvmpipe, SwiftShader, WARP) from either
+    binding's `info`: where a plan trades GPU parallelism for fewer dispatches, it pays only here."""
+    if info.get("adapter_type", "").upper() == "CPU" or info.get("is_fallback"):
+        return True
+    names = " ".join(str(info.get(k, "")) for k in ("vendor", "architecture", "device", "description")).lower()
+    return any(n in names for n in ("llvmpipe", "lavapipe", "swiftshader", "warp"))

@@ -12,7 +12,7 @@ from typing import Callable
 
 from .. import formats, kernels
 from . import wgsl
-from .device import GpuError
+from .device import GpuError, cpu_adapter
 
 
 def ceil(a: int, b: int) -> int:
@@ -504,12 +504,19 @@ def _merge_split(b, ops, j, n, s: Step, at, part, ns, sl, disp):
     return n, disp + [b.dispatch(src, {1: part, 2: b.acts[at.outs[0]]}, s.T * H)]
 
 
+# Widest attention output (heads x head_dim) whose merge the o-projection repeats per
+# workgroup. H200, run 11: SmolLM2 (576) 258 -> 274 tok/s with the fold; Llama 7B (4,096)
+# 93.5 -> 50.4, every workgroup merging 32 heads in 16 KB of workgroup memory.
+FOLD_MERGE_MAX = 1024
+
+
 def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
     """ops[j], a linear over the attention output `name` (read by nothing else), as a decode
     GEMV whose input loader merges the split partials `part` in workgroup memory
     (attention_merge_input.wgsl), with a residual add after it in its store; on the
     reduction variants when the merged row fits workgroup memory. (ops consumed, [dispatch]) or None."""
-    if s.T != 1 or j >= len(ops) or "fold_merge" in b.variants.get("off", ()):
+    if (s.T != 1 or j >= len(ops) or "fold_merge" in b.variants.get("off", ())
+            or H * hd > b.variants.get("fold_merge_max", FOLD_MERGE_MAX)):
         return None
     o = ops[j]
     variant = gemv_variant(b)
@@ -542,10 +549,15 @@ def fuse_qkv_attention(b, ops, i, s: Step):
     (attention_qkv.wgsl: each (head, split) workgroup projects its own q; the split holding
     the new position also its k and v), then the split merge folded into the o-projection:
     a llama layer in 4 dispatches. Reduction variants, T = 1, no biases, no sliding window;
-    9 storage bindings. Prefill keeps the other rules."""
+    9 storage bindings. Prefill keeps the other rules.
+    By default only on CPU adapters: each head's q/k/v rows then run on heads x splits
+    workgroups instead of the whole GPU, which halved decode speed on the H200 (SmolLM2 f16
+    228 -> 107 tok/s, Llama 7B f16 91 -> 9; docs/performance.md, run 11); variant
+    `qkv_attention` forces it either way."""
     if (not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None or s.T != 1
             or s.head or gemv_variant(b) not in ("wg", "sg", "sg4") or not b.variants.get("fold", True)
-            or b.device.limits.get("max_storage_buffers", 8) < 9 or i + 6 > len(ops)):
+            or b.device.limits.get("max_storage_buffers", 8) < 9 or i + 6 > len(ops)
+            or not b.variants.get("qkv_attention", cpu_adapter(getattr(b.device, "info", {})))):
         return None
     nm, *lin, r, at = ops[i:i + 6]
     if not (_norm_foldable(b, nm) and r.kind == "rope" and at.kind == "attention"):
