@@ -19,6 +19,10 @@ elif [ "$1" = P ]; then
   # where a token's GPU time goes (timestamp queries per kernel class), default plans
   timeout 300 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --no-deno --no-torch --profile \
     --label profile 2>&1 | tee $OUT/profile-log.txt
+elif [ "$1" = R ]; then
+  # run 11r: readbacks mapped in place (no queue.read_buffer copy-and-submit per token)
+  timeout 200 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,llama-7b-f16 --no-deno --no-torch --label mapped \
+    2>&1 | tee $OUT/mapped-log.txt
 elif [ "$1" = C ]; then
   # after A: the q/k/v-in-attention rule off by default on GPUs; is the folded merge worth it?
   timeout 200 $B --shapes smollm2-135m-f16,llama-1b-f16,llama-7b-f16 --no-deno --no-torch --label fold \

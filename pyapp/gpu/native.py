@@ -43,7 +43,11 @@ class NativeDevice(Device):
         U = wgpu.BufferUsage
         self._usage = {"storage": U.STORAGE | U.COPY_SRC | U.COPY_DST,
                        "uniform": U.UNIFORM | U.COPY_DST,
-                       "readback": U.COPY_SRC | U.COPY_DST}   # queue.read_buffer maps its own copy
+                       # mapped in place: a read waits only for the submit that copied into it
+                       # (queue.read_buffer submits its own copy, which in pipelined decode
+                       # queued behind the step after, so the GPU idled while the host encoded)
+                       "readback": U.MAP_READ | U.COPY_DST}
+        self._map_read = wgpu.MapMode.READ
 
     @classmethod
     def create(cls, power_preference="high-performance", max_limits=True, limits=None):
@@ -139,6 +143,12 @@ class NativeDevice(Device):
 
     def read(self, buf, offset, size):
         try:
+            if buf.usage & wgpu_map_read():
+                buf.map_sync(self._map_read, offset, (size + 3) // 4 * 4)
+                try:
+                    return bytes(buf.read_mapped(offset, size))
+                finally:
+                    buf.unmap()
             return bytes(self.device.queue.read_buffer(buf, offset, size))
         except Exception as e:  # noqa: BLE001
             raise GpuError(f"readback: {e}") from e
@@ -148,6 +158,12 @@ class NativeDevice(Device):
 
     def now(self):
         return time.perf_counter()
+
+
+def wgpu_map_read() -> int:
+    import wgpu
+
+    return int(wgpu.BufferUsage.MAP_READ)
 
 
 def _numbered(src):
