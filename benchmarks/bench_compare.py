@@ -240,7 +240,7 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
         def pipelined(depth):
             c = be.new_cache(P + N + 8)
             t = time.perf_counter()
-            out = be.decode(prompt, c, sp, N + 1, depth=depth)
+            out = be.decode(prompt, c, sp, N + 1, depth=depth).ids
             return time.perf_counter() - t - prefill, out
         pipelined(2)
         pdec, ptoks = pipelined(2)

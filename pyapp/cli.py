@@ -82,6 +82,21 @@ class Runner:
             return sample_numpy(logits[-1], params, n)
         return step
 
+    def pipelined(self):
+        """Every layer and the sampler on the GPU (split 0): decode may run steps ahead."""
+        return self.head_part is None and hasattr(self.tail, "pipeline")
+
+    def generate(self, params, prompt_ids, max_new, eos, on_token=None, should_stop=None, pipeline=True):
+        """decode.generate, pipelined (GpuBackend.decode) when the whole model is on the GPU
+        and `pipeline`; the step loop otherwise. Same ids either way."""
+        if pipeline and self.pipelined():
+            _head, cache = self.new_caches(len(prompt_ids) + max_new)
+            return self.tail.decode(prompt_ids, cache, params, max_new, eos, on_token=on_token,
+                                    should_stop=should_stop)
+        from .decode import generate
+        return generate(self.step_fn(params, len(prompt_ids) + max_new), prompt_ids, max_new, eos,
+                        on_token=on_token, should_stop=should_stop)
+
     def embed(self, ids):
         head_cache, tail_cache = (None, None) if not self.model.causal else self.new_caches(len(ids))
         inp = self._tail_input(ids, head_cache)
@@ -89,7 +104,7 @@ class Runner:
 
 
 def cmd_generate(a):
-    from .decode import check_context, generate
+    from .decode import check_context
     from .sampling import SamplingParams
 
     d = _model_dir(a.model)
@@ -117,8 +132,8 @@ def cmd_generate(a):
             if stream is not None:
                 sys.stdout.write(stream.step(t))
                 sys.stdout.flush()
-    res = generate(runner.step_fn(params, len(prompt_ids) + max_new), prompt_ids, max_new, eos,
-                   on_token=None if a.json else on_token)
+    res = runner.generate(params, prompt_ids, max_new, eos, on_token=None if a.json else on_token,
+                          pipeline=not a.step_loop)
     text = tok.decode(res.ids, skip_special_tokens=True)
     if a.json:
         print(json.dumps({"prompt_ids": res.prompt_ids, "ids": res.ids, "text": text,
@@ -267,6 +282,8 @@ def build_parser():
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--step-loop", action="store_true",
+                   help="read each token before submitting the next (no pipelined decode on the GPU)")
     common(s)
     s.set_defaults(fn=cmd_generate)
 

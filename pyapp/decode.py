@@ -2,6 +2,10 @@
 
 A backend supplies `step(ids, n) -> token id`: run the model on the new ids
 (the whole prompt first, then one token at a time) and pick token number n.
+A GPU backend with every layer and the sampler on the GPU can instead run it
+pipelined (`generate_pipelined_async`): step n+1 is submitted before token n is
+read, so the host's encoding overlaps the GPU. The same `_decode` loop decides
+what happens with each token; the driver only runs steps ahead of it.
 Stdlib only: the edge runs this same loop in Pyodide.
 """
 from __future__ import annotations
@@ -82,3 +86,37 @@ async def generate_async(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=
             req = loop.send(await step(*req))
     except StopIteration:
         return res
+
+
+async def generate_pipelined_async(pipe, prompt_ids, max_new_tokens, eos_ids=(), on_token=None,
+                                   should_stop=None, depth=2):
+    """`generate_async` with up to `depth` steps in flight. `pipe` has
+    `submit(ids, n)` (ids None: the token the previous step's sampler left on the GPU),
+    `async read(n)` -> token n, and `async drop(k)`: cut the last k submitted steps
+    (their KV rows) and finish their pending reads. When the loop ends (stop token,
+    length, should_stop, or an exception) the steps run ahead of it are dropped, so the
+    cache holds exactly prompt + the returned tokens (less the last one, not yet fed back),
+    as after the step loop. Token n is read, streamed and checked before token n+1 is."""
+    res = GenerationResult(prompt_ids=list(prompt_ids))
+    loop = _decode(res, max_new_tokens, eos_ids, on_token, should_stop)
+    submitted = 0
+    try:
+        try:
+            ids, n = next(loop)
+        except StopIteration:
+            return res
+        pipe.submit(ids, 0)
+        submitted = 1
+        while True:
+            # step n (the one token n comes from) is in flight; run up to depth - 1 more
+            while submitted < max_new_tokens and submitted - n < depth:
+                pipe.submit(None, submitted)
+                submitted += 1
+            tok = await pipe.read(n)
+            try:
+                ids, n = loop.send(tok)      # ([tok], n + 1): already submitted with tok on the GPU
+            except StopIteration:
+                return res
+    finally:
+        if submitted:
+            await pipe.drop(submitted - len(res.ids))

@@ -220,10 +220,16 @@ def _token_logprobs(row: np.ndarray, tid: int, k: int):
 
 def run_generate(entry: ModelEntry, prompt_ids, max_new, params, on_token=None, should_stop=None,
                  top_k: int | None = None, record: list | None = None):
-    """Blocking: the numpy decode loop over the whole model with a private KV cache.
-    With ``record``, each step appends (token, logprob, [(id, logprob)] * top_k)."""
+    """Blocking: the decode loop over the whole model with a private KV cache.
+    With ``record``, each step appends (token, logprob, [(id, logprob)] * top_k).
+    On ``--backend wgpu`` without logprobs every layer and the sampler run on the GPU, so the
+    loop runs pipelined (GpuBackend.decode: step n+1 submitted before token n is read; the GPU
+    sampler picks what sample_numpy picks, bit for bit)."""
     be = entry.backend()
     cache = be.new_cache(capacity=len(prompt_ids) + max_new)
+    if record is None and hasattr(be, "pipeline"):
+        return be.decode(prompt_ids, cache, params, max_new, entry.eos_ids, on_token=on_token,
+                         should_stop=should_stop)
 
     def step(ids, n):
         logits = be.forward(ids=ids, cache=cache)

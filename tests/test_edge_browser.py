@@ -262,6 +262,31 @@ def test_split_generation_matches_numpy(page, references, split):
             assert ld["bytes"] > 500e6 and ld["wasm_heap_growth"] < 0.01 * ld["bytes"]
 
 
+def test_split0_pipelined_stop_then_generate_and_seeded(page, references):
+    """At split 0 with the tail loaded (not progressive) every layer and the sampler are on this
+    GPU, so generate runs pipelined (steps submitted before the previous token is read). stop()
+    after 4 tokens cuts the steps run ahead; the next generate gives numpy's ids. Seeded sampling
+    gives the same ids as with the step loop forced (pipeline: false): the same GPU sampler, so a
+    consistency check (test_split_generation_matches_numpy is the reference check)."""
+    pids, ids = references[("raw", 32)]
+    base = "model: 'smollm2-135m', split: 0, format: 'f32', progressive: false"
+    r = page.evaluate("(p) => { let n = 0; return pyapp.generate(p, {%s, greedy: true, maxNewTokens: 32, "
+                      "onToken: () => { if (++n === 4) pyapp.stop(); }}); }" % base, PROMPT)
+    assert r["stats"]["pipelined"] and r["stats"]["finish_reason"] == "cancelled", r["stats"]
+    assert 4 <= len(r["ids"]) < 32 and r["ids"] == ids[:len(r["ids"])]
+    r2 = page.evaluate("(p) => pyapp.generate(p, {%s, greedy: true, maxNewTokens: 12})" % base, PROMPT)
+    assert r2["stats"]["pipelined"] and r2["stats"]["finish_reason"] == "length"
+    assert r2["ids"] == ids[:12]
+    opts = base + ", greedy: false, temperature: 0.8, topP: 0.9, topK: 40, seed: 7, maxNewTokens: 10"
+    a = page.evaluate("(p) => pyapp.generate(p, {%s})" % opts, PROMPT)
+    b = page.evaluate("(p) => pyapp.generate(p, {%s, pipeline: false})" % opts, PROMPT)
+    assert a["stats"]["pipelined"] and not b["stats"]["pipelined"]
+    assert a["ids"] == b["ids"] and len(a["ids"]) == 10
+    print(f"\n[edge] split 0 pipelined: stopped after {len(r['ids'])} tokens, "
+          f"{r2['stats']['tokens_per_second']:.2f} tok/s pipelined vs {b['stats']['tokens_per_second']:.2f} "
+          f"step loop (sampled), seeded {a['text']!r}")
+
+
 def test_screenshot_mid_generation(page):
     """The page mid-generation at split 24 (six layers streamed, so the bars are fresh), desktop
     1280 and phone 390 wide; then the Stop button ends it."""

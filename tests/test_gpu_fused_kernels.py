@@ -278,11 +278,11 @@ def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
         c1 = gb.new_cache(64)
         ref = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20).ids
         c2 = gb.new_cache(64)
-        assert gb.decode(prompt, c2, sp, 20, depth=depth) == ref
+        assert gb.decode(prompt, c2, sp, 20, depth=depth).ids == ref
         stop = ref[6]
         c1, c2 = gb.new_cache(64), gb.new_cache(64)
         r1 = generate(lambda t, n: gb.step(ids=t, cache=c1, params=sp, n=n), prompt, 20, eos_ids=[stop]).ids
-        r2 = gb.decode(prompt, c2, sp, 20, eos_ids=[stop], depth=depth)
+        r2 = gb.decode(prompt, c2, sp, 20, eos_ids=[stop], depth=depth).ids
         assert r2 == r1 == ref[:ref.index(stop) + 1]
         assert c2.length == c1.length
         assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0

@@ -49,7 +49,7 @@ async def pipelined():
     """GpuBackend.decode_async: DEPTH steps in flight, their mapAsync pending together."""
     c = be.new_cache(P + N + 8)
     t = time.perf_counter()
-    out = await be.decode_async(prompt, c, sp, N + 1, depth=DEPTH)
+    out = (await be.decode_async(prompt, c, sp, N + 1, depth=DEPTH)).ids
     return time.perf_counter() - t - prefill, out
 
 

@@ -679,11 +679,11 @@ async def generate(prompt, **opts):
                             "server is unreachable): pass progressive: false", "bad_option", "progressive")
         return await _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token,
                                    progressive and _runner_key(em, split) not in state.runners, auto,
-                                   memory_budget(o))
+                                   memory_budget(o), o.get("pipeline", True))
 
 
 async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, progressive=False, auto=False,
-                        budget=(None, "")):
+                        budget=(None, ""), pipeline=True):
     n = em.model.n_layers
     t_load = time.perf_counter()
     loading = None
@@ -724,8 +724,12 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
                     "n_layers": n, "prompt_tokens": len(prompt_ids)})
     t_gen = time.perf_counter()
     try:
-        res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
-                                   em.eos_ids, on_tok, lambda: state.stop_requested)
+        stop = lambda: state.stop_requested  # noqa: E731
+        if progressive:               # the server runs layers (the split moves): one step at a time
+            res = await generate_async(lambda ids, k: runner.step(ids, k, params), prompt_ids, max_new,
+                                       em.eos_ids, on_tok, stop)
+        else:                         # pipelined at split 0 (every layer + the sampler here)
+            res = await runner.generate(prompt_ids, max_new, params, em.eos_ids, on_tok, stop, pipeline)
     except BaseException:
         if progressive:               # a failed hand-over: nothing half-moved is kept
             loading.cancel()
@@ -765,7 +769,9 @@ async def _gpu_generate(em, dev, split, prompt_ids, max_new, params, on_token, p
         "time_to_first_token": round(ttft_total if progressive else res.time_to_first_token, 4),
         "time_to_first_token_with_load": round((ttft_total if progressive else load_s + res.time_to_first_token), 4),
         "tokens_per_second": round(res.tokens_per_second, 3),
-        "progressive": progressive, "split_trace": trace, **(prog if progressive else {}),
+        "progressive": progressive, "split_trace": trace,
+        # steps run ahead of the token reads (every layer + the sampler on this GPU)
+        "pipelined": bool(not progressive and pipeline and runner.pipelined()), **(prog if progressive else {}),
         # this call's load: 0 bytes and ~0 s when the tail was already on the GPU
         "load_seconds": round(load_s, 3), "weight_bytes": streamed, "format": em.manifest.get("dtype", "f32"),
         "wasm_heap": stream.wasm_heap_bytes(), "gpu_bytes": int(runner.backend.gpu_bytes),

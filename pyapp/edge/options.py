@@ -38,7 +38,8 @@ _COMMON = {"model": Opt("str"), "backend": Opt("str", choices=("auto", "webgpu",
 GENERATE = {**_COMMON, "split": Opt("int", _min(0)), "max_new_tokens": Opt("int", _min(1)),
             "greedy": Opt("bool"), "chat": Opt("bool"), "temperature": Opt("number", _range(0, 100)),
             "top_p": Opt("number", _range(0, 1, lo_open=True)), "top_k": Opt("int", _min(0)),
-            "seed": Opt("int", _min(0)), "on_token": Opt("callable"), "progressive": Opt("bool")}
+            "seed": Opt("int", _min(0)), "on_token": Opt("callable"), "progressive": Opt("bool"),
+            "pipeline": Opt("bool")}
 EMBED = {**_COMMON, "split": Opt("int", _min(0)), "progressive": Opt("bool")}
 TOKENIZE = {"model": Opt("str"), "chat": Opt("bool")}
 MODEL_ONLY = {"model": Opt("str")}

@@ -620,46 +620,31 @@ class GpuBackend:
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
 
-    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
-        """Decode with `depth` steps in flight: each step embeds the token its predecessor's
-        sampler left on the GPU, so step n+1 is encoded and submitted before token n is read
-        (the host's encoding overlaps the GPU; in the browser several mapAsync wait at once).
-        Token n is read from readback slot n % depth. The ids equal step() one at a time:
-        steps submitted past a stop token are dropped (their KV rows cut off the cache).
-        Returns the new token ids (the stop token included, like decode.generate)."""
-        import asyncio
-
-        if max_new_tokens <= 0:
-            return []
+    def pipeline(self, cache, params=None, depth=2):
+        """The steps of decode.generate_pipelined_async on this backend (whole model + sampler
+        here): each step after the first embeds the token its predecessor's sampler left on
+        the GPU (ON_GPU), so step n+1 is encoded and submitted before token n is read (the
+        host's encoding overlaps the GPU; in the browser several mapAsync wait at once).
+        Token n is read from readback slot n % depth."""
         while len(self._ring) < depth:
             self._ring.append(self.device.create_buffer(16, "readback"))
-        ring, eos, out, reads = self._ring, set(eos_ids), [], {}
-        browser = self.device.kind == "browser"
+        return _Pipeline(self, cache, params, depth)
 
-        def submit(n, ids):
-            self._step_submit(ids, None, cache, params, n, None, None, readback=ring[n % depth])
-            if browser:           # start the mapAsync now: several resolve in one poll
-                reads[n] = asyncio.ensure_future(self.device.read_async(ring[n % depth], 0, 4))
-        submit(0, prompt_ids)
-        submitted = 1
-        while True:
-            while submitted < max_new_tokens and submitted - len(out) < depth:
-                submit(submitted, ON_GPU)
-                submitted += 1
-            n = len(out)
-            raw = await reads.pop(n) if browser else self.device.read(ring[n % depth], 0, 4)
-            out.append(struct.unpack("<I", bytes(raw))[0])
-            if out[-1] in eos or len(out) >= max_new_tokens:
-                break
-        for f in reads.values():  # the dropped steps' reads
-            await f
-        cache.length -= submitted - len(out)
-        return out
+    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2,
+                           on_token=None, should_stop=None):
+        """Pipelined decode (see pipeline()); the ids equal step() one at a time: steps
+        submitted past a stop token are dropped (their KV rows cut off the cache).
+        Returns decode.GenerationResult (ids: the stop token included, like decode.generate)."""
+        from ..decode import generate_pipelined_async
+        return await generate_pipelined_async(self.pipeline(cache, params, depth), prompt_ids, max_new_tokens,
+                                              eos_ids, on_token, should_stop, depth)
 
-    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2):
+    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2,
+               on_token=None, should_stop=None):
         """decode_async on the native binding (its reads never suspend)."""
         from .autotune import _run_sync
-        return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth))
+        return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth,
+                                           on_token, should_stop))
 
     # ------------------------------------------------------------------ test / bench hooks
     def poison(self, value=float("nan")):
@@ -694,3 +679,36 @@ class GpuBackend:
         in its own format) and upload with queue.writeBuffer (native binding)."""
         from .loading import load_backend
         return load_backend(cls, model_dir, dtype, start, stop, embed, head, device, autotune, **kw)
+
+
+class _Pipeline:
+    """submit / read / drop of one pipelined generation (decode.generate_pipelined_async)."""
+
+    def __init__(self, backend, cache, params, depth):
+        self.be, self.cache, self.params, self.depth = backend, cache, params, depth
+        self.browser = backend.device.kind == "browser"
+        self.reads = {}               # n -> pending mapAsync (browser)
+
+    def submit(self, ids, n):
+        be, slot = self.be, self.be._ring[n % self.depth]
+        be._step_submit(ON_GPU if ids is None else ids, None, self.cache, self.params, n, None, None,
+                        readback=slot)
+        if self.browser:              # start the mapAsync now: several resolve in one poll
+            import asyncio
+            self.reads[n] = asyncio.ensure_future(be.device.read_async(slot, 0, 4))
+
+    async def read(self, n):
+        if self.browser:
+            raw = await self.reads.pop(n)
+        else:
+            raw = self.be.device.read(self.be._ring[n % self.depth], 0, 4)
+        return struct.unpack("<I", bytes(raw))[0]
+
+    async def drop(self, k):
+        reads, self.reads = list(self.reads.values()), {}
+        for f in reads:               # the dropped steps' reads: their buffers are reused next time
+            try:
+                await f
+            except Exception:  # noqa: BLE001
+                pass
+        self.cache.length -= k
