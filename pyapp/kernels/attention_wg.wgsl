@@ -83,9 +83,16 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
       for (var i = 0u; i < DPL; i++) {
         let d = dl + i * WG;
         if (d < HD) {
-          var a = acc[i] * c;
-          for (var j = g; j < n; j += KG) { a += pr[j] * vv[kv_index(kvh, k0 + j, d)]; }
-          acc[i] = a;
+          // 4 keys a trip, their loads issued before the adds (no load waits on the last add)
+          var a = vec4f(acc[i] * c, 0.0, 0.0, 0.0);
+          var j = g;
+          for (; j + 3u * KG < n; j += 4u * KG) {
+            let v = vec4f(vv[kv_index(kvh, k0 + j, d)], vv[kv_index(kvh, k0 + j + KG, d)],
+                          vv[kv_index(kvh, k0 + j + 2u * KG, d)], vv[kv_index(kvh, k0 + j + 3u * KG, d)]);
+            a += vec4f(pr[j], pr[j + KG], pr[j + 2u * KG], pr[j + 3u * KG]) * v;
+          }
+          for (; j < n; j += KG) { a.x += pr[j] * vv[kv_index(kvh, k0 + j, d)]; }
+          acc[i] = (a.x + a.y) + (a.z + a.w);
         }
       }
     }
