@@ -349,3 +349,38 @@ def test_attention_head_dim_256_over_200_keys(device):
     g.forward(x=np.zeros((T, 8), np.float32), cache=g.new_cache(T), head=False)
     assert relerr(g.read_activation("a", T), ref_attention(q, k, v, H, Hkv, hd, 0, 0.06)) <= 1e-5
     g.destroy()
+
+
+@pytest.mark.parametrize("hd,H,Hkv", [(256, 4, 1), (320, 2, 2), (12, 3, 1)])
+def test_attention_wg_window_past_a_tile(device, hd, H, Hkv):
+    """attention_wg's key tiles of 256 and output lanes (one dim per lane at 256, two at 320,
+    key groups at 12): a window of 280 over a ring of 560 slots, 598 tokens in prefill steps of
+    130 then decode steps past the ring's end, every row against numpy (also a full layer)."""
+    W, N, TB = 280, 603, 130
+    rng = np.random.default_rng(3)
+
+    def layer(i, window):
+        a = dict(layer=i, n_heads=H, n_kv_heads=Hkv, head_dim=hd, causal=True, scale=hd ** -0.5)
+        if window:
+            a["window"] = window
+        return [op("scale", "x", "x", value=1.0), op("attention", ("q", "k", "v"), f"a{i}", **a)]
+    g = op_backend(device, [layer(0, W), layer(1, None)], {},
+                   {"x": 8, "q": H * hd, "k": Hkv * hd, "v": Hkv * hd, "a0": H * hd, "a1": H * hd},
+                   causal=True, H=H, Hkv=Hkv, hd=hd, max_tokens=TB, max_positions=N)
+    g.variants["attention"] = "wg"
+    q, k, v = ((rng.standard_normal((N, n)) * 1.5).astype(np.float32) for n in (H * hd, Hkv * hd, Hkv * hd))
+    cache = g.new_cache(N)
+    got = {0: [], 1: []}
+    steps = list(range(0, 598, TB)) + list(range(598, N))
+    assert cache.slots == {0: 2 * W, 1: N}
+    for lo, hi in zip(steps, steps[1:] + [N]):
+        for i in (0, 1):
+            for name, arr in (("q", q), ("k", k), ("v", v)):
+                g.device.write(g.acts[name], 0, np.ascontiguousarray(arr[lo:hi]))
+            g.forward(x=np.zeros((hi - lo, 8), np.float32), cache=cache, start=i, stop=i + 1, head=False)
+            if i == 0:
+                cache.length = lo
+            got[i].append(g.read_activation(f"a{i}", hi - lo))
+    for i, win in ((0, W), (1, 0)):
+        assert relerr(np.concatenate(got[i]), ref_attention(q, k, v, H, Hkv, hd, win, hd ** -0.5)) <= 1e-5, i
+    g.destroy()

@@ -302,6 +302,25 @@ def test_sample_argmax(sampler):
         assert sampler.sample_logits(z, SamplingParams()) == sample_numpy(z, SamplingParams(), 0)
 
 
+@pytest.mark.parametrize("V", [5001, 49152])
+def test_sample_argmax_in_chunks(device, V):
+    """Above 2,048 ids greedy takes an argmax per chunk first (argmax_part.wgsl): the maximum
+    at a chunk's edges, at the last id, and tied across chunks (the lower id wins)."""
+    from pyapp.gpu.backend import ARGMAX_SPLIT
+    from pyapp.gpu.device import cpu_adapter
+    s = _sampler(device, V)
+    assert len(s.sample_dispatches()) == 1 + (not cpu_adapter(device.info))
+    s.variants["argmax_split"] = ARGMAX_SPLIT           # as on a GPU
+    assert len(s.sample_dispatches()) == 2
+    rng = np.random.default_rng(V)
+    for i, at in enumerate([ARGMAX_SPLIT - 1, ARGMAX_SPLIT, V - 1, (V - 1, 3), (ARGMAX_SPLIT + 5, 2 * ARGMAX_SPLIT - 1)]):
+        z = (rng.standard_normal(V) * 3).astype(np.float32)
+        z[list(np.atleast_1d(at))] = z.max() + 1 + i
+        want = int(np.argmax(z))
+        assert s.sample_logits(z, SamplingParams()) == want == sample_numpy(z, SamplingParams(), 0), at
+    s.destroy()
+
+
 @pytest.mark.parametrize("top_k,top_p,temp", [(40, 1.0, 0.8), (0, 0.5, 1.0), (20, 0.9, 1.3), (1, 1.0, 1.0)])
 def test_sample_seeded(sampler, top_k, top_p, temp):
     rng = np.random.default_rng(13)

@@ -215,6 +215,18 @@ def _row_attention_fits(keys: int, hd: int) -> bool:
     return keys * (2 * hd + 1) + 2 * hd < LOOP_BUDGET
 
 
+def _attention_keys(hd: int) -> str:
+    """attention_wg's key loader `kdot(o)`: q (qs, workgroup memory) . the key row at o; vec4
+    loads when a row is whole vec4s."""
+    if hd % 4 == 0:
+        return ("@group(0) @binding(2) var<storage, read> kk: array<vec4f>;\n"
+                "fn kdot(o: u32) -> f32 {\n  let b = o / 4u;\n  var s = 0.0;\n"
+                "  for (var i = 0u; i < HD4; i++) { s += dot(qs[i], kk[b + i]); }\n  return s;\n}")
+    return ("@group(0) @binding(2) var<storage, read> kk: array<f32>;\n"
+            "fn kdot(o: u32) -> f32 {\n  var s = 0.0;\n"
+            "  for (var d = 0u; d < HD; d++) { s += qs[d / 4u][d % 4u] * kk[o + d]; }\n  return s;\n}")
+
+
 def _attention(b, o, s: Step):
     a = o.attrs
     H, Hkv, hd = a["n_heads"], a["n_kv_heads"], a["head_dim"]
@@ -230,7 +242,7 @@ def _attention(b, o, s: Step):
                   CAUSAL="true" if a["causal"] else "false", WIN=a.get("window") or 0,
                   SEGDECL=seg_decl(b, s))
     if b.variants.get("attention", "row") == "wg" or not _row_attention_fits(cap or b.max_tokens, hd):
-        src, gx = kernels.render("attention_wg", **common), s.T * H
+        src, gx = kernels.render("attention_wg", KDECL=_attention_keys(hd), **common), s.T * H
     else:
         src, gx = kernels.render("attention", WG=32, **common), ceil(s.T * H, 32)
     out.append(b.dispatch(src, _seg_entry(b, s, {1: q, 2: kk, 3: vv, 4: b.acts[o.outs[0]]}), gx))
@@ -262,8 +274,9 @@ def _norm_group(b, o, s: Step):
     if not inplace:
         ent[3] = b.act(o.ins[0])
     src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset"), b.storage),
-                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]))
-    return [b.dispatch(src, ent, ceil(s.rows * (W // G), 64), head=s.head)]
+                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]),
+                         WG=int(b.variants["norm_wg"]))
+    return [b.dispatch(src, ent, s.rows * (W // G), head=s.head)]     # a workgroup per (row, group)
 
 
 def _rms_norm(b, o, s: Step):

@@ -1,10 +1,11 @@
-// Same contract as attention.wgsl, one workgroup of 64 per (query row, head):
-// each lane runs an online softmax over keys l, l+64, ..., then the lanes'
-// partial states are merged (max, rescale, sums) through workgroup memory,
-// CH output dims at a time.  For real GPUs, where one serial invocation per
-// head leaves the machine idle.
+// Same contract as attention.wgsl, one workgroup of WG per (query row, head), the keys in
+// tiles of WG: lanes over keys for the scores (one key's dot with q per lane), one max and
+// one sum reduction per tile (an online softmax across tiles), then lanes over output dims
+// (and KG key groups when HD < WG) for p.V, reading V rows coalesced. Only the keys of the
+// window / written so far are read. (It was one key per lane with private q and accumulator
+// rows of HD, spilled to memory, and a 16-step output merge: 239 us per Gemma window layer.)
 @group(0) @binding(1) var<storage, read> q: array<f32>;
-@group(0) @binding(2) var<storage, read> kk: array<f32>;
+${KDECL}
 @group(0) @binding(3) var<storage, read> vv: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 const H: u32 = ${H}u;
@@ -17,15 +18,29 @@ const WIN: u32 = ${WIN}u;          // sliding window (0: none): keys pos - WIN +
 // SEG: the step packs several sequences (segments); seg_at(2t), seg_at(2t + 1) = first and end
 // row of row t's segment; seg_at(SEGT + 2b), seg_at(SEGT + 2b + 1) = those of segment b.
 ${SEGDECL}
-const WG: u32 = 64u;
-const CH: u32 = 16u;
-var<workgroup> red: array<f32, 64>;
-var<workgroup> sh: array<f32, 1024>;
+const WG: u32 = 256u;
+const HD4: u32 = (HD + 3u) / 4u;
+const KG: u32 = max(1u, WG / HD);       // key groups of the p.V phase
+const DPL: u32 = (HD + WG - 1u) / WG;   // output dims per lane
+var<workgroup> qs: array<vec4f, HD4>;   // q * SCALE, zero padded
+var<workgroup> pr: array<f32, WG>;      // the tile's probabilities
+var<workgroup> red: array<f32, WG>;
 fn kv_index(kvh: u32, s: u32, d: u32) -> u32 {
   if (CAUSAL) { return (kvh * CAP + s % max(CAP, 1u)) * HD + d; }   // position s in slot s mod CAP
   return (s * HKV + kvh) * HD + d;
 }
-@compute @workgroup_size(64)
+fn reduce(v: f32, l: u32, mx: bool) -> f32 {
+  red[l] = v;
+  workgroupBarrier();
+  for (var st = WG / 2u; st > 0u; st = st >> 1u) {
+    if (l < st) { red[l] = select(red[l] + red[l + st], max(red[l], red[l + st]), mx); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+@compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32) {
   let id = wg.x;
   let live = id / H < p.T;
@@ -38,48 +53,62 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   if (CAUSAL && WIN > 0u && S > WIN) { S0 = S - WIN; }
   if (SEG) { S0 = seg_at(2u * t); S = seg_at(2u * t + 1u); }
   let qo = (t * H + h) * HD;
-  var qv: array<f32, ${HD}>;
-  for (var d = 0u; d < HD; d++) { qv[d] = q[qo + d] * SCALE; }
-  var acc: array<f32, ${HD}>;
-  var m = -3.0e38;
-  var ls = 0.0;
-  for (var s = S0 + l; s < S; s += WG) {
-    let ko = kv_index(kvh, s, 0u);
-    var sc = 0.0;
-    for (var d = 0u; d < HD; d++) { sc += qv[d] * kk[ko + d]; }
-    let mn = max(m, sc);
-    let c = exp(m - mn);
-    let e = exp(sc - mn);
-    ls = ls * c + e;
-    for (var d = 0u; d < HD; d++) { acc[d] = acc[d] * c + e * vv[ko + d]; }
-    m = mn;
-  }
-  red[l] = m;
-  workgroupBarrier();
-  for (var st = WG / 2u; st > 0u; st = st >> 1u) {
-    if (l < st) { red[l] = max(red[l], red[l + st]); }
-    workgroupBarrier();
-  }
-  let M = red[0];
-  workgroupBarrier();
-  let c = exp(m - M);
-  red[l] = ls * c;
-  workgroupBarrier();
-  for (var st = WG / 2u; st > 0u; st = st >> 1u) {
-    if (l < st) { red[l] += red[l + st]; }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / red[0];
-  let yo = (t * H + h) * HD;
-  for (var c0 = 0u; c0 < HD; c0 += CH) {
-    for (var j = 0u; j < CH; j++) {
-      if (c0 + j < HD) { sh[l * CH + j] = acc[c0 + j] * c; }
+  for (var i = l; i < HD4; i += WG) {
+    var v = vec4f(0.0);
+    for (var j = 0u; j < 4u; j++) {
+      if (4u * i + j < HD) { v[j] = q[qo + 4u * i + j] * SCALE; }
     }
+    qs[i] = v;
+  }
+  workgroupBarrier();
+  var g = 0u;                             // this lane's key group and first output dim
+  var dl = l;
+  if (KG > 1u) { g = l / HD; dl = l % HD; }
+  var acc: array<f32, DPL>;
+  var M = -3.0e38;
+  var L = 0.0;
+  for (var k0 = S0; k0 < S; k0 += WG) {
+    let s = k0 + l;
+    var sc = -3.0e38;
+    if (s < S) { sc = kdot(kv_index(kvh, s, 0u)); }
+    let mn = max(M, reduce(sc, l, true));
+    let c = exp(M - mn);
+    var e = 0.0;
+    if (s < S) { e = exp(sc - mn); }
+    pr[l] = e;
+    L = L * c + reduce(e, l, false);      // its barriers also publish pr
+    M = mn;
+    let n = min(WG, S - k0);
+    if (g < KG) {
+      for (var i = 0u; i < DPL; i++) {
+        let d = dl + i * WG;
+        if (d < HD) {
+          // 4 keys a trip, their loads issued before the adds (no load waits on the last add)
+          var a = vec4f(acc[i] * c, 0.0, 0.0, 0.0);
+          var j = g;
+          for (; j + 3u * KG < n; j += 4u * KG) {
+            let v = vec4f(vv[kv_index(kvh, k0 + j, d)], vv[kv_index(kvh, k0 + j + KG, d)],
+                          vv[kv_index(kvh, k0 + j + 2u * KG, d)], vv[kv_index(kvh, k0 + j + 3u * KG, d)]);
+            a += vec4f(pr[j], pr[j + KG], pr[j + 2u * KG], pr[j + 3u * KG]) * v;
+          }
+          for (; j < n; j += KG) { a.x += pr[j] * vv[kv_index(kvh, k0 + j, d)]; }
+          acc[i] = (a.x + a.y) + (a.z + a.w);
+        }
+      }
+    }
+    workgroupBarrier();                   // pr is rewritten by the next tile
+  }
+  // sum the key groups' partial rows
+  let inv = 1.0 / L;
+  let yo = (t * H + h) * HD;
+  for (var i = 0u; i < DPL; i++) {
+    red[l] = acc[i];
     workgroupBarrier();
-    if (live && l < CH && c0 + l < HD) {
-      var s = 0.0;
-      for (var r = 0u; r < WG; r++) { s += sh[r * CH + l]; }
-      y[yo + c0 + l] = s * inv;
+    let d = dl + i * WG;
+    if (live && g == 0u && d < HD) {
+      var a = 0.0;
+      for (var gg = 0u; gg < KG; gg++) { a += red[gg * HD + dl]; }
+      y[yo + d] = a * inv;
     }
     workgroupBarrier();
   }

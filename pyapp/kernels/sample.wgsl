@@ -13,7 +13,10 @@
 // inclusive scan for the draw.
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<u32>;
+// NP > 0: greedy reads the NP (value bits, id) partial argmaxes of argmax_part.wgsl (binding 3)
+${PARTDECL}
 const V: u32 = ${V}u;
+const NP: u32 = ${NP}u;
 const CH: u32 = (V + 255u) / 256u;
 var<workgroup> rf: array<f32, 256>;
 var<workgroup> ru: array<u32, 256>;
@@ -95,9 +98,17 @@ fn main(@builtin(local_invocation_index) l: u32) {
   if (p.greedy != 0u) {
     var best_z = -3.4e38;
     var best_i = 0xFFFFFFFFu;
-    for (var i = l; i < V; i += 256u) {
-      let z = logits[i];
-      if (better(z, i, best_z, best_i)) { best_z = z; best_i = i; }
+    if (NP > 0u) {
+      for (var b = l; b < NP; b += 256u) {
+        let z = bitcast<f32>(part_at(2u * b));
+        let i = part_at(2u * b + 1u);
+        if (better(z, i, best_z, best_i)) { best_z = z; best_i = i; }
+      }
+    } else {
+      for (var i = l; i < V; i += 256u) {
+        let z = logits[i];
+        if (better(z, i, best_z, best_i)) { best_z = z; best_i = i; }
+      }
     }
     rf[l] = best_z;
     ru[l] = best_i;

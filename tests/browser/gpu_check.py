@@ -46,9 +46,7 @@ async def run_case(dev, c):
         s = c["sample"]
         g.device.write(g.logits, 0, f32(s["logits"]))
         sp = SamplingParams(**s["params"])
-        from pyapp import kernels
-        src = kernels.render("sample", V=model.vocab)
-        rec = dev.record([g.dispatch(src, {1: g.logits, 2: g.tok_buf}, 1, head=True)])
+        rec = dev.record(g.sample_dispatches())
         dev.submit(rec, [(g.params, 0, g._params(1, 0, sp, s["n"]))], copy=(g.tok_buf, 0, g.readback, 0, 4))
         tok = await dev.read_u32(g.readback)
         return {"ok": tok == s["expected"], "got": tok, "expected": s["expected"]}
