@@ -79,7 +79,8 @@ def rotate(x, cs):
     (5, 5, 80, 3, 131, 64, 4),     # 3 rows at once, HD > 64 (2 dims per lane), keys cross a chunk
     (4, 1, 16, 7, 0, 512, 1),      # prefill from an empty cache, MQA
 ])
-def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
+@pytest.mark.parametrize("kernel", ["attention_split", "attention_dims"])
+def test_attention_split_matches_numpy(device, kernel, H, HKV, HD, T, pos0, SL, NS):
     rng = np.random.default_rng(H * 1000 + HD + T)
     CAP, scale, theta = max(NS * SL, pos0 + T) + 5, HD ** -0.5, 10000.0
     cs = rope_table(CAP, HD, theta)
@@ -94,7 +95,7 @@ def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
                 DPL=-(-HD // 64))
     y = r.poisoned(T * H * HD)
     part = r.poisoned(T * H * NS * (HD + 2)) if NS > 1 else y
-    r.add(kernels.render("attention_split", **subs),
+    r.add(kernels.render(kernel, **subs),
           {1: r.buf(cs), 2: r.buf(q), 3: r.buf(k), 4: r.buf(v), 5: bkc, 6: bvc, 7: part}, T * H, NS)
     if NS > 1:
         r.add(kernels.render("attention_merge", HD=HD, NS=NS, H=H), {1: part, 2: y}, T * H)
