@@ -263,6 +263,25 @@ def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, varian
             old.forward(ids=[tok], cache=oc)
 
 
+@pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
+@pytest.mark.parametrize("kernel", ["dims", "split"])
+def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, kernel):
+    """fuse_rope_attention (the decode attention of GPU adapters: attention_qkv off) with each
+    split kernel (variant attn_kernel) at every context from 1 to 106 of a 128-key cache
+    (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor."""
+    from pyapp.gpu import GpuBackend
+    from pyapp.numpy_backend import NumpyBackend
+    cfg = random_llama(tmp_path / shape, shape, seed=5)
+    nb = NumpyBackend.load(tmp_path / shape)
+    gb = GpuBackend.load(tmp_path / shape, device=device, variants={
+        "linear": "wg", "norm_wg": 64, "attention": "wg", "attn_kernel": kernel, "off": ["fuse_qkv_attention"]})
+    rng = np.random.default_rng(13)
+    nc, gc = nb.new_cache(128), gb.new_cache(128)
+    ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
+    for n, tok in enumerate(ids):
+        assert relerr(gb.forward(ids=[tok], cache=gc), nb.forward(ids=[tok], cache=nc)) <= 1e-4, f"context {n + 1}"
+
+
 @pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
 def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
     """GpuBackend.decode (steps in flight, each embedding the token the GPU sampled) gives the
