@@ -1,10 +1,11 @@
 // attention_split.wgsl's job (RoPE + KV-cache append + causal attention over a split of the
 // context, same bindings, same outputs and partials layout) with every loop over keys of a
 // fixed trip count, so each lane issues its loads at once instead of one per iteration.
-// Lane l owns head dims d = l + 64u (u < DPL) throughout: it reads element d of each of a
-// chunk's CH keys (coalesced across lanes), the CH x 64 products go through workgroup memory
-// and are summed per key (two lanes a key), then each lane sums p * v over the chunk's keys
-// for its dims. Decode (SL = CH = 32): one chunk, three workgroup barriers.
+// Per chunk of CH = 32 keys (decode, SL = 32: one chunk, three workgroup barriers):
+// lane l loads the values of its output dims (l + 64u) of the 32 keys into registers; for the
+// scores lane 8g + r takes keys g + 8kk and dims r + 8i (8 lanes read neighbouring floats of a
+// row), the 32 x 8 partial dots are summed per key in workgroup memory; then every lane takes
+// the chunk's max and the exps and accumulates p * v for its dims.
 // Keys [k0, nc) come from the cache (rows < pos0, clamped so no load touches a row written in
 // this dispatch); this step's keys [nc, k1) from the k/v activations, rotated here, as before.
 // Split 0 of the first query head of each kv head appends row t's rotated k and v to the cache.
@@ -27,11 +28,12 @@ const NS: u32 = ${NS}u;
 const SL: u32 = ${SL}u;
 const DPL: u32 = ${DPL}u;     // dims per lane: ceil(HD / 64)
 const G: u32 = H / HKV;
-const CH: u32 = 32u;          // keys per chunk: 64 lanes = 2 per key in the sum
-const LP: u32 = 65u;          // padded row of `part`: the 32 lanes of a sum hit 32 banks
+const CH: u32 = 32u;          // keys per chunk
+const DR: u32 = (HD + 7u) / 8u; // dims per lane in the scores
+const VN: u32 = CH * DPL;
 var<workgroup> qs: array<f32, ${HD}>;
 var<workgroup> part: array<f32, 2080>;   // CH * LP: lane l's product for key j at j * LP + l
-var<workgroup> red: array<f32, 64>;      // key j's score = red[j] + red[j + CH]
+var<workgroup> red: array<f32, 64>;      // key j's score = red[j]
 
 // element d of key s (>= pos0, this step's) of kv head kvh, rotated
 fn new_key(kvh: u32, s: u32, d: u32) -> f32 {
@@ -77,11 +79,15 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     }
   }
   workgroupBarrier();
-  var dd: array<u32, ${DPL}>;         // this lane's dims, clamped (qd = 0 past HD)
-  var qd: array<f32, ${DPL}>;
-  for (var u = 0u; u < DPL; u++) {
-    dd[u] = min(l + u * 64u, HD - 1u);
-    qd[u] = select(0.0, qs[dd[u]], l + u * 64u < HD);
+  var dd: array<u32, ${DPL}>;         // this lane's output dims, clamped
+  for (var u = 0u; u < DPL; u++) { dd[u] = min(l + u * 64u, HD - 1u); }
+  // scores: lane l = 8 g + r takes keys g + 8 kk (kk < 4) of a chunk, dims r + 8 i of each
+  let r = l % 8u;
+  let g = l / 8u;
+  var qk: array<f32, DR>;
+  for (var i = 0u; i < DR; i++) {
+    let d = r + i * 8u;
+    qk[i] = select(0.0, qs[min(d, HD - 1u)], d < HD);
   }
   let nc = clamp(p.pos0, k0, k1);     // keys [k0, nc) cached, [nc, k1) this step's
   var m = -3.0e38;
@@ -90,45 +96,49 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   for (var c0 = k0; c0 < k1; c0 += CH) {
     let c1 = min(k1, c0 + CH);
     let cn = clamp(nc, c0, c1);       // this chunk's cached keys end here
-    if (c0 < cn) {
+    var vv: array<f32, VN>;           // the cached keys' values of this lane's dims, loaded
+    if (c0 < cn) {                    // before the scores so their latency overlaps
       for (var j = 0u; j < CH; j++) {
         let b = (kvh * CAP + min(c0 + j, cn - 1u)) * HD;
-        var e = 0.0;
-        for (var u = 0u; u < DPL; u++) { e += qd[u] * kc[b + dd[u]]; }
-        part[j * LP + l] = e;
+        for (var u = 0u; u < DPL; u++) { vv[j * DPL + u] = vc[b + dd[u]]; }
       }
     }
-    for (var s = cn; s < c1; s++) {
+    for (var kk = 0u; kk < CH / 8u; kk++) {
+      let j = g + kk * 8u;
       var e = 0.0;
-      for (var u = 0u; u < DPL; u++) { e += qd[u] * new_key(kvh, s, dd[u]); }
-      part[(s - c0) * LP + l] = e;
+      if (c0 < cn) {                  // uniform; rows clamped below pos0
+        let b = (kvh * CAP + min(c0 + j, cn - 1u)) * HD;
+        for (var i = 0u; i < DR; i++) { e += qk[i] * kc[b + min(r + i * 8u, HD - 1u)]; }
+      }
+      if (c0 + j >= cn && c0 + j < c1) {
+        e = 0.0;
+        for (var i = 0u; i < DR; i++) { e += qk[i] * new_key(kvh, c0 + j, min(r + i * 8u, HD - 1u)); }
+      }
+      part[j * 9u + r] = e;
     }
     workgroupBarrier();
-    {
-      let j = l % CH;
-      let b = j * LP + (l / CH) * CH;
+    if (l < CH) {
       var e = 0.0;
-      for (var i = 0u; i < CH; i++) { e += part[b + i]; }
+      for (var i = 0u; i < 8u; i++) { e += part[l * 9u + i]; }
       red[l] = e;
     }
     workgroupBarrier();
     var cm = m;
     for (var j = 0u; j < CH; j++) {
-      if (c0 + j < c1) { cm = max(cm, red[j] + red[j + CH]); }
+      if (c0 + j < c1) { cm = max(cm, red[j]); }
     }
     let corr = exp(m - cm);
     ls *= corr;
     for (var u = 0u; u < DPL; u++) { acc[u] *= corr; }
     if (c0 < cn) {
       for (var j = 0u; j < CH; j++) {
-        let b = (kvh * CAP + min(c0 + j, cn - 1u)) * HD;
-        let pj = select(0.0, exp(red[j] + red[j + CH] - cm), c0 + j < cn);
+        let pj = select(0.0, exp(red[j] - cm), c0 + j < cn);
         ls += pj;
-        for (var u = 0u; u < DPL; u++) { acc[u] += pj * vc[b + dd[u]]; }
+        for (var u = 0u; u < DPL; u++) { acc[u] += pj * vv[j * DPL + u]; }
       }
     }
     for (var s = cn; s < c1; s++) {
-      let pj = exp(red[s - c0] + red[s - c0 + CH] - cm);
+      let pj = exp(red[s - c0] - cm);
       ls += pj;
       let b = ((s - p.pos0) * HKV + kvh) * HD;
       for (var u = 0u; u < DPL; u++) { acc[u] += pj * v[b + dd[u]]; }
