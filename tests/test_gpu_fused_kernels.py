@@ -78,6 +78,7 @@ def rotate(x, cs):
     (6, 2, 24, 1, 70, 256, 1),     # decode, one split: normalized in the kernel
     (5, 5, 80, 3, 131, 64, 4),     # 3 rows at once, HD > 64 (2 dims per lane), keys cross a chunk
     (4, 1, 16, 7, 0, 512, 1),      # prefill from an empty cache, MQA
+    (4, 1, 256, 1, 45, 32, 3),     # Gemma 3 270M's head_dim 256 (4 dims per lane), 32-key splits
 ])
 @pytest.mark.parametrize("kernel", ["attention_split", "attention_dims"])
 def test_attention_split_matches_numpy(device, kernel, H, HKV, HD, T, pos0, SL, NS):
@@ -332,8 +333,9 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
     m.save_pretrained(tmp_path, safe_serialization=True)
     v = {"linear": "wg", "norm_wg": 64, "attention": "wg"}
     nb = NumpyBackend.load(tmp_path)
-    gb = GpuBackend.load(tmp_path, device=device, variants=v)
-    old = GpuBackend.load(tmp_path, device=device, variants={**v, "off": ["fold_merge"]})
+    # one side on each split-attention kernel
+    gb = GpuBackend.load(tmp_path, device=device, variants={**v, "attn_kernel": "split"})
+    old = GpuBackend.load(tmp_path, device=device, variants={**v, "attn_kernel": "dims", "off": ["fold_merge"]})
     nc, gc, oc = nb.new_cache(100), gb.new_cache(100), old.new_cache(100)
     for n, tok in enumerate(np.random.default_rng(0).integers(0, 97, 45)):
         d0, o0 = gb.stats["dispatches"], old.stats["dispatches"]
