@@ -18,14 +18,21 @@ from test_gpu_real import PROMPTS, smol, torch_ref  # noqa: E402,F401  (fixtures
 GPU = {"norm_wg": 64, "attention": "wg"}
 
 
+# the plan of CPU adapters (4 dispatches a layer), and that of GPUs: q/k/v GEMVs, then
+# rope + attention in attention_dims (5)
+PLANS = {"cpu": ({}, 4), "gpu": ({"off": ["fuse_qkv_attention"], "attn_kernel": "dims"}, 5)}
+
+
+@pytest.mark.parametrize("plan", ["cpu", "gpu"])
 @pytest.mark.parametrize("variant", ["wg"])   # sg4: same rules; 19 min for both on 2 cores
-def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # noqa: F811
+def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant, plan):  # noqa: F811
     from pyapp.gpu import GpuBackend
     from pyapp.gpu.lower import attention_splits
     if variant.startswith("sg") and "subgroups" not in device.features:
         pytest.skip("no subgroups on this adapter")
     d, refs = smol
-    gb = GpuBackend.load(d, device=device, variants={"linear": variant, **GPU})
+    extra, per_layer = PLANS[plan]
+    gb = GpuBackend.load(d, device=device, variants={"linear": variant, **GPU, **extra})
     L = gb.model.n_layers
     for p, (ids, ref) in refs.items():
         c = gb.new_cache(len(ids) + 40)
@@ -39,10 +46,10 @@ def test_smollm2_fused_greedy_identical(smol, torch_ref, device, variant):  # no
         got = generate(step, ids, 32).ids
         assert got == ref, p
         assert got == torch_ref[p], p
-        # decode tokens: 4 dispatches per layer + embed, lm head (norm folded), sampler,
+        # decode tokens: 4 (5) dispatches per layer + embed, lm head (norm folded), sampler,
         # whether the cache is one 32-key split or several (the merge is in the o-projection)
         assert attention_splits(1, c.capacity)[0] > 1
-        assert set(per_step[1:]) == {4 * L + 3}
+        assert set(per_step[1:]) == {per_layer * L + 3}
     gb.destroy()
 
 
