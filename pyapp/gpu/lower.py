@@ -473,11 +473,12 @@ ATTN_KERNELS = {"dims": "attention_dims", "split": "attention_split"}
 
 
 def attn_kernel(b) -> str:
-    """The split-attention kernel (variant `attn_kernel`): attention_dims (every key loop of a
-    fixed trip count, coalesced K/V reads) on GPUs, whose decode attention was latency-bound on
-    attention_split's per-key loop (H200, run 11: 21.5 us a dispatch at SmolLM2, a GEMV 8);
-    attention_split on CPU adapters, where it measured faster (lavapipe, bench_attention.py)."""
-    return b.variants.get("attn_kernel", "split" if cpu_adapter(getattr(b.device, "info", {})) else "dims")
+    """The split-attention kernel (variant `attn_kernel`): attention_split everywhere by
+    measurement. attention_dims (every key loop of a fixed trip count, coalesced K/V reads) was
+    written for GPUs, where attention_split is latency-bound (21.5 us a dispatch at SmolLM2, a
+    GEMV 8), but measured slower on the H200 too (run 12, bench_attention.py: 1.03x at SmolLM2
+    ctx 96, 0.69x / 0.41x at Llama 7B ctx 96 / 1024) and on lavapipe (0.34-0.62x)."""
+    return b.variants.get("attn_kernel", "split")
 
 
 def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[int, int]:
