@@ -9,6 +9,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 [ -x /tmp/deno ] || { xz -dc .perf/deno.xz > /tmp/deno && chmod +x /tmp/deno; }
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 B="python3 benchmarks/bench_compare.py --deno /tmp/deno --pyodide .perf/pyodide --out $OUT"
+if [ "$1" = table ]; then
+  # run 12b: the final table after attention_split was made the default again (no profile)
+  timeout 400 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,gemma3-270m-f16,gemma3-270m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
+    --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --label final-b 2>&1 | tee $OUT/final-b-log.txt
+  exit
+fi
 # 1. the two split-attention kernels alone, interleaved
 timeout 60 python3 benchmarks/bench_attention.py --out $OUT 2>&1 | tee $OUT/attention-log.txt
 # 2. whole decode with the old kernel (A/B against 3's rows), profiled
