@@ -340,9 +340,9 @@ def find_deno(arg):
     return None
 
 
-def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir):
+def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir, depth=None):
     spec = {"pyodide": str(pyodide_dir), "pyapp": str(ROOT), "config": cfg, "names": tensor_names(cfg),
-            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants}
+            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants, "depth": depth}
     with tempfile.TemporaryDirectory() as d:
         sp, op = Path(d) / "spec.json", Path(d) / "out.json"
         sp.write_text(json.dumps(spec))
@@ -617,6 +617,8 @@ def main(argv=None):
     ap.add_argument("--no-deno", action="store_true")
     ap.add_argument("--deno-shapes", default=None, help="shapes for the Deno row (default: all chosen)")
     ap.add_argument("--pyodide", default=str(ROOT / "node_modules/pyodide"))
+    ap.add_argument("--deno-depth", type=int, default=None,
+                    help="steps in flight in the Deno row's pipelined decode (default: the edge's PIPELINE_DEPTH)")
     ap.add_argument("--profile", action="store_true", help="per-kernel-class GPU time (timestamp queries)")
     ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
     ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
@@ -671,7 +673,7 @@ def main(argv=None):
                 print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
                     f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)
         if deno and s in deno_shapes and dtype not in BLOCK_FORMATS and not a.no_decode:
-            row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide)
+            row["deno"] = run_deno(deno, cfg, dtype, P, N, row["native"].get("variants"), a.pyodide, a.deno_depth)
             if "tokens" in row["deno"] and "tokens" in row["native"]:
                 row["deno"]["first_token_diff_vs_native"] = first_diff(row["deno"]["tokens"], row["native"]["tokens"])
             print(f"{s}: deno {row['deno'].get('decode_tokens_per_s', row['deno'].get('error'))} "

@@ -42,7 +42,9 @@ async def run(n_new):
 
 await run(2)                       # warm-up: pipelines, plans
 prefill, dec, nd, nx, toks = await run(N)
-DEPTH = 4
+from pyapp.edge.session import PIPELINE_DEPTH  # noqa: E402  (what the page uses)
+
+DEPTH = spec.get("depth") or PIPELINE_DEPTH
 
 
 async def pipelined():

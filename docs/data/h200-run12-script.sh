@@ -15,6 +15,14 @@ if [ "$1" = table ]; then
     --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --label final-b 2>&1 | tee $OUT/final-b-log.txt
   exit
 fi
+if [ "$1" = depth ]; then
+  # run 12c: the browser binding (Deno) with 4 vs 8 pipelined steps in flight
+  for d in 4 8; do
+    timeout 120 $B --shapes smollm2-135m-f16,gemma3-270m-f16 --no-torch --deno-depth $d --label deno-depth$d \
+      2>&1 | tee $OUT/deno-depth$d-log.txt
+  done
+  exit
+fi
 # 1. the two split-attention kernels alone, interleaved
 timeout 60 python3 benchmarks/bench_attention.py --out $OUT 2>&1 | tee $OUT/attention-log.txt
 # 2. whole decode with the old kernel (A/B against 3's rows), profiled
