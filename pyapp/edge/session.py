@@ -23,8 +23,9 @@ from .split import EVAL_EVERY, layer_costs, rebalance
 from .stream import NET, absolute_url, fetch_json
 
 # Steps in flight in pipelined decode: in the browser each token's mapAsync resolves only at the
-# next event-loop turn, so several wait together (Deno: depth 4 225 tok/s vs 62 step by step).
-PIPELINE_DEPTH = 4
+# next event-loop turn, so several wait together (H200, Deno, run 12c: SmolLM2 f16 61 tok/s step
+# by step, 199 at depth 4, 240 at 8; Gemma 3 270M 55 / 188 / 215).
+PIPELINE_DEPTH = 8
 
 # --------------------------------------------------------------------------- the WebSocket
 
