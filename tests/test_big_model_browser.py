@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_edge_harness import ARTIFACTS, LiveServer, have_chromium, launch
+from test_edge_harness import ARTIFACTS, LiveServer, have_chromium, webgpu_browser
 
 SMOLLM2 = Path.home() / ".cache" / "pyapp" / "models" / "smollm2-135m"
 pytestmark = [pytest.mark.browser, pytest.mark.real_model, pytest.mark.big_model,
@@ -111,11 +111,7 @@ def server(big):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p, webgpu=True)
-        yield b
-        b.close()
+    yield from webgpu_browser()
 
 
 def open_page(browser, url, query, logs):

@@ -180,15 +180,21 @@ def open_page(browser, url, logs=None, timeout_ms=180_000):
     return page
 
 
-def webgpu_page(url):
-    """A module-scoped page fixture's body: headless Chromium with WebGPU on `url`, closed after."""
+def webgpu_browser():
+    """A module-scoped browser fixture's body: headless Chromium with WebGPU, closed after."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = launch(p, webgpu=True)
         try:
-            yield open_page(b, url)
+            yield b
         finally:
             b.close()
+
+
+def webgpu_page(url):
+    """A module-scoped page fixture's body: headless Chromium with WebGPU on `url`, closed after."""
+    for b in webgpu_browser():
+        yield open_page(b, url)
 
 
 def numpy_generate(model, prompt, max_new, chat=False):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_edge_harness import ARTIFACTS, LiveServer, have_chromium, launch, open_page
+from test_edge_harness import ARTIFACTS, LiveServer, have_chromium, open_page, webgpu_browser
 from test_gemma_model import LONG, MODEL, N_NEW, RAW, TURNS, assert_same_greedy, gemma_dir, reference  # noqa: F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model,
@@ -36,13 +36,7 @@ def server(gemma_dir):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p, webgpu=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from webgpu_browser()
 
 
 def _page(browser, server, tag):

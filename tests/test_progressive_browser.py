@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from test_edge_harness import (ARTIFACTS, LiveServer, cosine, have_chromium, have_models, launch,
-                               numpy_generate, open_page, st_embed)
+from test_edge_harness import (ARTIFACTS, LiveServer, cosine, have_chromium, have_models,
+                               numpy_generate, open_page, st_embed, webgpu_browser)
 
 pytestmark = [pytest.mark.browser, pytest.mark.real_model,
               pytest.mark.skipif(not have_chromium(), reason="no chromium"),
@@ -39,13 +39,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch(p, webgpu=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    yield from webgpu_browser()
 
 
 @pytest.fixture

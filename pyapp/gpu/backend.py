@@ -200,6 +200,8 @@ class GpuBackend:
             self.variants.update(variants)
         # how weight bindings are read (wgsl.STORAGE): typed f16 loads where the adapter has
         # `shader-f16`, unless the variants say "u32" (the loaders every adapter runs)
+        # a CPU implementation of WebGPU: plans that trade GPU parallelism for fewer dispatches
+        self.cpu = cpu_adapter(getattr(device, "info", {}))
         f16 = self.variants.get("storage", "f16") == "f16" and "shader-f16" in device.features
         self.storage = "f16" if f16 else "u32"
         self.stats = {"steps": 0, "dispatches": 0, "submits": 0, "readbacks": 0,
@@ -434,7 +436,7 @@ class GpuBackend:
         partials. Not on CPU adapters (lavapipe: 2.6 ms for the chunks vs 0.45 ms in one
         workgroup over 262,144 ids); the variant `argmax_split` (ids per chunk, 0: off) forces it."""
         V = self.model.vocab
-        split = self.variants.get("argmax_split", 0 if cpu_adapter(getattr(self.device, "info", {})) else ARGMAX_SPLIT)
+        split = self.variants.get("argmax_split", 0 if self.cpu else ARGMAX_SPLIT)
         np_ = -(-V // split) if split and V > split else 0
         if not np_:
             src = kernels.render("sample", V=V, NP=0, PARTDECL="fn part_at(i: u32) -> u32 { return 0u; }")

@@ -12,7 +12,7 @@ from typing import Callable
 
 from .. import formats, kernels
 from . import wgsl
-from .device import GpuError, cpu_adapter
+from .device import GpuError
 
 
 def ceil(a: int, b: int) -> int:
@@ -582,7 +582,7 @@ def fuse_qkv_attention(b, ops, i, s: Step):
     if (not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None or s.T != 1
             or s.head or gemv_variant(b) not in ("wg", "sg", "sg4") or not b.variants.get("fold", True)
             or b.device.limits.get("max_storage_buffers", 8) < 9 or i + 6 > len(ops)
-            or not b.variants.get("qkv_attention", cpu_adapter(getattr(b.device, "info", {})))):
+            or not b.variants.get("qkv_attention", b.cpu)):
         return None
     nm, *lin, r, at = ops[i:i + 6]
     if not (_norm_foldable(b, nm) and r.kind == "rope" and at.kind == "attention"):

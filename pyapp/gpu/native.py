@@ -48,6 +48,7 @@ class NativeDevice(Device):
                        # queued behind the step after, so the GPU idled while the host encoded)
                        "readback": U.MAP_READ | U.COPY_DST}
         self._map_read = wgpu.MapMode.READ
+        self._mappable = int(U.MAP_READ)
 
     @classmethod
     def create(cls, power_preference="high-performance", max_limits=True, limits=None):
@@ -143,7 +144,7 @@ class NativeDevice(Device):
 
     def read(self, buf, offset, size):
         try:
-            if buf.usage & wgpu_map_read():
+            if buf.usage & self._mappable:
                 buf.map_sync(self._map_read, offset, (size + 3) // 4 * 4)
                 try:
                     return bytes(buf.read_mapped(offset, size))
@@ -158,12 +159,6 @@ class NativeDevice(Device):
 
     def now(self):
         return time.perf_counter()
-
-
-def wgpu_map_read() -> int:
-    import wgpu
-
-    return int(wgpu.BufferUsage.MAP_READ)
 
 
 def _numbered(src):
