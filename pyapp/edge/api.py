@@ -386,15 +386,12 @@ async def get_runner(em, split, budget=(None, "")):
                phase="load", chunks=[[c["id"], c["bytes"]] for c in chunks])
         st = await stream.stream_chunks(em.manifest, chunks, stream.BackendSink(be), state.base_url, owner=owner,
                                         cancelled=lambda: state.stop_requested)
-        # the server's head layers run the same weight file where it has it (a format the
-        # server listed); else its default
-        weights = dtype if dtype in (await _offered(em.name) or ()) else None
-        server = await ServerSession(em.name, split, state.base_url, weights).open() if split > 0 else None
+        server = (await ServerSession(em.name, split, state.base_url, await _server_weights(em)).open()
+                  if split > 0 else None)
     except BaseException:
         be.destroy()
         raise
-    state.load_stats[key] = st.as_dict()
-    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(be.gpu_bytes), **_brief_load(st)})
+    _record_load(em, key, split, be, st)
     r = SplitRunner(em, split, be, server)
     r.weight_bytes = st.bytes
     state.runners[key] = r
@@ -546,9 +543,7 @@ async def _start_progressive_encoder(em, split, budget=(None, "")):
 
     def loaded(t):
         if not t.cancelled() and t.exception() is None:
-            state.load_stats[key] = t.result().as_dict()
-            _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(be.gpu_bytes),
-                             **_brief_load(t.result())})
+            _record_load(em, key, split, be, t.result())
     loading.add_done_callback(loaded)
     _evict(key)
     return r
@@ -573,12 +568,17 @@ async def _keep_progressive(em, split, runner, st):
     """After a progressive generation: the loaded tail kept as a fixed-split runner."""
     key = _runner_key(em, split)
     fixed = await runner.settle()
-    state.load_stats[key] = st.as_dict()
-    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(fixed.backend.gpu_bytes), **_brief_load(st)})
+    _record_load(em, key, split, fixed.backend, st)
     fixed.weight_bytes = st.bytes
     state.runners[key] = fixed
     _evict(key)
     return fixed
+
+
+def _record_load(em, key, split, be, st):
+    """A finished load of ``key``'s weights: kept for the stats, and the page told."""
+    state.load_stats[key] = st.as_dict()
+    _emit("loaded", {"model": em.name, "split": split, "gpu_bytes": int(be.gpu_bytes), **_brief_load(st)})
 
 
 def _brief_load(st):
