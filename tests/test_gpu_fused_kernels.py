@@ -80,8 +80,7 @@ def rotate(x, cs):
     (4, 1, 16, 7, 0, 512, 1),      # prefill from an empty cache, MQA
     (4, 1, 256, 1, 45, 32, 3),     # Gemma 3 270M's head_dim 256 (4 dims per lane), 32-key splits
 ])
-@pytest.mark.parametrize("kernel", ["attention_split", "attention_dims"])
-def test_attention_split_matches_numpy(device, kernel, H, HKV, HD, T, pos0, SL, NS):
+def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
     rng = np.random.default_rng(H * 1000 + HD + T)
     CAP, scale, theta = max(NS * SL, pos0 + T) + 5, HD ** -0.5, 10000.0
     cs = rope_table(CAP, HD, theta)
@@ -96,7 +95,7 @@ def test_attention_split_matches_numpy(device, kernel, H, HKV, HD, T, pos0, SL, 
                 DPL=-(-HD // 64))
     y = r.poisoned(T * H * HD)
     part = r.poisoned(T * H * NS * (HD + 2)) if NS > 1 else y
-    r.add(kernels.render(kernel, **subs),
+    r.add(kernels.render("attention_split", **subs),
           {1: r.buf(cs), 2: r.buf(q), 3: r.buf(k), 4: r.buf(v), 5: bkc, 6: bvc, 7: part}, T * H, NS)
     if NS > 1:
         r.add(kernels.render("attention_merge", HD=HD, NS=NS, H=H), {1: part, 2: y}, T * H)
@@ -265,17 +264,16 @@ def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, varian
 
 
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
-@pytest.mark.parametrize("kernel", ["dims", "split"])
-def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, kernel):
-    """fuse_rope_attention (the decode attention of GPU adapters: attention_qkv off) with each
-    split kernel (variant attn_kernel) at every context from 1 to 106 of a 128-key cache
+def test_split_attention_every_context_matches_numpy(device, tmp_path, shape):
+    """fuse_rope_attention (the decode attention of GPU adapters: attention_qkv off) at every
+    context from 1 to 106 of a 128-key cache
     (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor."""
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     cfg = random_llama(tmp_path / shape, shape, seed=5)
     nb = NumpyBackend.load(tmp_path / shape)
     gb = GpuBackend.load(tmp_path / shape, device=device, variants={
-        "linear": "wg", "norm_wg": 64, "attention": "wg", "attn_kernel": kernel, "off": ["fuse_qkv_attention"]})
+        "linear": "wg", "norm_wg": 64, "attention": "wg", "off": ["fuse_qkv_attention"]})
     rng = np.random.default_rng(13)
     nc, gc = nb.new_cache(128), gb.new_cache(128)
     ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
@@ -333,9 +331,8 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
     m.save_pretrained(tmp_path, safe_serialization=True)
     v = {"linear": "wg", "norm_wg": 64, "attention": "wg"}
     nb = NumpyBackend.load(tmp_path)
-    # one side on each split-attention kernel
-    gb = GpuBackend.load(tmp_path, device=device, variants={**v, "attn_kernel": "split"})
-    old = GpuBackend.load(tmp_path, device=device, variants={**v, "attn_kernel": "dims", "off": ["fold_merge"]})
+    gb = GpuBackend.load(tmp_path, device=device, variants=v)
+    old = GpuBackend.load(tmp_path, device=device, variants={**v, "off": ["fold_merge"]})
     nc, gc, oc = nb.new_cache(100), gb.new_cache(100), old.new_cache(100)
     for n, tok in enumerate(np.random.default_rng(0).integers(0, 97, 45)):
         d0, o0 = gb.stats["dispatches"], old.stats["dispatches"]

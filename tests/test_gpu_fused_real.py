@@ -19,8 +19,8 @@ GPU = {"norm_wg": 64, "attention": "wg"}
 
 
 # the plan of CPU adapters (4 dispatches a layer), and that of GPUs: q/k/v GEMVs, then
-# rope + attention in attention_dims (5)
-PLANS = {"cpu": ({}, 4), "gpu": ({"off": ["fuse_qkv_attention"], "attn_kernel": "dims"}, 5)}
+# rope + attention in attention_split (5)
+PLANS = {"cpu": ({}, 4), "gpu": ({"off": ["fuse_qkv_attention"]}, 5)}
 
 
 @pytest.mark.parametrize("plan", ["cpu", "gpu"])

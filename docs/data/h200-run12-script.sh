@@ -1,4 +1,5 @@
 #!/bin/bash
+# (benchmarks/bench_attention.py and attention_dims were removed after this run: merge 6cf29eb has them)
 # H200 run 12: after attention_dims (split attention, fixed-trip loops), Gemma's window attention /
 # q-k norm / two-level argmax kernels, and pipelined decode in the product paths (issue 16, 18).
 # Carry .perf (gl/ loader debs, whl/ wgpu 0.32 wheels for Python 3.12, deno.xz, pyodide/).

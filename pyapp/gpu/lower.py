@@ -469,18 +469,6 @@ def fuse_add_norm(b, ops, i, s: Step):
 ATTN_SPLIT = 32              # keys per workgroup of a decode token (H200: 32 beat 64 and 128, docs/performance.md)
 
 
-ATTN_KERNELS = {"dims": "attention_dims", "split": "attention_split"}
-
-
-def attn_kernel(b) -> str:
-    """The split-attention kernel (variant `attn_kernel`): attention_split everywhere by
-    measurement. attention_dims (every key loop of a fixed trip count, coalesced K/V reads) was
-    written for GPUs, where attention_split is latency-bound (21.5 us a dispatch at SmolLM2, a
-    GEMV 8), but measured slower on the H200 too (run 12, bench_attention.py: 1.03x at SmolLM2
-    ctx 96, 0.69x / 0.41x at Llama 7B ctx 96 / 1024) and on lavapipe (0.34-0.62x)."""
-    return b.variants.get("attn_kernel", "split")
-
-
 def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[int, int]:
     """(NS, SL): a decode token's context in splits of ATTN_SPLIT keys; one split for prefill."""
     ns = ceil(capacity, split) if T == 1 else 1
@@ -506,7 +494,7 @@ def fuse_rope_attention(b, ops, i, s: Step):
     ns, sl = attention_splits(s.T, cache.capacity, int(b.variants.get("attn_split", ATTN_SPLIT)))
     y = b.acts[at.outs[0]]
     out = y if ns == 1 else cache.scratch(s.T * H * ns * (hd + 2) * 4)
-    src = kernels.render(ATTN_KERNELS[attn_kernel(b)], H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity,
+    src = kernels.render("attention_split", H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity,
                          SCALE=wgsl.f32lit(a["scale"]), NS=ns, SL=sl, DPL=ceil(hd, 64))
     q, k, v = (b.acts[n] for n in at.ins)
     disp = [b.dispatch(src, {1: b.rope_bufs[r.attrs["theta"]], 2: q, 3: k, 4: v, 5: cache.k[li], 6: cache.v[li], 7: out},
