@@ -301,7 +301,7 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     return out
 
 
-def gemv_variants(dev, cfg, dtype):
+def gemv_variants(dev, cfg, dtype, only=None):
     """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
     (measure_linear: 32 GEMVs per submit, best of 3, the submit + 4-byte readback included);
     where the adapter has shader-f16 and the format an f16 loader, each with both storage kinds
@@ -314,7 +314,8 @@ def gemv_variants(dev, cfg, dtype):
     from pyapp import formats
     item = formats.get(dtype).block_bytes / formats.get(dtype).block    # bytes per weight value
     vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)
-          and (not v.startswith("sgb") or wgsl.has_q(dtype))]
+          and (not v.startswith("sgb") or wgsl.has_q(dtype)) and (not v.startswith("sgw") or wgsl.has_v8(dtype))
+          and (only is None or v in only)]
     stores = storage_choices(dev, dtype) or ["u32"]
     out = []
     for N, K in sorted(shapes):
@@ -621,6 +622,7 @@ def main(argv=None):
                     help="steps in flight in the Deno row's pipelined decode (default: the edge's PIPELINE_DEPTH)")
     ap.add_argument("--profile", action="store_true", help="per-kernel-class GPU time (timestamp queries)")
     ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
+    ap.add_argument("--gemv-variants", help="with --gemv: only these variants (comma list)")
     ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
     ap.add_argument("--variants", help="JSON merged into the variants of the native rows, e.g. "
                     '\'{"fold": false, "off": ["fuse_rope_attention", "fuse_add_norm"]}\' (the plan before the rules)')
@@ -668,7 +670,7 @@ def main(argv=None):
             row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"{s}: native failed: {row['native']['error']}", flush=True)
         if a.gemv:
-            row["gemv"] = gemv_variants(dev, cfg, dtype)
+            row["gemv"] = gemv_variants(dev, cfg, dtype, a.gemv_variants.split(",") if a.gemv_variants else None)
             for g in row["gemv"]:
                 print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
                     f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)

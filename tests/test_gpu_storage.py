@@ -41,8 +41,8 @@ def _needs_f16(device):
 
 def weights(fmt, N, K, seed):
     """(stored bytes or f16 array, the numpy decode in float64)."""
-    if fmt == "f16":
-        w = (np.random.default_rng(seed).standard_normal((N, K)) * 0.1).astype(np.float16)
+    if fmt in ("f16", "f32"):
+        w = (np.random.default_rng(seed).standard_normal((N, K)) * 0.1).astype(fmt.replace("f", "float"))
         return w, w.astype(np.float64)
     raw = blocks(fmt, N, K, seed)[0] if fmt in ("q4_1", "q8_0") else random_blocks(fmt, N, K, seed)
     return raw, formats.get(fmt).decode(raw, (N, K)).astype(np.float64)
@@ -154,10 +154,41 @@ def test_gemv_sgb_falls_back_for_other_formats(device):
         assert err <= TOL, fmt
 
 
-@pytest.mark.parametrize("storage", ["u32", "f16"])
-def test_sgb_fused_layer(device, storage):
+# ----------------------------------------------------------------------------- sgw (8-value units)
+
+@pytest.mark.parametrize("fmt,storage", [("f16", "u32"), ("f16", "f16"), ("f32", "u32")])
+@pytest.mark.parametrize("variant", ["sgw1", "sgw2", "sgw4", "sgw1u4", "sgw2u2", "sgw4u2"])
+def test_gemv_sgw(device, fmt, storage, variant):
+    """linear_sgw at SmolLM2's shapes and odd ones: K = 584 (73 units: a trip past the row
+    end), K = 8 (one unit), 135 and 77 rows (subgroups past the last column), T = 3 and 5
+    (TB = 4 tokens per workgroup); and rows split across bindings."""
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    v = {"linear": variant, "storage": storage}
+    for (N, K), T in [((576, 576), 1), ((192, 576), 1), ((1536, 576), 1), ((576, 1536), 1),
+                      ((135, 584), 5), ((77, 8), 3), ((1536, 576), 3)]:
+        err, got_storage, _ = run_gemv(device, fmt, N, K, T, v, seed=N + K + T)
+        assert err <= TOL, (fmt, N, K, T, variant, err)
+    err, _, chunks = run_gemv(device, fmt, 203, 96, 2, v, seed=9, max_binding=4096)
+    assert chunks > 1 and err <= TOL
+    assert used_loader(device, fmt, 8, storage)                       # the 8-value loader ran
+
+
+def test_gemv_sgw_falls_back(device):
+    """Weights without 8-value loaders (Q4_1, Q8_0) or rows not a multiple of 8 run the vec4
+    subgroup kernel."""
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    for fmt, K in (("q4_1", 96), ("q8_0", 96), ("f16", 76)):
+        err, _, _ = run_gemv(device, fmt, 135, K, 2, {"linear": "sgw2"}, seed=3)
+        assert err <= TOL, fmt
+
+
+@pytest.mark.parametrize("fmt,variant,storage", [("q4_1", "sgb2", "u32"), ("q4_1", "sgb2", "f16"),
+                                                 ("f16", "sgw2", "u32"), ("f16", "sgw4u2", "f16")])
+def test_fused_layer_subgroup_kernels(device, fmt, variant, storage):
     """One dispatch each for RMSNorm + q/k/v, gate/up + SiLU*mul, and down + residual add,
-    all Q4_1 through linear_sgb, against numpy on the dequantized weights."""
+    through linear_sgb (Q4_1) / linear_sgw (f16), against numpy on the decoded weights."""
     if "subgroups" not in device.features:
         pytest.skip("no subgroups")
     D, F, KV, eps = 576, 1536, 192, 1e-5
@@ -174,13 +205,13 @@ def test_sgb_fused_layer(device, storage):
              op("add", ("x", "d"), "x")]
     shp = {"wq": (D, D), "wk": (KV, D), "wv": (KV, D), "wg": (F, D), "wu": (F, D), "wd": (D, F)}
     g = gemv_backend(device, layer, {**shp, "nw": (D,), "nw2": (D,)},
-                     {**{n: "q4_1" for n in shp}, "nw": "f32", "nw2": "f32"}, D,
-                     {"linear": "sgb2", "fuse": True, "norm_wg": 64, "storage": storage},
+                     {**{n: fmt for n in shp}, "nw": "f32", "nw2": "f32"}, D,
+                     {"linear": variant, "fuse": True, "norm_wg": 64, "storage": storage},
                      widths={"h": D, "q": D, "k": KV, "v": KV, "h2": D, "g": F, "u": F, "m": F, "d": D})
     rng = np.random.default_rng(11)
     W = {}
     for i, (n, (N, K)) in enumerate(shp.items()):
-        raw, W[n] = weights("q4_1", N, K, 20 + i)
+        raw, W[n] = weights(fmt, N, K, 20 + i)
         g.write_weight(n, 0, raw)
     nw, nw2 = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32), (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
     g.write_weight("nw", 0, nw)
@@ -203,7 +234,9 @@ def test_sgb_fused_layer(device, storage):
     out = x1 + m @ W["wd"].T
     for name, ref in (("k", k), ("v", v), ("m", m), ("x", out)):
         assert relerr(g.read_activation(name, 2), ref) <= 1e-4, name
-    assert any("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1" in s for s in device._pipelines)
+    pair = ("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1" if fmt == "q4_1"
+            else "fn ldw2_at(n: u32, k: u32) -> mat2x4f { return ldw1")
+    assert any(pair in s for s in device._pipelines)
 
 
 # ----------------------------------------------------------------------------- SmolLM2 Q4_1

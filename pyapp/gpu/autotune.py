@@ -19,14 +19,20 @@ _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 
 # every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl); sgbR = the
 # Q4_1 block-word kernel, R columns per subgroup, U units per trip (linear_sgb.wgsl; other
-# formats run sg4)
+# formats run sg4); sgwR = 8-value units, R columns per subgroup, U units per trip
+# (linear_sgw.wgsl: f32 / f16; other formats run sg4)
 LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
-                   "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2")
+                   "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2",
+                   "sgw1", "sgw2", "sgw4", "sgw1u2", "sgw2u2", "sgw4u2", "sgw1u4")
 
+
+# The sgw shapes the autotune measures (layers, and the lm head's extra one): measured on
+# the H200, docs/performance.md
+SGW_LAYERS, SGW_HEAD = "sgw2", "sgw4"
 
 # Bumped whenever the candidates or the plans they time change, so that a cached choice
 # made among older kernels is measured again instead of kept.
-TUNE_VERSION = 3
+TUNE_VERSION = 4
 
 
 def tune_key(device, K, N, dtype):
@@ -45,6 +51,8 @@ def candidate_variants(device, dtype="f32"):
         out.append({"linear": "sg4", **par})
         if wgsl.has_q(dtype):             # Q4_1: the block-word kernel (dequantization-bound on GPUs)
             out.append({"linear": "sgb2", **par})
+        if wgsl.has_v8(dtype):            # f32 / f16: 16-byte weight loads, the input reused by R columns
+            out.append({"linear": SGW_LAYERS, **par})
     return out
 
 
@@ -63,7 +71,8 @@ def head_candidates(device, base, dtype="f32"):
     layer choice stands."""
     if base == "row" or "subgroups" not in device.features:
         return []
-    return ["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
+    return (["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
+            + ([SGW_LAYERS, SGW_HEAD] if wgsl.has_v8(dtype) else []))
 
 
 async def _time_step(device, b, cache, pos0, reps, rounds):

@@ -148,22 +148,26 @@ def gemv_variant(b, variant=None) -> str:
 
 def gemv_vec(b, variant, K: int, fmts):
     """How a GEMV over weights of formats `fmts` reads them: "q" (block words, the `sgb`
-    variant, where every format has block-word loaders: Q4_1), else 4 (vec4) or 1."""
-    if gemv_variant(b, variant).startswith("sgb") and all(wgsl.has_q(f) for f in fmts):
+    variant, where every format has block-word loaders: Q4_1), 8 (units of 8 values, the `sgw`
+    variant over f32 / f16), else 4 (vec4) or 1."""
+    v = gemv_variant(b, variant)
+    if v.startswith("sgb") and all(wgsl.has_q(f) for f in fmts):
         return "q"
+    if v.startswith("sgw") and K % 8 == 0 and all(wgsl.has_v8(f) for f in fmts):
+        return 8
     return 4 if K % 4 == 0 else 1
 
 
 def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
          adecl=None, pairdecl=None):
-    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR). `adecl`:
-    the input with an RMSNorm folded in (wg / sg / sg4 / sgb*); `pairdecl`: two weights per
-    column; vec "q": block-word loaders (sgbR, Q4_1: `gemv_vec`)."""
+    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR / sgwR). `adecl`:
+    the input with an RMSNorm folded in (wg / sg / sg4 / sgb* / sgw*); `pairdecl`: two weights per
+    column; vec "q": block-word loaders (sgbR, Q4_1), 8: 8-value loaders (sgwR; `gemv_vec`)."""
     T = s.rows
     TB = 1 if T == 1 else 4
     variant = gemv_variant(b, variant)
-    if variant.startswith("sgb") and vec != "q":
-        variant = "sg4"           # weights without block-word loaders (gemv_vec): the vec4 kernel
+    if (variant.startswith("sgb") and vec != "q") or (variant.startswith("sgw") and vec != 8):
+        variant = "sg4"           # weights without the variant's loaders (gemv_vec): the vec4 kernel
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
@@ -173,6 +177,12 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
         src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
                              **wgsl.sgb_code(R, U, TB), **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
+    elif variant.startswith("sgw"):
+        R, _, U = variant[3:].partition("u")      # sgwR[uU]: R columns per subgroup, U units per trip
+        R, U = int(R or 2), int(U or 1)
+        src = kernels.render("linear_sgw", ENABLE=b.device.subgroup_enable, R=R, U=U,
+                             **wgsl.sgw_code(R, U, TB), **subs)
+        gx = ceil(rows, 4 * R)
     elif variant == "row":
         src, gx = kernels.render("linear_row", **subs), ceil(rows, 64)
     elif variant == "wg":
@@ -353,7 +363,7 @@ def fuse_gemv(b, ops, i, s: Step):
       at most 8 storage bindings;
     * gate/up followed by silu_mul: one weight pair per column, SiLU(g)*u in the store;
     * one GEMV followed by the residual add (`x += y`): the add in the store.
-    Only the reduction variants (wg / sg / sg4) take the norm, the pair and the add."""
+    Only the reduction variants (`_reduction_variant`) take the norm, the pair and the add."""
     if not _fusing(b):
         return None
     j, norm = i, None
@@ -365,7 +375,7 @@ def fuse_gemv(b, ops, i, s: Step):
     o = ops[j]
     head = o.outs[0] == "logits"
     variant = gemv_variant(b, b.variants.get("linear_head") if head else None)
-    rich = (variant in ("wg", "sg", "sg4") or variant.startswith("sgb")) and b.variants.get("fold", True)
+    rich = _reduction_variant(variant) and b.variants.get("fold", True)
     K = b.tensors[o.weights["w"]].shape[1]
     grp = []
     for p in ops[j:]:
@@ -429,6 +439,12 @@ def fuse_gemv(b, ops, i, s: Step):
     yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
     NF = wt.shape[0]
     return after + (1 if add else 0) - i, [gemv(b, wd, bdecl, yd, vec, NF, K // wgsl.vwidth(vec), NF, 0, s, ent, variant, adecl)]
+
+
+def _reduction_variant(variant: str) -> bool:
+    """GEMV variants whose columns are reductions that take a folded norm, a weight pair and a
+    residual add (not `row`, not `sgrR`)."""
+    return variant in ("wg", "sg", "sg4") or variant.startswith(("sgb", "sgw"))
 
 
 def _residual_add(ops, j, o) -> bool:
@@ -533,7 +549,7 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         return None
     o = ops[j]
     variant = gemv_variant(b)
-    if (not _plain_linear(o) or o.ins[0] != name or variant not in ("wg", "sg", "sg4")
+    if (not _plain_linear(o) or o.ins[0] != name or not (variant in ("wg", "sg", "sg4") or variant.startswith("sgw"))
             or not b.variants.get("fold", True) or not _dead_after(ops, j + 1, name)):
         return None
     wt = b.tensors[o.weights["w"]]
@@ -544,7 +560,8 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         return None
     add = _residual_add(ops, j + 1, o)
     nxt = ops[j + 1] if add else None
-    vec = 4 if K % 4 == 0 else 1
+    vec = gemv_vec(b, None, K, [wt.dtype])
+    avec = 4 if vec == 8 else vec          # sgw reads its input as vec4 pairs
     ent = {1: wt.chunks[0][0], 3: part, 4: b.act(nxt.outs[0] if add else o.outs[0])}
     bdecl = wgsl.NO_BIAS
     if o.weights.get("b"):
@@ -553,8 +570,8 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         ent[2] = bt.chunks[0][0]
     wd = wgsl.gemv_weight(wgsl.wdecl(1, "w", wt.dtype, vec), vec)
     yd = wgsl.GEMV_STORE_ADD if add else wgsl.GEMV_STORE
-    adecl = wgsl.merged_attention_input(vec, K // vec, H, hd, ns, sl)
-    return 1 + add, [gemv(b, wd, bdecl, yd, vec, NF, K // vec, NF, 0, s, ent, variant, adecl)]
+    adecl = wgsl.merged_attention_input(avec, K // avec, H, hd, ns, sl)
+    return 1 + add, [gemv(b, wd, bdecl, yd, vec, NF, K // wgsl.vwidth(vec), NF, 0, s, ent, variant, adecl)]
 
 
 def fuse_qkv_attention(b, ops, i, s: Step):

@@ -14,7 +14,7 @@ NO_BIAS = "fn ldb(i: u32) -> f32 { return 0.0; }"
 # storage kinds of weight bindings: "u32" (words unpacked in the shader; every adapter) and
 # "f16" (typed f16 loads; adapters with `shader-f16`): `formats.WeightFormat.loader`
 STORAGE = ("u32", "f16")
-_SUFFIX = {1: "", 4: ".vec4", "q": ".q"}
+_SUFFIX = {1: "", 4: ".vec4", 8: ".v8", "q": ".q"}
 
 
 def _loader(fmt: str, storage: str) -> str:
@@ -28,15 +28,25 @@ def _loader(fmt: str, storage: str) -> str:
 def wdecl(binding: int, name: str, fmt: str, vec, storage: str = "u32") -> str:
     """Declaration of weight binding `name` and its loader `ld<name>(i)`: value i (vec 1) or
     values 4i..4i+3 as a vec4f (vec 4), dequantized in registers; vec "q": the block-word
-    loaders `dm<name>(b)` / `qs<name>(b, j)` of the `sgb` GEMV.  `storage`: which loader of the
-    format (u32 words or typed f16), falling back to u32 where the format has no f16 one."""
-    return kernels.snippet(f"formats/{_loader(fmt, storage)}{_SUFFIX[vec]}", B=binding, N=name)
+    loaders `dm<name>(b)` / `qs<name>(b, j)` of the `sgb` GEMV; vec 8: values 8i..8i+7 as a
+    mat2x4f (the `sgw` GEMV).  `storage`: which loader of the format (u32 words or typed f16),
+    falling back to u32 where the format has no f16 one (or no f16 one of this width)."""
+    name_ = _loader(fmt, storage)
+    if not kernels.exists(f"formats/{name_}{_SUFFIX[vec]}"):
+        name_ = _loader(fmt, "u32")
+    return kernels.snippet(f"formats/{name_}{_SUFFIX[vec]}", B=binding, N=name)
 
 
 def has_q(fmt: str) -> bool:
     """`fmt` has the block-word loaders of the `sgb` GEMV (`<fmt>.q.wgsl`: Q4_1)."""
     f = formats.get(fmt)
     return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.q")
+
+
+def has_v8(fmt: str) -> bool:
+    """`fmt` has the 8-value loader of the `sgw` GEMV (`<fmt>.v8.wgsl`: f32, f16)."""
+    f = formats.get(fmt)
+    return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.v8")
 
 
 def norm_weight(fmt: str, offset=None, storage: str = "u32") -> str:
@@ -60,6 +70,8 @@ def block_wdecl(binding: int, name: str, fmt: str, storage: str = "u32") -> str 
 
 
 def mulv(vec) -> str:
+    if vec == 8:
+        return "fn mulv(a: mat2x4f, b: mat2x4f) -> f32 { return dot(a[0], b[0]) + dot(a[1], b[1]); }"
     if vec in (4, "q"):
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
     return "fn mulv(a: f32, b: f32) -> f32 { return a * b; }"
@@ -71,7 +83,8 @@ def vwidth(vec) -> int:
 
 
 def vtype(vec) -> str:
-    return "vec4f" if vec in (4, "q") else "f32"
+    """The type of one weight load of a GEMV reading weights as `vec`."""
+    return {4: "vec4f", "q": "vec4f", 8: "mat2x4f"}.get(vec, "f32")
 
 
 def f32lit(v) -> str:
@@ -115,7 +128,10 @@ def gemv_input(vec, norm=None, storage: str = "u32") -> str:
     """ADECL: the GEMV input `a` (binding 3) with `scl(v, k)` / `fin(v, ss)`. `norm` =
     (weight format, eps, width in values): the input's RMSNorm folded in, weight at binding 5:
     y = (sum_k W[n,k] a[k] w[k]) / sqrt(sum_k a[k]^2 / D + eps), the sum of squares taken
-    from the same loads (every column's reduction walks the whole row anyway)."""
+    from the same loads (every column's reduction walks the whole row anyway).  vec 8 (`sgw`)
+    reads its input as vec4 pairs."""
+    if vec == 8:
+        vec = 4
     vt = vtype(vec)
     head = (f"@group(0) @binding(3) var<storage, read> a: array<{vt}>;\n"
             "const AWG: bool = false;\nfn prologue(l: u32, nl: u32) {}")
@@ -230,16 +246,53 @@ def sgb_code(R: int, U: int, TB: int) -> dict:
                 lines += [f"{acc}{r}_{t} += sc{w}{u}_{r} * (dot(lo{w}{u}_{r}, xl{u}_{t}) + dot(hi{w}{u}_{r}, xh{u}_{t}))"
                           f" + {dm}{u}_{r}.y * sx{u}_{t};" for t in ts]
                 body.append(("    " if not w else "    if (PAIR) { ") + " ".join(lines) + (" }" if w else ""))
-    red = []
-    for t in ts:
-        red.append(f"  var q{t} = 0.0;\n  if (NORM) {{ q{t} = subgroupAdd(ss{t}); }}")
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, TB)}
+
+
+def sgw_code(R: int, U: int, TB: int) -> dict:
+    """DECL / BODY / REDUCE of linear_sgw.wgsl written out for R columns, U units of 8 values
+    per trip and TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
+    rs, us, ts = range(R), range(U), range(TB)
+    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
+    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
+    decl += [f"  var ss{t} = 0.0;" for t in ts]
+    body = []
+    for u in us:                                           # all loads of the trip first
+        body += [f"    let i{u} = u0 + lane + {u}u * sgs;",
+                 f"    let m{u} = select(0.0, 1.0, i{u} < K);     // 0: past the row end",
+                 f"    let c{u} = min(i{u}, K - 1u);"]
+        for t in ts:
+            body += [f"    let o{u}_{t} = min(t0 + {t}u, p.T - 1u) * 2u * K + 2u * c{u};",
+                     f"    let al{u}_{t} = a[o{u}_{t}] * m{u};",
+                     f"    let ah{u}_{t} = a[o{u}_{t} + 1u] * m{u};"]
         for r in rs:
+            body += [f"    let w{u}_{r} = ldw_at(n{r}, c{u});",
+                     f"    var wp{u}_{r} = mat2x4f();",
+                     f"    if (PAIR) {{ wp{u}_{r} = ldw2_at(n{r}, c{u}); }}"]
+    for u in us:
+        for t in ts:
+            body += [f"    if (NORM) {{ ss{t} += dot(al{u}_{t}, al{u}_{t}) + dot(ah{u}_{t}, ah{u}_{t}); }}",
+                     f"    let xl{u}_{t} = scl(al{u}_{t}, 2u * c{u});",
+                     f"    let xh{u}_{t} = scl(ah{u}_{t}, 2u * c{u} + 1u);"]
+            for r in rs:
+                body += [f"    acc{r}_{t} += dot(w{u}_{r}[0], xl{u}_{t}) + dot(w{u}_{r}[1], xh{u}_{t});",
+                         f"    if (PAIR) {{ acp{r}_{t} += dot(wp{u}_{r}[0], xl{u}_{t}) + dot(wp{u}_{r}[1], xh{u}_{t}); }}"]
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, TB)}
+
+
+def _subgroup_reduce(R: int, TB: int) -> str:
+    """The end of a subgroup-per-R-columns GEMV (sgb / sgw): one subgroupAdd per (column, token),
+    lane 0 stores (store, or store2 for a gate/up pair)."""
+    red = []
+    for t in range(TB):
+        red.append(f"  var q{t} = 0.0;\n  if (NORM) {{ q{t} = subgroupAdd(ss{t}); }}")
+        for r in range(R):
             red += [f"  let s{r}_{t} = subgroupAdd(acc{r}_{t});",
                     f"  var s2{r}_{t} = 0.0;\n  if (PAIR) {{ s2{r}_{t} = subgroupAdd(acp{r}_{t}); }}",
                     f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
                     f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
                     f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
-    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": "\n".join(red)}
+    return "\n".join(red)
 
 
 ELEMENTWISE = {                     # op kind -> (input names, body over index i)
