@@ -63,6 +63,23 @@ def test_smollm2_wgpu_greedy_identical(smol, torch_ref, split):
         assert got == torch_ref[p], (split, p)
 
 
+@pytest.mark.parametrize("variants", [{"linear": "sgw2"}, {"linear": "sgw4u2", "storage": "u32"}])
+def test_smollm2_gpu_variant_greedy(device, smol, torch_ref, variants):
+    """The GPU kernels the autotune may pick on a real GPU (lavapipe picks `row`), forced on the
+    real f32 weights: 32 greedy ids equal transformers', step by step and pipelined."""
+    from pyapp.gpu import GpuBackend
+    if "subgroups" not in device.features:
+        pytest.skip("no subgroups")
+    d, refs = smol
+    gb = GpuBackend.load(d, device=device, variants={"norm_wg": 64, "attention": "wg", **variants})
+    for p, (ids, _) in refs.items():
+        c = gb.new_cache(len(ids) + 40)
+        got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
+        assert got == torch_ref[p], (variants, p)
+        assert gb.decode(ids, gb.new_cache(len(ids) + 40), SamplingParams(), 32).ids == torch_ref[p]
+    assert any("linear_sgw" in s or "fn ldw(i: u32) -> mat2x4f" in s for s in device._pipelines)
+
+
 def test_smollm2_wgpu_pipelined_generate(smol, torch_ref):
     """What `pyapp generate --backend wgpu` runs at split 0 (Runner.generate: steps submitted
     before the previous token is read) gives transformers' 32 greedy ids. Stopping early
