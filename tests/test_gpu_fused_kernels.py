@@ -81,6 +81,32 @@ def rotate(x, cs):
     (4, 1, 256, 1, 45, 32, 3),     # Gemma 3 270M's head_dim 256 (4 dims per lane), 32-key splits
 ])
 def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
+    check_attention(device, "attention_split", H, HKV, HD, T, pos0, SL, NS)
+
+
+@pytest.mark.parametrize("H,HKV,HD,pos0,SL,NS", [
+    (6, 2, 64, 70, 32, 4),         # GQA 3:1, mid-split, the 4th split empty
+    (6, 2, 64, 64, 32, 4),         # this step's key the first of split 2
+    (6, 2, 64, 63, 32, 3),         # the last key of split 1, split 2 empty
+    (6, 2, 64, 0, 32, 3),          # empty cache: only this step's key
+    (6, 2, 64, 20, 32, 1),         # one split: normalized in the kernel
+    (4, 1, 16, 45, 32, 3),         # MQA, HD 16 (32 key groups of one vec4)
+    (4, 1, 16, 90, 64, 2),         # 64-key splits: 2 lanes per key
+    (8, 8, 128, 95, 32, 4),        # MHA, HD 128
+    (6, 2, 128, 100, 64, 3),       # HD 128, 64-key splits
+    (4, 1, 256, 45, 32, 3),        # Gemma 3 270M's head_dim 256
+    (5, 5, 80, 77, 32, 3),         # HD 80: 20 vec4 (lanes past 6 key groups idle, keys past the split)
+    (4, 2, 24, 33, 32, 2),         # HD 24: 6 vec4 over 4 lanes per key (indices past the row)
+    (3, 1, 48, 50, 64, 1),         # HD 48, one 64-key split
+])
+def test_attention_dec_matches_numpy(device, H, HKV, HD, pos0, SL, NS):
+    """attention_dec (decode only, T = 1) against the same reference as attention_split."""
+    check_attention(device, "attention_dec", H, HKV, HD, 1, pos0, SL, NS)
+
+
+def check_attention(device, kernel, H, HKV, HD, T, pos0, SL, NS):
+    """`kernel` (+ attention_merge when NS > 1) against numpy: the output and the cache rows."""
+    from pyapp.gpu import wgsl
     rng = np.random.default_rng(H * 1000 + HD + T)
     CAP, scale, theta = max(NS * SL, pos0 + T) + 5, HD ** -0.5, 10000.0
     cs = rope_table(CAP, HD, theta)
@@ -92,10 +118,10 @@ def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
     r = Run(device, T, pos0)
     bkc, bvc = r.buf(kc), r.buf(vc)
     subs = dict(H=H, HKV=HKV, HD=HD, HALF=HD // 2, CAP=CAP, SCALE=repr(scale), NS=NS, SL=SL,
-                DPL=-(-HD // 64))
+                DPL=-(-HD // 64), **(wgsl.attn_dec_code(HD, SL) if kernel == "attention_dec" else {}))
     y = r.poisoned(T * H * HD)
     part = r.poisoned(T * H * NS * (HD + 2)) if NS > 1 else y
-    r.add(kernels.render("attention_split", **subs),
+    r.add(kernels.render(kernel, **subs),
           {1: r.buf(cs), 2: r.buf(q), 3: r.buf(k), 4: r.buf(v), 5: bkc, 6: bvc, 7: part}, T * H, NS)
     if NS > 1:
         r.add(kernels.render("attention_merge", HD=HD, NS=NS, H=H), {1: part, 2: y}, T * H)
