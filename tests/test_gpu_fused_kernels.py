@@ -222,11 +222,19 @@ def random_llama(path, shape, layers=2, seed=0):
 
 
 GPU_VARIANTS = ["wg", "sg", "sg4"]
+# the decode attention as attention_dec (attention_qkv off: CPU adapters choose it by default)
+ATTN_DEC = {"attn_dec": True, "off": ["fuse_qkv_attention"]}
 
 
+def uses_attention_dec(cache) -> bool:
+    """Some dispatch planned on `cache` runs attention_dec (its bind groups live on the cache)."""
+    return any("fn cur_key(" in key[0] for key in cache.groups)
+
+
+@pytest.mark.parametrize("extra", [{}, ATTN_DEC], ids=["default", "attn_dec"])
 @pytest.mark.parametrize("shape", ["odd", "vec4"])
 @pytest.mark.parametrize("variant", GPU_VARIANTS)
-def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
+def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     if variant.startswith("sg") and "subgroups" not in device.features:
@@ -235,7 +243,8 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
     L = cfg["num_hidden_layers"]
     nb = NumpyBackend.load(tmp_path / shape)
     gb = GpuBackend.load(tmp_path / shape, device=device,
-                         variants={"linear": variant, "norm_wg": 64, "attention": "wg"})
+                         variants={"linear": variant, "norm_wg": 64, "attention": "wg", **extra})
+    per_layer = 5 if extra else 4          # attention_qkv off: the q/k/v GEMV its own dispatch
     rng = np.random.default_rng(7)
     for capacity, prompt_len, n_splits in ((30, 9, 1), (400, 261, 13)):   # 32-key splits
         prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], prompt_len)]
@@ -251,8 +260,9 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
             assert relerr(got, ref) <= 1e-4, f"decode step {step}"
             # embed + per layer (norm+qkv+rope+attention, merge+o+add, norm+gate/up+silu,
             # down+add) + head, whatever the split count
-            assert gb.stats["dispatches"] - d0 == 1 + L * 4 + 1
+            assert gb.stats["dispatches"] - d0 == 1 + L * per_layer + 1
             tok = int(ref[-1].argmax())
+        assert uses_attention_dec(gc) == (bool(extra) and shape == "vec4")   # "odd": hd 18, HD % 8 != 0
 
 
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
@@ -289,22 +299,27 @@ def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, varian
             old.forward(ids=[tok], cache=oc)
 
 
+@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}, {"attn_dec": True, "off": ["fold_merge"]}],
+                         ids=["split", "attn_dec", "attn_dec-merge"])
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
-def test_split_attention_every_context_matches_numpy(device, tmp_path, shape):
+def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, extra):
     """fuse_rope_attention (the decode attention of GPU adapters: attention_qkv off) at every
     context from 1 to 106 of a 128-key cache
-    (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor."""
+    (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor;
+    attention_split or attention_dec, the merge folded into the o-projection or attention_merge."""
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     cfg = random_llama(tmp_path / shape, shape, seed=5)
     nb = NumpyBackend.load(tmp_path / shape)
     gb = GpuBackend.load(tmp_path / shape, device=device, variants={
-        "linear": "wg", "norm_wg": 64, "attention": "wg", "off": ["fuse_qkv_attention"]})
+        "linear": "wg", "norm_wg": 64, "attention": "wg", **extra,
+        "off": ["fuse_qkv_attention", *extra.get("off", ())]})
     rng = np.random.default_rng(13)
     nc, gc = nb.new_cache(128), gb.new_cache(128)
     ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
     for n, tok in enumerate(ids):
         assert relerr(gb.forward(ids=[tok], cache=gc), nb.forward(ids=[tok], cache=nc)) <= 1e-4, f"context {n + 1}"
+    assert uses_attention_dec(gc) == bool(extra)
 
 
 @pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
