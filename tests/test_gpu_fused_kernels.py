@@ -1,4 +1,4 @@
-"""The fused kernels (attention_split + attention_merge: RoPE + KV append + split-context
+"""The fused kernels (attention_split or attention_dec + attention_merge: RoPE + KV append + split-context
 attention; add_norm: residual add + RMSNorm) against numpy, on lavapipe through wgpu-py.
 
 Each kernel is run on its own (pipelines and bind groups made here, not through the
@@ -348,7 +348,8 @@ def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
         assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0
 
 
-def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}], ids=["split", "attn_dec"])
+def test_gemma_split_merge_folded_into_o_projection(device, tmp_path, extra):
     """Gemma 3 (per-head q/k norms, a sliding-window layer, the post-attention norm between the
     o-projection and the residual add) keeps fuse_rope_attention, and its global layer's split
     merge folds into the o-projection (no add in that store): a tiny random Gemma 3 made by
@@ -370,7 +371,7 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
             if t.dim() == 1:
                 t.copy_(0.1 * torch.randn_like(t))     # norm weights off zero (1 + w)
     m.save_pretrained(tmp_path, safe_serialization=True)
-    v = {"linear": "wg", "norm_wg": 64, "attention": "wg"}
+    v = {"linear": "wg", "norm_wg": 64, "attention": "wg", **extra}
     nb = NumpyBackend.load(tmp_path)
     gb = GpuBackend.load(tmp_path, device=device, variants=v)
     old = GpuBackend.load(tmp_path, device=device, variants={**v, "off": ["fold_merge"]})
@@ -381,3 +382,4 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
         assert relerr(gb.forward(ids=[int(tok)], cache=gc), ref) <= 1e-5, f"context {n + 1}"
         assert relerr(old.forward(ids=[int(tok)], cache=oc), ref) <= 1e-5, f"context {n + 1}, fold_merge off"
         assert gb.stats["dispatches"] - d0 == old.stats["dispatches"] - o0 - 1
+    assert uses_attention_dec(gc) == bool(extra)
