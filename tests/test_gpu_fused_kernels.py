@@ -1,5 +1,6 @@
-"""The fused kernels (attention_split or attention_dec + attention_merge: RoPE + KV append + split-context
-attention; add_norm: residual add + RMSNorm) against numpy, on lavapipe through wgpu-py.
+"""The fused kernels (attention_split or attention_dec + attention_merge: RoPE + KV append +
+split-context attention; add_norm: residual add + RMSNorm) against numpy, on lavapipe through
+wgpu-py.
 
 Each kernel is run on its own (pipelines and bind groups made here, not through the
 executor) on fresh random inputs of odd sizes, outputs poisoned with NaN first; the
