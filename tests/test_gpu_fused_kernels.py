@@ -1,5 +1,6 @@
-"""The fused kernels (attention_split + attention_merge: RoPE + KV append + split-context
-attention; add_norm: residual add + RMSNorm) against numpy, on lavapipe through wgpu-py.
+"""The fused kernels (attention_split or attention_dec + attention_merge: RoPE + KV append +
+split-context attention; add_norm: residual add + RMSNorm) against numpy, on lavapipe through
+wgpu-py.
 
 Each kernel is run on its own (pipelines and bind groups made here, not through the
 executor) on fresh random inputs of odd sizes, outputs poisoned with NaN first; the
@@ -81,6 +82,32 @@ def rotate(x, cs):
     (4, 1, 256, 1, 45, 32, 3),     # Gemma 3 270M's head_dim 256 (4 dims per lane), 32-key splits
 ])
 def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
+    check_attention(device, "attention_split", H, HKV, HD, T, pos0, SL, NS)
+
+
+@pytest.mark.parametrize("H,HKV,HD,pos0,SL,NS", [
+    (6, 2, 64, 70, 32, 4),         # GQA 3:1, mid-split, the 4th split empty
+    (6, 2, 64, 64, 32, 4),         # this step's key the first of split 2
+    (6, 2, 64, 63, 32, 3),         # the last key of split 1, split 2 empty
+    (6, 2, 64, 0, 32, 3),          # empty cache: only this step's key
+    (6, 2, 64, 20, 32, 1),         # one split: normalized in the kernel
+    (4, 1, 16, 45, 32, 3),         # MQA, HD 16 (32 key groups of one vec4)
+    (4, 1, 16, 90, 64, 2),         # 64-key splits: 2 lanes per key
+    (8, 8, 128, 95, 32, 4),        # MHA, HD 128
+    (6, 2, 128, 100, 64, 3),       # HD 128, 64-key splits
+    (4, 1, 256, 45, 32, 3),        # Gemma 3 270M's head_dim 256
+    (5, 5, 80, 77, 32, 3),         # HD 80: 20 vec4 (lanes past 6 key groups idle, keys past the split)
+    (4, 2, 24, 33, 32, 2),         # HD 24: 6 vec4 over 4 lanes per key (indices past the row)
+    (3, 1, 48, 50, 64, 1),         # HD 48, one 64-key split
+])
+def test_attention_dec_matches_numpy(device, H, HKV, HD, pos0, SL, NS):
+    """attention_dec (decode only, T = 1) against the same reference as attention_split."""
+    check_attention(device, "attention_dec", H, HKV, HD, 1, pos0, SL, NS)
+
+
+def check_attention(device, kernel, H, HKV, HD, T, pos0, SL, NS):
+    """`kernel` (+ attention_merge when NS > 1) against numpy: the output and the cache rows."""
+    from pyapp.gpu import wgsl
     rng = np.random.default_rng(H * 1000 + HD + T)
     CAP, scale, theta = max(NS * SL, pos0 + T) + 5, HD ** -0.5, 10000.0
     cs = rope_table(CAP, HD, theta)
@@ -92,10 +119,10 @@ def test_attention_split_matches_numpy(device, H, HKV, HD, T, pos0, SL, NS):
     r = Run(device, T, pos0)
     bkc, bvc = r.buf(kc), r.buf(vc)
     subs = dict(H=H, HKV=HKV, HD=HD, HALF=HD // 2, CAP=CAP, SCALE=repr(scale), NS=NS, SL=SL,
-                DPL=-(-HD // 64))
+                DPL=-(-HD // 64), **(wgsl.attn_dec_code(HD, SL) if kernel == "attention_dec" else {}))
     y = r.poisoned(T * H * HD)
     part = r.poisoned(T * H * NS * (HD + 2)) if NS > 1 else y
-    r.add(kernels.render("attention_split", **subs),
+    r.add(kernels.render(kernel, **subs),
           {1: r.buf(cs), 2: r.buf(q), 3: r.buf(k), 4: r.buf(v), 5: bkc, 6: bvc, 7: part}, T * H, NS)
     if NS > 1:
         r.add(kernels.render("attention_merge", HD=HD, NS=NS, H=H), {1: part, 2: y}, T * H)
@@ -196,11 +223,19 @@ def random_llama(path, shape, layers=2, seed=0):
 
 
 GPU_VARIANTS = ["wg", "sg", "sg4", "sgw2"]
+# the decode attention as attention_dec (attention_qkv off: CPU adapters choose it by default)
+ATTN_DEC = {"attn_dec": True, "off": ["fuse_qkv_attention"]}
 
 
+def uses_attention_dec(cache) -> bool:
+    """Some dispatch planned on `cache` runs attention_dec (its bind groups live on the cache)."""
+    return any("fn cur_key(" in key[0] for key in cache.groups)
+
+
+@pytest.mark.parametrize("extra", [{}, ATTN_DEC], ids=["default", "attn_dec"])
 @pytest.mark.parametrize("shape", ["odd", "vec4"])
 @pytest.mark.parametrize("variant", GPU_VARIANTS)
-def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
+def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     if variant.startswith("sg") and "subgroups" not in device.features:
@@ -209,7 +244,9 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
     L = cfg["num_hidden_layers"]
     nb = NumpyBackend.load(tmp_path / shape)
     gb = GpuBackend.load(tmp_path / shape, device=device,
-                         variants={"linear": variant, "norm_wg": 64, "attention": "wg"})
+                         variants={"linear": variant, "norm_wg": 64, "attention": "wg", **extra})
+    # attention_qkv off (or not on sgw, which takes no 4-dispatch layer): the q/k/v GEMV its own dispatch
+    per_layer = 5 if extra or variant.startswith("sgw") else 4
     rng = np.random.default_rng(7)
     for capacity, prompt_len, n_splits in ((30, 9, 1), (400, 261, 13)):   # 32-key splits
         prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], prompt_len)]
@@ -224,11 +261,10 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant):
             got = gb.forward(ids=[tok], cache=gc)
             assert relerr(got, ref) <= 1e-4, f"decode step {step}"
             # embed + per layer (norm+qkv+rope+attention, merge+o+add, norm+gate/up+silu,
-            # down+add) + head, whatever the split count; sgw takes no 4-dispatch layer (q/k/v
-            # in the attention kernel), so its q/k/v GEMV is a dispatch of its own
-            per_layer = 5 if variant.startswith("sgw") else 4
+            # down+add) + head, whatever the split count
             assert gb.stats["dispatches"] - d0 == 1 + L * per_layer + 1
             tok = int(ref[-1].argmax())
+        assert uses_attention_dec(gc) == (bool(extra) and shape == "vec4")   # "odd": hd 18, HD % 8 != 0
 
 
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
@@ -265,22 +301,27 @@ def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, varian
             old.forward(ids=[tok], cache=oc)
 
 
+@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}, {"attn_dec": True, "off": ["fold_merge"]}],
+                         ids=["split", "attn_dec", "attn_dec-merge"])
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
-def test_split_attention_every_context_matches_numpy(device, tmp_path, shape):
+def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, extra):
     """fuse_rope_attention (the decode attention of GPU adapters: attention_qkv off) at every
     context from 1 to 106 of a 128-key cache
-    (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor."""
+    (1 to 4 active 32-key splits; 31 / 32 / 33 occur): logits against the numpy executor;
+    attention_split or attention_dec, the merge folded into the o-projection or attention_merge."""
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     cfg = random_llama(tmp_path / shape, shape, seed=5)
     nb = NumpyBackend.load(tmp_path / shape)
     gb = GpuBackend.load(tmp_path / shape, device=device, variants={
-        "linear": "wg", "norm_wg": 64, "attention": "wg", "off": ["fuse_qkv_attention"]})
+        "linear": "wg", "norm_wg": 64, "attention": "wg", **extra,
+        "off": ["fuse_qkv_attention", *extra.get("off", ())]})
     rng = np.random.default_rng(13)
     nc, gc = nb.new_cache(128), gb.new_cache(128)
     ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
     for n, tok in enumerate(ids):
         assert relerr(gb.forward(ids=[tok], cache=gc), nb.forward(ids=[tok], cache=nc)) <= 1e-4, f"context {n + 1}"
+    assert uses_attention_dec(gc) == bool(extra)
 
 
 @pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
@@ -309,7 +350,8 @@ def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
         assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0
 
 
-def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}], ids=["split", "attn_dec"])
+def test_gemma_split_merge_folded_into_o_projection(device, tmp_path, extra):
     """Gemma 3 (per-head q/k norms, a sliding-window layer, the post-attention norm between the
     o-projection and the residual add) keeps fuse_rope_attention, and its global layer's split
     merge folds into the o-projection (no add in that store): a tiny random Gemma 3 made by
@@ -331,7 +373,7 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
             if t.dim() == 1:
                 t.copy_(0.1 * torch.randn_like(t))     # norm weights off zero (1 + w)
     m.save_pretrained(tmp_path, safe_serialization=True)
-    v = {"linear": "wg", "norm_wg": 64, "attention": "wg"}
+    v = {"linear": "wg", "norm_wg": 64, "attention": "wg", **extra}
     nb = NumpyBackend.load(tmp_path)
     gb = GpuBackend.load(tmp_path, device=device, variants=v)
     old = GpuBackend.load(tmp_path, device=device, variants={**v, "off": ["fold_merge"]})
@@ -342,3 +384,4 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path):
         assert relerr(gb.forward(ids=[int(tok)], cache=gc), ref) <= 1e-5, f"context {n + 1}"
         assert relerr(old.forward(ids=[int(tok)], cache=oc), ref) <= 1e-5, f"context {n + 1}, fold_merge off"
         assert gb.stats["dispatches"] - d0 == old.stats["dispatches"] - o0 - 1
+    assert uses_attention_dec(gc) == bool(extra)

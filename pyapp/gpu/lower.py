@@ -492,8 +492,9 @@ def attention_splits(T: int, capacity: int, split: int = ATTN_SPLIT) -> tuple[in
 
 
 def fuse_rope_attention(b, ops, i, s: Step):
-    """rope + causal attention (+ the KV-cache append) -> attention_split; a split context's
-    merge folded into the o-projection after it, or attention_merge; on the reduction variants."""
+    """rope + causal attention (+ the KV-cache append) -> attention_split (attention_dec for a
+    decode token with the `attn_dec` variant); a split context's merge folded into the
+    o-projection after it, or attention_merge; on the reduction variants."""
     if not _fusing(b) or b.variants.get("attention", "row") == "row" or s.cache is None:
         return None
     r = ops[i]
@@ -510,8 +511,13 @@ def fuse_rope_attention(b, ops, i, s: Step):
     ns, sl = attention_splits(s.T, cache.capacity, int(b.variants.get("attn_split", ATTN_SPLIT)))
     y = b.acts[at.outs[0]]
     out = y if ns == 1 else cache.scratch(s.T * H * ns * (hd + 2) * 4)
-    src = kernels.render("attention_split", H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity,
-                         SCALE=wgsl.f32lit(a["scale"]), NS=ns, SL=sl, DPL=ceil(hd, 64))
+    common = dict(H=H, HKV=Hkv, HD=hd, HALF=hd // 2, CAP=cache.capacity, SCALE=wgsl.f32lit(a["scale"]), NS=ns)
+    # attention_dec: decode only; one split (SL = the capacity) rounded up to a power of two
+    dsl = sl if ns > 1 else 1 << (sl - 1).bit_length()
+    if s.T == 1 and b.variants.get("attn_dec", False) and wgsl.attn_dec_fits(hd, dsl):
+        src = kernels.render("attention_dec", SL=dsl, **common, **wgsl.attn_dec_code(hd, dsl))
+    else:
+        src = kernels.render("attention_split", SL=sl, DPL=ceil(hd, 64), **common)
     q, k, v = (b.acts[n] for n in at.ins)
     disp = [b.dispatch(src, {1: b.rope_bufs[r.attrs["theta"]], 2: q, 3: k, 4: v, 5: cache.k[li], 6: cache.v[li], 7: out},
                        s.T * H, ns)]

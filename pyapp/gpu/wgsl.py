@@ -295,6 +295,66 @@ def _subgroup_reduce(R: int, TB: int) -> str:
     return "\n".join(red)
 
 
+
+def _tree(terms: list, op: str = "+") -> str:
+    """`terms` combined pairwise (a balanced tree: independent operations, a short chain);
+    op "+" or "max"."""
+    while len(terms) > 1:
+        pairs = [f"({a} + {b})" if op == "+" else f"max({a}, {b})" for a, b in zip(terms[::2], terms[1::2])]
+        terms = pairs + terms[len(pairs) * 2:]
+    return terms[0]
+
+
+def attn_dec_fits(HD: int, SL: int) -> bool:
+    """attention_dec's shapes: rows of vec4 whose halves are whole vec4s (RoPE), at most one
+    per lane, and 128 lanes shared evenly by the SL keys of a split."""
+    return HD % 8 == 0 and HD // 4 <= 128 and 128 % SL == 0
+
+
+def attn_dec_code(HD: int, SL: int) -> dict:
+    """The written-out parts of attention_dec.wgsl for head dim HD and SL keys per split: every
+    load of a lane a named register issued before the arithmetic on it; indices past the row
+    (or keys past the split) clamped and weighted 0. Also its HV / HQ / LPK / KG constants."""
+    HV, LPK = HD // 4, 128 // SL
+    KG = 128 // HV
+    NQ, NV = -(-HV // LPK), -(-SL // KG)
+
+    def score(load):                     # lane part r of a key: vec4s r, r + LPK, ...
+        idx, ok, lines = [], [], []
+        for i in range(NQ):
+            c = f"r + {LPK * i}u"
+            tail = LPK * i + LPK - 1 >= HV
+            idx.append(f"min({c}, {HV - 1}u)" if tail else c)
+            ok.append(f"{c} < {HV}u" if tail else None)
+        lines += [f"    let kx{i} = {load(c)};" for i, c in enumerate(idx)]
+        lines += [f"    let qx{i} = qs[{c}];" for i, c in enumerate(idx)]
+        terms = [f"dot(kx{i}, qx{i})" if ok[i] is None else f"select(0.0, dot(kx{i}, qx{i}), {ok[i]})"
+                 for i in range(NQ)]
+        return "\n".join(lines + [f"    e = {_tree(terms)};"])
+
+    ssum = [f"    let t{u} = sc[l * LPK + {u}u];" for u in range(LPK)]
+    ssum.append(f"    pw[l] = select(-3.0e38, {_tree([f't{u}' for u in range(LPK)])}, k0 + l < k1);")
+    mx = [f"  let w{j} = pw[{j}u];" for j in range(SL)]
+    mx.append(f"  let m = {_tree([f'w{j}' for j in range(SL)], 'max')};")
+    val, wts = [], []                    # lane (g, d): keys g, g + KG, ...
+    for i in range(NV):
+        tail = KG * i + KG - 1 >= SL
+        val += [f"      let j{i} = g + {KG * i}u;",
+                f"      let va{i} = vc[(vb + min(k0 + j{i}, pos - 1u)) * HV + d];"]
+        wts += [f"      let pe{i} = pw[{f'min(j{i}, {SL - 1}u)' if tail else f'j{i}'}];",
+                f"      let p{i} = select(0.0, exp(pe{i} - m), k0 + j{i} < pos{f' && j{i} < {SL}u' if tail else ''});"]
+    val += wts
+    val += [f"      acc = {_tree([f'va{i} * p{i}' for i in range(NV)])};",
+            f"      ls = {_tree([f'p{i}' for i in range(NV)])};"]
+    red = [f"    let a{g} = wa[{g * HV}u + l];" for g in range(KG)]
+    red += [f"    let lw{g} = wl[{g}u];" for g in range(KG)]
+    red += [f"    let a = {_tree([f'a{g}' for g in range(KG)])};",
+            f"    let L = {_tree([f'lw{g}' for g in range(KG)])};"]
+    return {"HV": HV, "HQ": HV // 2, "LPK": LPK, "KG": KG,
+            "SCORE_CACHED": score(lambda c: f"kc[b + {c}]"), "SCORE_CUR": score(lambda c: f"cur_key(kvh, {c})"),
+            "SCORE_SUM": "\n".join(ssum), "MAX": "\n".join(mx), "VALUES": "\n".join(val),
+            "REDUCE": "\n".join(red)}
+
 ELEMENTWISE = {                     # op kind -> (input names, body over index i)
     "silu_mul": (("a", "b"), "y[i] = silu(a[i]) * b[i];"),
     "add": (("a", "b"), "y[i] = a[i] + b[i];"),
