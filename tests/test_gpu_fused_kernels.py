@@ -232,7 +232,7 @@ def uses_attention_dec(cache) -> bool:
     return any("fn cur_key(" in key[0] for key in cache.groups)
 
 
-@pytest.mark.parametrize("extra", [{}, ATTN_DEC], ids=["default", "attn_dec"])
+@pytest.mark.parametrize("extra", [{"attn_dec": False}, ATTN_DEC], ids=["split", "attn_dec"])
 @pytest.mark.parametrize("shape", ["odd", "vec4"])
 @pytest.mark.parametrize("variant", GPU_VARIANTS)
 def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
@@ -246,7 +246,8 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
     gb = GpuBackend.load(tmp_path / shape, device=device,
                          variants={"linear": variant, "norm_wg": 64, "attention": "wg", **extra})
     # attention_qkv off (or not on sgw, which takes no 4-dispatch layer): the q/k/v GEMV its own dispatch
-    per_layer = 5 if extra or variant.startswith("sgw") else 4
+    dec = extra["attn_dec"] and shape == "vec4"          # "odd": hd 18, HD % 8 != 0
+    per_layer = 5 if "off" in extra or variant.startswith("sgw") else 4
     rng = np.random.default_rng(7)
     for capacity, prompt_len, n_splits in ((30, 9, 1), (400, 261, 13)):   # 32-key splits
         prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], prompt_len)]
@@ -264,7 +265,8 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
             # down+add) + head, whatever the split count
             assert gb.stats["dispatches"] - d0 == 1 + L * per_layer + 1
             tok = int(ref[-1].argmax())
-        assert uses_attention_dec(gc) == (bool(extra) and shape == "vec4")   # "odd": hd 18, HD % 8 != 0
+        # sgw takes no attention_qkv, so its decode attention is fuse_rope_attention's
+        assert uses_attention_dec(gc) == (dec and ("off" in extra or variant.startswith("sgw")))
 
 
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
@@ -301,7 +303,7 @@ def test_decode_layer_4_dispatches_matches_numpy(device, tmp_path, shape, varian
             old.forward(ids=[tok], cache=oc)
 
 
-@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}, {"attn_dec": True, "off": ["fold_merge"]}],
+@pytest.mark.parametrize("extra", [{"attn_dec": False}, {"attn_dec": True}, {"attn_dec": True, "off": ["fold_merge"]}],
                          ids=["split", "attn_dec", "attn_dec-merge"])
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])
 def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, extra):
@@ -321,7 +323,7 @@ def test_split_attention_every_context_matches_numpy(device, tmp_path, shape, ex
     ids = [int(i) for i in rng.integers(0, cfg["vocab_size"], 106)]    # fed, not sampled
     for n, tok in enumerate(ids):
         assert relerr(gb.forward(ids=[tok], cache=gc), nb.forward(ids=[tok], cache=nc)) <= 1e-4, f"context {n + 1}"
-    assert uses_attention_dec(gc) == bool(extra)
+    assert uses_attention_dec(gc) == extra["attn_dec"]
 
 
 @pytest.mark.parametrize("variant,depth", [("wg", 2), ("row", 3)])
@@ -350,7 +352,7 @@ def test_pipelined_decode_equals_stepwise(device, tmp_path, variant, depth):
         assert relerr(gb.forward(ids=[r2[-1]], cache=c2), gb.forward(ids=[r1[-1]], cache=c1)) == 0
 
 
-@pytest.mark.parametrize("extra", [{}, {"attn_dec": True}], ids=["split", "attn_dec"])
+@pytest.mark.parametrize("extra", [{"attn_dec": False}, {"attn_dec": True}], ids=["split", "attn_dec"])
 def test_gemma_split_merge_folded_into_o_projection(device, tmp_path, extra):
     """Gemma 3 (per-head q/k norms, a sliding-window layer, the post-attention norm between the
     o-projection and the residual add) keeps fuse_rope_attention, and its global layer's split
@@ -384,4 +386,4 @@ def test_gemma_split_merge_folded_into_o_projection(device, tmp_path, extra):
         assert relerr(gb.forward(ids=[int(tok)], cache=gc), ref) <= 1e-5, f"context {n + 1}"
         assert relerr(old.forward(ids=[int(tok)], cache=oc), ref) <= 1e-5, f"context {n + 1}, fold_merge off"
         assert gb.stats["dispatches"] - d0 == old.stats["dispatches"] - o0 - 1
-    assert uses_attention_dec(gc) == bool(extra)
+    assert uses_attention_dec(gc) == extra["attn_dec"]

@@ -49,6 +49,8 @@ class NativeDevice(Device):
                        "readback": U.MAP_READ | U.COPY_DST}
         self._map_read = wgpu.MapMode.READ
         self._mappable = int(U.MAP_READ)
+        self._submit_index, self._wait_index = _submission_index_calls(device)
+        self._written_by = {}       # readback buffer -> the submission index that copies into it
 
     @classmethod
     def create(cls, power_preference="high-performance", max_limits=True, limits=None):
@@ -133,10 +135,17 @@ class NativeDevice(Device):
                 ps.set_bind_group(0, group)
                 ps.dispatch_workgroups(gx, gy, gz)
             ps.end()
-            for src, soff, dst, doff, size in ([] if copy is None else
-                                               [copy] if isinstance(copy, tuple) else copy):
+            copies = [] if copy is None else [copy] if isinstance(copy, tuple) else copy
+            for src, soff, dst, doff, size in copies:
                 enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
-            self.device.queue.submit([enc.finish()])
+            cb = enc.finish()
+            if self._submit_index is None:
+                self.device.queue.submit([cb])
+            else:
+                idx = self._submit_index(cb)
+                for _s, _so, dst, _do, _n in copies:
+                    if dst.usage & self._mappable:
+                        self._written_by[dst] = idx
         except GpuError:
             raise
         except Exception as e:  # noqa: BLE001
@@ -145,6 +154,12 @@ class NativeDevice(Device):
     def read(self, buf, offset, size):
         try:
             if buf.usage & self._mappable:
+                # wait for the submission that wrote `buf` alone: wgpu-py's map_sync polls the
+                # device until *every* submission is done, so in pipelined decode reading
+                # token n also waited for step n+1 and the GPU idled while the host encoded n+2
+                idx = self._written_by.pop(buf, None)
+                if idx is not None:
+                    self._wait_index(idx)
                 buf.map_sync(self._map_read, offset, (size + 3) // 4 * 4)
                 try:
                     return bytes(buf.read_mapped(offset, size))
@@ -159,6 +174,25 @@ class NativeDevice(Device):
 
     def now(self):
         return time.perf_counter()
+
+
+def _submission_index_calls(device):
+    """(submit(command_buffer) -> submission index, wait(index)) through wgpu-native's
+    wgpuQueueSubmitForIndex / wgpuDevicePoll(wait, &index), which wgpu-py does not expose;
+    (None, None) where its internals differ (then plain submits and map_sync)."""
+    try:
+        from wgpu.backends.wgpu_native._api import ffi, libf
+        qid, did = device.queue._internal, device._internal
+    except (ImportError, AttributeError):
+        return None, None
+
+    def submit(cb):
+        arr = ffi.new("WGPUCommandBuffer[]", [cb._internal])
+        return libf.wgpuQueueSubmitForIndex(qid, 1, arr)
+
+    def wait(idx):
+        libf.wgpuDevicePoll(did, True, ffi.new("WGPUSubmissionIndex *", idx))
+    return submit, wait
 
 
 def _numbered(src):
