@@ -17,6 +17,12 @@ if [ "$1" = table ]; then
     --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --deno-depth 8 --label final 2>&1 | tee $R/final-log.txt
   exit
 fi
+if [ "$1" = check ]; then
+  # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
+  timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
+    --label check 2>&1 | tee $R/check-log.txt
+  exit
+fi
 # run 13a
 # 1. every GEMV shape of the 7B / 1B / SmolLM2, old variants and the sgw shapes, both storage kinds
 timeout 150 $B --shapes llama-7b-f16,llama-1b-f16,smollm2-135m-f16 --gemv --no-decode --no-torch --no-deno \
