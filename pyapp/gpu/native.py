@@ -51,6 +51,7 @@ class NativeDevice(Device):
         self._mappable = int(U.MAP_READ)
         self._submit_index, self._wait_index = _submission_index_calls(device)
         self._written_by = {}       # readback buffer -> the submission index that copies into it
+        self._last_index = None     # the latest submission's index
 
     @classmethod
     def create(cls, power_preference="high-performance", max_limits=True, limits=None):
@@ -142,7 +143,7 @@ class NativeDevice(Device):
             if self._submit_index is None:
                 self.device.queue.submit([cb])
             else:
-                idx = self._submit_index(cb)
+                idx = self._last_index = self._submit_index(cb)
                 for _s, _so, dst, _do, _n in copies:
                     if dst.usage & self._mappable:
                         self._written_by[dst] = idx
@@ -156,9 +157,10 @@ class NativeDevice(Device):
             if buf.usage & self._mappable:
                 # wait for the submission that wrote `buf` alone: wgpu-py's map_sync polls the
                 # device until *every* submission is done, so in pipelined decode reading
-                # token n also waited for step n+1 and the GPU idled while the host encoded n+2
+                # token n also waited for step n+1 and the GPU idled while the host encoded n+2.
+                # When it is the latest submission, map_sync's own wait is the same wait.
                 idx = self._written_by.pop(buf, None)
-                if idx is not None:
+                if idx is not None and idx != self._last_index:
                     self._wait_index(idx)
                 buf.map_sync(self._map_read, offset, (size + 3) // 4 * 4)
                 try:
