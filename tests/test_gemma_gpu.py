@@ -14,7 +14,7 @@ and the prefill crosses the ring's wrap in chunks of 512).
 The default variant on lavapipe is `row`, which takes no fusion rule; `fused` forces the
 reduction variants (wg GEMVs, 64-lane norms, wg attention) so the Gemma rules run on the real
 weights: offset norms folded into q/k/v and gate/up, gate/up + tanh GELU as one weight pair,
-post-norm + residual add in one pass (11 dispatches a sliding layer, 9 a global one)."""
+post-norm + residual add in one pass, q_norm + k_norm in one (10 dispatches a sliding layer, 8 a global one)."""
 from __future__ import annotations
 
 import pytest
@@ -87,7 +87,7 @@ def test_greedy_ids_fused_rules_identical_to_transformers(parts, fused, referenc
     ids = reference["prompts"][prompt]
     want = reference["greedy"][prompt][0][:4]
     assert split_greedy(nb, fused, ids, 4, split) == want
-    # the rules fired: a decode token's 18 layers (15 sliding, 3 global) in 15 * 11 + 3 * 9 dispatches
+    # the rules fired: a decode token's 18 layers (15 sliding, 3 global) in 15 * 10 + 3 * 8 dispatches
     cache = fused.new_cache(len(ids) + 8, 0, N_LAYERS)
-    assert fused._plan(1, cache, 0, N_LAYERS, False, False, False, False)[1] == 15 * 11 + 3 * 9
+    assert fused._plan(1, cache, 0, N_LAYERS, False, False, False, False)[1] == 15 * 10 + 3 * 8
     cache.destroy()

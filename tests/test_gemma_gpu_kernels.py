@@ -418,27 +418,28 @@ def random_gemma(path, shape, dtype, seed=0):
 
 
 # per decode token: embed + scale, the head's GEMV with the final norm folded in, and per layer:
-# q/k/v with the input norm folded in, q_norm, k_norm, attention (sliding: rope, kv_write,
+# q/k/v with the input norm folded in, q_norm + k_norm, attention (sliding: rope, kv_write,
 # attention_wg; global: attention_split), o, post-norm + add, gate/up + gelu_tanh_mul with the
 # pre-FFN norm folded in, down, post-norm + add (was 16 and 14 dispatches)
-FUSED_LAYER = {"sliding_attention": 11, "full_attention": 9}
+FUSED_LAYER = {"sliding_attention": 10, "full_attention": 8}
 
 
-@pytest.mark.parametrize("shape,dtype,variant", [
-    ("odd", "f32", "wg"), ("odd", "f32", "sg"), ("odd", "f32", "sg4"),
-    ("vec8", "f16", "wg"), ("vec8", "f16", "sg4"), ("vec8", "f16", "sgw2"),
-    ("vec8", "q4_1", "sgb2"), ("vec8", "q4_1", "wg")])
-def test_fused_gemma_matches_numpy(device, tmp_path, shape, dtype, variant):
+@pytest.mark.parametrize("shape,dtype,variant,norm_wg", [
+    ("odd", "f32", "wg", 64), ("odd", "f32", "wg", 1), ("odd", "f32", "sg", 64), ("odd", "f32", "sg4", 64),
+    ("vec8", "f16", "wg", 64), ("vec8", "f16", "sg4", 64), ("vec8", "f16", "sgw2", 64),
+    ("vec8", "q4_1", "sgb2", 64), ("vec8", "q4_1", "wg", 64)])
+def test_fused_gemma_matches_numpy(device, tmp_path, shape, dtype, variant, norm_wg):
     """A Gemma-shaped random model with the fusion rules on (offset norms folded into q/k/v and
     gate/up, the gate/up pair with tanh GELU, post-norm + residual add) against the numpy
-    executor on the same file: prefill logits of every row, then decode steps past the window."""
+    executor on the same file: prefill logits of every row, then decode steps past the window.
+    norm_wg 1: the one-lane norm_group of CPU adapters (q_norm + k_norm in one dispatch)."""
     from pyapp.gpu import GpuBackend
     from pyapp.numpy_backend import NumpyBackend
     if variant.startswith("sg") and "subgroups" not in device.features:
         pytest.skip("no subgroups on this adapter")
     cfg = random_gemma(tmp_path, shape, dtype)
     nb = NumpyBackend.load(tmp_path, dtype)
-    gb = GpuBackend.load(tmp_path, dtype, device=device, variants={"linear": variant, "norm_wg": 64, "attention": "wg"})
+    gb = GpuBackend.load(tmp_path, dtype, device=device, variants={"linear": variant, "norm_wg": norm_wg, "attention": "wg"})
     rng = np.random.default_rng(5)
     prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], 6)]
     nc, gc = nb.new_cache(16), gb.new_cache(16)

@@ -276,20 +276,35 @@ def _scale(b, o, s: Step):
     return _elementwise(b, o, s, f"const VALUE: f32 = {wgsl.f32lit(o.attrs['value'])};\n")
 
 
-def _norm_group(b, o, s: Step):
-    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included."""
-    wt, G = b.tensors[o.weights["w"]], o.attrs["group"]
-    W = b.widths[o.ins[0]]
+def _groups(b, o) -> int:
+    W, G = b.widths[o.ins[0]], o.attrs["group"]
     if W % G:
         raise GpuError(f"rms_norm group {G} does not divide the width {W} of {o.ins[0]!r}")
+    return W // G
+
+
+def _norm_group(b, o, s: Step, o2=None):
+    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included; `o2`: a
+    second such norm (in place, the same group / eps / offset) in the same dispatch."""
+    wt, G, NG = b.tensors[o.weights["w"]], o.attrs["group"], _groups(b, o)
     inplace = o.ins[0] == o.outs[0]
     ent = {1: wt.chunks[0][0], 4: b.act(o.outs[0])}
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset"), b.storage),
-                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]),
+    offset = o.attrs.get("offset")
+    pair, NG2 = ("const NG2: u32 = 0u;\nfn ldx2(i: u32) -> f32 { return 0.0; }\n"
+                 "fn ldw2(i: u32) -> f32 { return 0.0; }\nfn sty2(i: u32, v: f32) {}"), 0
+    if o2 is not None:
+        w2, NG2 = b.tensors[o2.weights["w"]], _groups(b, o2)
+        pair = (f"const NG2: u32 = {NG2}u;\n" + wgsl.act_out(5, "y2")
+                + "\nfn ldx2(i: u32) -> f32 { return y2[i]; }\nfn sty2(i: u32, v: f32) { y2[i] = v; }\n"
+                + wgsl.norm_weight(w2.dtype, offset, b.storage, 2, "w2"))
+        ent.update({2: w2.chunks[0][0], 5: b.act(o2.outs[0])})
+    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, offset, b.storage),
+                         XDECL=wgsl.norm_input(inplace), PAIRDECL=pair, G=G, NG=NG, EPS=wgsl.f32lit(o.attrs["eps"]),
                          WG=int(b.variants["norm_wg"]))
-    return [b.dispatch(src, ent, s.rows * (W // G), head=s.head)]     # a workgroup per (row, group)
+    # a workgroup per (row, group); y = 1 the second norm's
+    return [b.dispatch(src, ent, s.rows * max(NG, NG2), 2 if o2 is not None else 1, head=s.head)]
 
 
 def _rms_norm(b, o, s: Step):
@@ -654,6 +669,21 @@ def fuse_qkv_attention(b, ops, i, s: Step):
     return _merge_split(b, ops, i + 6, 6, s, at, out, ns, sl, [b.dispatch(src, ent, H, ns)])
 
 
+def fuse_norm_groups(b, ops, i, s: Step):
+    """Two per-head RMSNorms in place on different tensors (Gemma's q_norm, k_norm) with the same
+    group, eps and offset: one norm_group dispatch (workgroup row y = 1 the second), on the
+    reduction variants."""
+    if not _fusing(b) or i + 1 >= len(ops):
+        return None
+    o, o2 = ops[i], ops[i + 1]
+    if not all(p.kind == "rms_norm" and p.attrs.get("group") and not p.weights.get("b")
+               and p.ins[0] == p.outs[0] for p in (o, o2)):
+        return None
+    if o.ins[0] == o2.ins[0] or any(o.attrs.get(k) != o2.attrs.get(k) for k in ("group", "eps", "offset")):
+        return None
+    return 2, _norm_group(b, o, s, o2)
+
+
 def fuse_pool_normalize(b, ops, i, s: Step):
     """mean_pool followed by l2_normalize: one kernel."""
     if ops[i].kind != "mean_pool" or i + 1 >= len(ops) or ops[i + 1].kind != "l2_normalize":
@@ -661,7 +691,8 @@ def fuse_pool_normalize(b, ops, i, s: Step):
     return 2, _pool(b, ops[i], s, out=ops[i + 1].outs[0], norm=True)
 
 
-RULES: list[Callable] = [fuse_qkv_attention, fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_pool_normalize]
+RULES: list[Callable] = [fuse_qkv_attention, fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_norm_groups,
+                         fuse_pool_normalize]
 
 
 def check_ops(ops) -> None:

@@ -49,12 +49,12 @@ def has_v8(fmt: str) -> bool:
     return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.v8")
 
 
-def norm_weight(fmt: str, offset=None, storage: str = "u32") -> str:
-    """A norm's weight loader `ldw(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
+def norm_weight(fmt: str, offset=None, storage: str = "u32", binding: int = 1, name: str = "w") -> str:
+    """A norm's weight loader `ld<name>(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
     if not offset:
-        return wdecl(1, "w", fmt, 1, storage)
-    return (wdecl(1, "w0", fmt, 1, storage)
-            + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}")
+        return wdecl(binding, name, fmt, 1, storage)
+    return (wdecl(binding, f"{name}0", fmt, 1, storage)
+            + f"\nfn ld{name}(i: u32) -> f32 {{ return ld{name}0(i) + {f32lit(offset)}; }}")
 
 
 def block_wdecl(binding: int, name: str, fmt: str, storage: str = "u32") -> str | None:
