@@ -56,6 +56,25 @@ def gemma_cases():
         cs.append(case(f"gemma-norms-scale-geglu-wg{wg}", ops, {"nw": rng.standard_normal(D) * 0.3,
                                                                 "qw": rng.standard_normal(G) * 0.3},
                        7, D, ["x", "h", "q", "m"], variants={"norm_wg": wg}, widths={"q": D, "m": D}))
+    # the Gemma fusion rules (reduction variants): the (1 + w) norms folded into q/k and gate/up,
+    # q_norm + k_norm in one dispatch, gate/up + gelu_tanh_mul as a weight pair, post-norm + add;
+    # h, g, u and the normed o / d are never written (not checked)
+    D, F, G = 48, 40, 16
+    nrm = lambda a, y, w, **kw: op("rms_norm", a, y, {"w": w}, eps=1e-6, offset=1.0, **kw)  # noqa: E731
+    lin = lambda a, y, w: op("linear", a, y, {"w": w, "b": None})  # noqa: E731
+    ops = [nrm("x", "h", "n1"), lin("h", "q", "wq"), lin("h", "k", "wk"), nrm("q", "q", "qw", group=G),
+           nrm("k", "k", "kw", group=G), lin("q", "o", "wo"), nrm("o", "o", "n2"), op("add", ("x", "o"), "x"),
+           nrm("x", "h", "n3"), lin("h", "g", "wg"), lin("h", "u", "wu"), op("gelu_tanh_mul", ("g", "u"), "m"),
+           lin("m", "d", "wd"), nrm("d", "d", "n4"), op("add", ("x", "d"), "x")]
+    fw = {n: rng.standard_normal(s) * 0.3 for n, s in (("n1", D), ("n2", D), ("n3", D), ("n4", D), ("qw", G),
+                                                        ("kw", G))}
+    fw.update({n: rng.standard_normal(s) * s[1] ** -0.5 for n, s in (
+        ("wq", (2 * G, D)), ("wk", (G, D)), ("wo", (D, 2 * G)), ("wg", (F, D)), ("wu", (F, D)), ("wd", (D, F)))})
+    for v in ("wg", "sg"):
+        for T in (1, 5):
+            cs.append(case(f"gemma-fused-layer-{v}-T{T}", ops, fw, T, D, ["x", "q", "k", "m"],
+                           variants={"linear": v, "norm_wg": 64},
+                           widths={"q": 2 * G, "k": G, "o": D, "g": F, "u": F, "m": F, "d": D}))
     H, Hkv, hd, D = 4, 1, 8, 32
     aw = {"wq": rng.standard_normal((H * hd, D)) * 0.3, "wk": rng.standard_normal((Hkv * hd, D)) * 0.3,
           "wv": rng.standard_normal((Hkv * hd, D)) * 0.3}

@@ -384,3 +384,72 @@ def test_attention_wg_window_past_a_tile(device, hd, H, Hkv):
     for i, win in ((0, W), (1, 0)):
         assert relerr(np.concatenate(got[i]), ref_attention(q, k, v, H, Hkv, hd, win, hd ** -0.5)) <= 1e-5, i
     g.destroy()
+
+
+# ----------------------------------------------------------------------------- fused decode layer
+
+GEMMA_SHAPES = {
+    # K % 4 != 0 everywhere (scalar loads): hidden 90, I 77, 3 heads of 24 over one kv head
+    "odd": dict(hidden_size=90, intermediate_size=77, num_attention_heads=3, num_key_value_heads=1,
+                head_dim=24, vocab_size=103),
+    # K % 32 == 0 for q/k/v/gate/up (96) and down (160): Q4_1 blocks, 8-value loads; o's K = 80
+    # (2 heads of 40) is no whole block: that one weight stays f32 in the Q4_1 file
+    "vec8": dict(hidden_size=96, intermediate_size=160, num_attention_heads=2, num_key_value_heads=1,
+                 head_dim=40, vocab_size=131),
+}
+
+
+def random_gemma(path, shape, dtype, seed=0):
+    """A 2-layer Gemma 3 (one sliding-window layer of 4 keys, one global layer) of random
+    weights in `dtype` through synth's writer, norm weights N(0, 0.3^2) (1 + w: not the identity)."""
+    import json
+
+    from pyapp.synth import synth_model, tensor_plan, write_weights
+    cfg = dict(model_type="gemma3_text", num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-6,
+               query_pre_attn_scalar=24, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+               rope_theta=1e6, rope_local_base_freq=1e4, tie_word_embeddings=True, bos_token_id=2,
+               eos_token_id=1, hidden_activation="gelu_pytorch_tanh", **GEMMA_SHAPES[shape])
+    plan = [(n, s, f, "normal", 0.3) if init == "const" else (n, s, f, init, c)
+            for n, s, f, init, c in tensor_plan(synth_model(cfg), dtype)]
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    write_weights(path / formats.weight_file_name(dtype), plan, dtype, seed)
+    return cfg
+
+
+# per decode token: embed + scale, the head's GEMV with the final norm folded in, and per layer:
+# q/k/v with the input norm folded in, q_norm + k_norm, attention (sliding: rope, kv_write,
+# attention_wg; global: attention_split), o, post-norm + add, gate/up + gelu_tanh_mul with the
+# pre-FFN norm folded in, down, post-norm + add (was 16 and 14 dispatches)
+FUSED_LAYER = {"sliding_attention": 10, "full_attention": 8}
+
+
+@pytest.mark.parametrize("shape,dtype,variant,norm_wg", [
+    ("odd", "f32", "wg", 64), ("odd", "f32", "wg", 1), ("odd", "f32", "sg", 64), ("odd", "f32", "sg4", 64),
+    ("vec8", "f16", "wg", 64), ("vec8", "f16", "sg4", 64), ("vec8", "f16", "sgw2", 64),
+    ("vec8", "q4_1", "sgb2", 64), ("vec8", "q4_1", "wg", 64)])
+def test_fused_gemma_matches_numpy(device, tmp_path, shape, dtype, variant, norm_wg):
+    """A Gemma-shaped random model with the fusion rules on (offset norms folded into q/k/v and
+    gate/up, the gate/up pair with tanh GELU, post-norm + residual add) against the numpy
+    executor on the same file: prefill logits of every row, then decode steps past the window.
+    norm_wg 1: the one-lane norm_group of CPU adapters (q_norm + k_norm in one dispatch)."""
+    from pyapp.gpu import GpuBackend
+    from pyapp.numpy_backend import NumpyBackend
+    if variant.startswith("sg") and "subgroups" not in device.features:
+        pytest.skip("no subgroups on this adapter")
+    cfg = random_gemma(tmp_path, shape, dtype)
+    nb = NumpyBackend.load(tmp_path, dtype)
+    gb = GpuBackend.load(tmp_path, dtype, device=device, variants={"linear": variant, "norm_wg": norm_wg, "attention": "wg"})
+    rng = np.random.default_rng(5)
+    prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], 6)]
+    nc, gc = nb.new_cache(16), gb.new_cache(16)
+    assert relerr(gb.forward(ids=prompt, cache=gc, all_logits=True),
+                  nb.forward(ids=prompt, cache=nc, all_logits=True)) <= 1e-4, "prefill"
+    per_token = 2 + sum(FUSED_LAYER[k] for k in cfg["layer_types"]) + 1
+    for step, tok in enumerate(int(i) for i in rng.integers(0, cfg["vocab_size"], 5)):
+        d0 = gb.stats["dispatches"]
+        ref = nb.forward(ids=[tok], cache=nc)
+        got = gb.forward(ids=[tok], cache=gc)
+        assert relerr(got, ref) <= 1e-4, f"decode step {step}"
+        assert gb.stats["dispatches"] - d0 == per_token, step
+    gb.destroy()

@@ -264,7 +264,10 @@ def _elementwise(b, o, s: Step, prelude: str = ""):
     decl, body, bound = wgsl.elementwise(o.kind, [n == o.outs[0] for n in o.ins])
     ent = {j + 1: b.act(o.ins[j]) for j in bound}
     ent[3] = b.act(o.outs[0])
-    src = kernels.render("add" if o.kind == "add" else "unary", prelude, DECL=decl, W=W, BODY=body)
+    if o.kind == "add":
+        src = kernels.render("add", prelude, DECL=decl, W=W, BODY=body)
+    else:
+        src = kernels.render("unary", prelude, DECL=decl, W=W, BODY=body, ACT=kernels.snippet("activations"))
     return [b.dispatch(src, ent, ceil(s.rows * W, 64), head=s.head)]
 
 
@@ -273,20 +276,35 @@ def _scale(b, o, s: Step):
     return _elementwise(b, o, s, f"const VALUE: f32 = {wgsl.f32lit(o.attrs['value'])};\n")
 
 
-def _norm_group(b, o, s: Step):
-    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included."""
-    wt, G = b.tensors[o.weights["w"]], o.attrs["group"]
-    W = b.widths[o.ins[0]]
+def _groups(b, o) -> int:
+    W, G = b.widths[o.ins[0]], o.attrs["group"]
     if W % G:
         raise GpuError(f"rms_norm group {G} does not divide the width {W} of {o.ins[0]!r}")
+    return W // G
+
+
+def _norm_group(b, o, s: Step, o2=None):
+    """RMSNorm over each run of `group` columns (per-head q/k norms), offset included; `o2`: a
+    second such norm (in place, the same group / eps / offset) in the same dispatch."""
+    wt, G, NG = b.tensors[o.weights["w"]], o.attrs["group"], _groups(b, o)
     inplace = o.ins[0] == o.outs[0]
     ent = {1: wt.chunks[0][0], 4: b.act(o.outs[0])}
     if not inplace:
         ent[3] = b.act(o.ins[0])
-    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, o.attrs.get("offset"), b.storage),
-                         XDECL=wgsl.norm_input(inplace), G=G, NG=W // G, EPS=wgsl.f32lit(o.attrs["eps"]),
+    offset = o.attrs.get("offset")
+    pair, NG2 = ("const NG2: u32 = 0u;\nfn ldx2(i: u32) -> f32 { return 0.0; }\n"
+                 "fn ldw2(i: u32) -> f32 { return 0.0; }\nfn sty2(i: u32, v: f32) {}"), 0
+    if o2 is not None:
+        w2, NG2 = b.tensors[o2.weights["w"]], _groups(b, o2)
+        pair = (f"const NG2: u32 = {NG2}u;\n" + wgsl.act_out(5, "y2")
+                + "\nfn ldx2(i: u32) -> f32 { return y2[i]; }\nfn sty2(i: u32, v: f32) { y2[i] = v; }\n"
+                + wgsl.norm_weight(w2.dtype, offset, b.storage, 2, "w2"))
+        ent.update({2: w2.chunks[0][0], 5: b.act(o2.outs[0])})
+    src = kernels.render("norm_group", WDECL=wgsl.norm_weight(wt.dtype, offset, b.storage),
+                         XDECL=wgsl.norm_input(inplace), PAIRDECL=pair, G=G, NG=NG, EPS=wgsl.f32lit(o.attrs["eps"]),
                          WG=int(b.variants["norm_wg"]))
-    return [b.dispatch(src, ent, s.rows * (W // G), head=s.head)]     # a workgroup per (row, group)
+    # a workgroup per (row, group); y = 1 the second norm's
+    return [b.dispatch(src, ent, s.rows * max(NG, NG2), 2 if o2 is not None else 1, head=s.head)]
 
 
 def _rms_norm(b, o, s: Step):
@@ -346,28 +364,31 @@ def _dead_after(ops, j, name) -> bool:
     return True
 
 
-def _plain_rms_norm(o) -> bool:
-    """An RMSNorm the fused kernels implement: no bias, no (1 + w) offset, no per-head groups."""
-    return (o.kind == "rms_norm" and not o.weights.get("b") and not o.attrs.get("offset")
+def _plain_rms_norm(o, offset: bool = False) -> bool:
+    """An RMSNorm the fused kernels implement: no bias, no per-head groups; a (1 + w) offset
+    only where the kernel takes one (`offset`: the GEMV fold, add_norm, norm_add)."""
+    return (o.kind == "rms_norm" and not o.weights.get("b") and (offset or not o.attrs.get("offset"))
             and not o.attrs.get("group"))
 
 
-def _norm_foldable(b, o) -> bool:
-    return _plain_rms_norm(o) and o.ins[0] != o.outs[0] and b.variants.get("fold", True)
+def _norm_foldable(b, o, offset: bool = False) -> bool:
+    return _plain_rms_norm(o, offset) and o.ins[0] != o.outs[0] and b.variants.get("fold", True)
 
 
 def fuse_gemv(b, ops, i, s: Step):
     """GEMVs over one input in one dispatch, with what can ride along:
-    * an RMSNorm before them folded into their input (`rms_norm(x) -> h`, h read by them alone);
+    * an RMSNorm before them folded into their input (`rms_norm(x) -> h`, h read by them alone;
+      Gemma's (1 + w) too: its input / pre-FFN norms then cost no dispatch of their own);
     * the run of GEMVs over the same input (q/k/v, gate/up): one chunk each, the same K,
       at most 8 storage bindings;
-    * gate/up followed by silu_mul: one weight pair per column, SiLU(g)*u in the store;
+    * gate/up followed by silu_mul / gelu_tanh_mul: one weight pair per column, act(g)*u in
+      the store (no g / u round trip, no elementwise dispatch);
     * one GEMV followed by the residual add (`x += y`): the add in the store.
     Only the reduction variants (`_reduction_variant`) take the norm, the pair and the add."""
     if not _fusing(b):
         return None
     j, norm = i, None
-    if _norm_foldable(b, ops[i]) and i + 1 < len(ops) and _plain_linear(ops[i + 1]) \
+    if _norm_foldable(b, ops[i], offset=True) and i + 1 < len(ops) and _plain_linear(ops[i + 1]) \
             and ops[i + 1].ins[0] == ops[i].outs[0] and not (s.head and s.T > 1):
         norm, j = ops[i], i + 1
     if not _plain_linear(ops[j]):
@@ -395,18 +416,18 @@ def fuse_gemv(b, ops, i, s: Step):
     ent = {3: b.act(o.ins[0])}
     if norm is not None:
         nt = b.tensors[norm.weights["w"]]
-        adecl = wgsl.gemv_input(vec, (nt.dtype, norm.attrs["eps"], K), b.storage)
+        adecl = wgsl.gemv_input(vec, (nt.dtype, norm.attrs["eps"], K, norm.attrs.get("offset") or 0), b.storage)
         ent = {3: b.act(norm.ins[0]), 5: nt.chunks[0][0]}
     nxt = ops[after] if after < len(ops) else None
-    # gate/up + SiLU*mul
-    if (rich and len(grp) == 2 and nxt is not None and nxt.kind == "silu_mul"
+    # gate/up + act(g)*u (SiLU: llama; tanh GELU: Gemma): one weight pair per column
+    if (rich and len(grp) == 2 and nxt is not None and nxt.kind in wgsl.PAIR_ACT
             and nxt.ins == (grp[0].outs[0], grp[1].outs[0]) and nxt.outs[0] not in nxt.ins
             and not any(p.weights.get("b") for p in grp)
             and all(_dead_after(ops, after + 1, p.outs[0]) for p in grp)):
         wg_, wu = (b.tensors[p.weights["w"]] for p in grp)
         if wg_.shape == wu.shape:
             rows = wg_.shape[0]
-            wd, yd, pd = wgsl.silu_pair(wg_.dtype, wu.dtype, rows, vec, b.storage)
+            wd, yd, pd = wgsl.act_pair(wgsl.PAIR_ACT[nxt.kind], wg_.dtype, wu.dtype, rows, vec, b.storage)
             ent.update({10: wg_.chunks[0][0], 11: wu.chunks[0][0], 30: b.act(nxt.outs[0])})
             return after + 1 - i, [gemv(b, wd, "", yd, vec, rows, K // wgsl.vwidth(vec), rows, 0, s, ent, variant,
                                         adecl, pd)]
@@ -458,28 +479,49 @@ def _add_norm(b, x, r, y, norm, s: Step):
     """add_norm.wgsl: x += r (when r is given), y = rms_norm(x) (256 lanes per row)."""
     wt = b.tensors[norm.weights["w"]]
     ent = {1: wt.chunks[0][0], 3: b.act(x), 4: b.act(y)}
+    wdecl = wgsl.norm_weight(wt.dtype, norm.attrs.get("offset"), b.storage)
     rdecl = "fn ldr(i: u32) -> f32 { return 0.0; }"
     if r is not None:
         rdecl = wgsl.act_in(2, "r") + "\nfn ldr(i: u32) -> f32 { return r[i]; }"
         ent[2] = b.act(r)
-    src = kernels.render("add_norm", WDECL=wgsl.wdecl(1, "w", wt.dtype, 1, b.storage), RDECL=rdecl, D=b.widths[x],
+    src = kernels.render("add_norm", WDECL=wdecl, RDECL=rdecl, D=b.widths[x],
                          EPS=wgsl.f32lit(norm.attrs["eps"]), ADD="true" if r is not None else "false")
     return b.dispatch(src, ent, s.rows, head=s.head)
 
 
 def fuse_add_norm(b, ops, i, s: Step):
-    """Residual add + the RMSNorm after it (or a lone RMSNorm) in one 256-lane pass, on the
-    reduction variants; the head's last-row norm keeps `norm`."""
+    """Residual add + the RMSNorm after it (or a lone RMSNorm) in one 256-lane pass; a
+    post-norm + the residual add after it (Gemma's `o = rms_norm(o); x += o`: norm_add.wgsl);
+    on the reduction variants; the head's last-row norm keeps `norm`."""
     if not _fusing(b) or s.last_row:
         return None
     o = ops[i]
-    if _plain_rms_norm(o) and o.ins[0] != o.outs[0]:
+    if _plain_rms_norm(o, offset=True) and i + 1 < len(ops) and _post_norm_add(ops, i):
+        return 2, [_norm_add(b, ops[i + 1].ins[0], o, s)]
+    if _plain_rms_norm(o, offset=True) and o.ins[0] != o.outs[0]:
         return 1, [_add_norm(b, o.ins[0], None, o.outs[0], o, s)]
     if (o.kind == "add" and o.outs[0] == o.ins[0] and o.ins[1] != o.ins[0] and i + 1 < len(ops)
-            and _plain_rms_norm(ops[i + 1]) and ops[i + 1].ins[0] == o.outs[0]
+            and _plain_rms_norm(ops[i + 1], offset=True) and ops[i + 1].ins[0] == o.outs[0]
             and ops[i + 1].outs[0] != o.outs[0]):
         return 2, [_add_norm(b, o.outs[0], o.ins[1], ops[i + 1].outs[0], ops[i + 1], s)]
     return None
+
+
+def _post_norm_add(ops, i) -> bool:
+    """ops[i] (an RMSNorm y = rms_norm(r)) then ops[i + 1] `x += y`, y read by nothing after
+    (Gemma's post-attention / post-FFN norms, in place on r)."""
+    nm, ad = ops[i], ops[i + 1]
+    y = nm.outs[0]
+    return (ad.kind == "add" and ad.ins[1] == y and ad.outs[0] == ad.ins[0] not in (y, nm.ins[0])
+            and _dead_after(ops, i + 2, y))
+
+
+def _norm_add(b, x, norm, s: Step):
+    """norm_add.wgsl: x += rms_norm(r) (r = the norm's input, unchanged), 256 lanes per row."""
+    wt = b.tensors[norm.weights["w"]]
+    src = kernels.render("norm_add", WDECL=wgsl.norm_weight(wt.dtype, norm.attrs.get("offset"), b.storage),
+                         D=b.widths[x], EPS=wgsl.f32lit(norm.attrs["eps"]))
+    return b.dispatch(src, {1: wt.chunks[0][0], 2: b.act(norm.ins[0]), 3: b.act(x)}, s.rows, head=s.head)
 
 
 ATTN_SPLIT = 32              # keys per workgroup of a decode token (H200: 32 beat 64 and 128, docs/performance.md)
@@ -627,6 +669,21 @@ def fuse_qkv_attention(b, ops, i, s: Step):
     return _merge_split(b, ops, i + 6, 6, s, at, out, ns, sl, [b.dispatch(src, ent, H, ns)])
 
 
+def fuse_norm_groups(b, ops, i, s: Step):
+    """Two per-head RMSNorms in place on different tensors (Gemma's q_norm, k_norm) with the same
+    group, eps and offset: one norm_group dispatch (workgroup row y = 1 the second), on the
+    reduction variants."""
+    if not _fusing(b) or i + 1 >= len(ops):
+        return None
+    o, o2 = ops[i], ops[i + 1]
+    if not all(p.kind == "rms_norm" and p.attrs.get("group") and not p.weights.get("b")
+               and p.ins[0] == p.outs[0] for p in (o, o2)):
+        return None
+    if o.ins[0] == o2.ins[0] or any(o.attrs.get(k) != o2.attrs.get(k) for k in ("group", "eps", "offset")):
+        return None
+    return 2, _norm_group(b, o, s, o2)
+
+
 def fuse_pool_normalize(b, ops, i, s: Step):
     """mean_pool followed by l2_normalize: one kernel."""
     if ops[i].kind != "mean_pool" or i + 1 >= len(ops) or ops[i + 1].kind != "l2_normalize":
@@ -634,7 +691,8 @@ def fuse_pool_normalize(b, ops, i, s: Step):
     return 2, _pool(b, ops[i], s, out=ops[i + 1].outs[0], norm=True)
 
 
-RULES: list[Callable] = [fuse_qkv_attention, fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_pool_normalize]
+RULES: list[Callable] = [fuse_qkv_attention, fuse_gemv, fuse_rope_attention, fuse_add_norm, fuse_norm_groups,
+                         fuse_pool_normalize]
 
 
 def check_ops(ops) -> None:

@@ -49,12 +49,12 @@ def has_v8(fmt: str) -> bool:
     return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.v8")
 
 
-def norm_weight(fmt: str, offset=None, storage: str = "u32") -> str:
-    """A norm's weight loader `ldw(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
+def norm_weight(fmt: str, offset=None, storage: str = "u32", binding: int = 1, name: str = "w") -> str:
+    """A norm's weight loader `ld<name>(i)`: w, or offset + w (Gemma's 1 + w, added in f32 like numpy)."""
     if not offset:
-        return wdecl(1, "w", fmt, 1, storage)
-    return (wdecl(1, "w0", fmt, 1, storage)
-            + f"\nfn ldw(i: u32) -> f32 {{ return ldw0(i) + {f32lit(offset)}; }}")
+        return wdecl(binding, name, fmt, 1, storage)
+    return (wdecl(binding, f"{name}0", fmt, 1, storage)
+            + f"\nfn ld{name}(i: u32) -> f32 {{ return ld{name}0(i) + {f32lit(offset)}; }}")
 
 
 def block_wdecl(binding: int, name: str, fmt: str, storage: str = "u32") -> str | None:
@@ -126,10 +126,11 @@ GEMV_STORE_ADD = (act_out(4, "y") + "\n"
 
 def gemv_input(vec, norm=None, storage: str = "u32") -> str:
     """ADECL: the GEMV input `a` (binding 3) with `scl(v, k)` / `fin(v, ss)`. `norm` =
-    (weight format, eps, width in values): the input's RMSNorm folded in, weight at binding 5:
-    y = (sum_k W[n,k] a[k] w[k]) / sqrt(sum_k a[k]^2 / D + eps), the sum of squares taken
-    from the same loads (every column's reduction walks the whole row anyway).  vec 8 (`sgw`)
-    reads its input as vec4 pairs."""
+    (weight format, eps, width in values, offset): the input's RMSNorm folded in, weight at
+    binding 5: y = (sum_k W[n,k] a[k] (w[k] + offset)) / sqrt(sum_k a[k]^2 / D + eps), the sum
+    of squares taken from the same loads (every column's reduction walks the whole row anyway);
+    offset: Gemma's 1 + w, added to each loaded lane in f32 like `norm_weight` (0: none).
+    vec 8 (`sgw`) reads its input as vec4 pairs."""
     if vec == 8:
         vec = 4
     vt = vtype(vec)
@@ -139,10 +140,11 @@ def gemv_input(vec, norm=None, storage: str = "u32") -> str:
         return (f"{head}\nconst NORM: bool = false;\n"
                 f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v; }}\n"
                 "fn fin(v: f32, ss: f32) -> f32 { return v; }")
-    fmt, eps, width = norm
+    fmt, eps, width, offset = norm
     nvec = 4 if vec == "q" else vec
+    nw = f"(ldnw(k) + {f32lit(offset)})" if offset else "ldnw(k)"
     return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, nvec, storage)}\n"
-            f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * ldnw(k); }}\n"
+            f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * {nw}; }}\n"
             f"fn fin(v: f32, ss: f32) -> f32 {{ return v * (1.0 / sqrt(ss / {width}.0 + {f32lit(eps)})); }}")
 
 
@@ -166,9 +168,14 @@ def no_pair(vec) -> str:
             "fn store2(t: u32, n: u32, g: f32, u: f32) {}")
 
 
-def silu_pair(gate_fmt: str, up_fmt: str, rows: int, vec, storage: str = "u32") -> tuple[str, str, str]:
-    """(WDECL, YDECL, PAIRDECL) of gate/up in one GEMV with SiLU(g)*u in its store: column n
-    reads gate row n (binding 10) and up row n (binding 11) against the same input load."""
+# gate/up activations a weight pair's store applies (kernels/activations.wgsl): op kind -> function
+PAIR_ACT = {"silu_mul": "silu", "gelu_tanh_mul": "gelu_tanh"}
+
+
+def act_pair(act: str, gate_fmt: str, up_fmt: str, rows: int, vec, storage: str = "u32") -> tuple[str, str, str]:
+    """(WDECL, YDECL, PAIRDECL) of gate/up in one GEMV with act(g)*u in its store (act: a
+    function of kernels/activations.wgsl, the elementwise kernels' own): column n reads gate
+    row n (binding 10) and up row n (binding 11) against the same input load."""
     vt = vtype(vec)
     wd = f"{mulv(vec)}\n{wdecl(10, 'w0', gate_fmt, vec, storage)}\n{wdecl(11, 'w1', up_fmt, vec, storage)}\n"
     if vec == "q":
@@ -180,8 +187,8 @@ def silu_pair(gate_fmt: str, up_fmt: str, rows: int, vec, storage: str = "u32") 
         wd += f"fn ldw_at(n: u32, k: u32) -> {vt} {{ return ldw0(n * K + k); }}"
         pair = f"fn ldw2_at(n: u32, k: u32) -> {vt} {{ return ldw1(n * K + k); }}"
     yd = (act_out(30, "y") + "\nfn store(t: u32, n: u32, v: f32) {}")
-    pd = (f"const PAIR: bool = true;\n{pair}\n"
-          f"fn store2(t: u32, n: u32, g: f32, u: f32) {{ y[t * {rows}u + n] = g / (1.0 + exp(-g)) * u; }}")
+    pd = (f"const PAIR: bool = true;\n{pair}\n{kernels.snippet('activations')}"
+          f"fn store2(t: u32, n: u32, g: f32, u: f32) {{ y[t * {rows}u + n] = {act}(g) * u; }}")
     return wd, yd, pd
 
 

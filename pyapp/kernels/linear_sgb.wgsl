@@ -8,7 +8,7 @@
 // issued before its arithmetic): no private arrays indexed by loop counters, which a driver may
 // keep in local memory.  Units past the row end are clamped loads multiplied by zero.
 // Same contract as linear_sg otherwise (NORM: the input's RMSNorm folded in; PAIR: gate/up
-// with SiLU(g)*u).  Needs `subgroups`; any subgroup size works (uniform rounds over the grid).
+// with act(g)*u: SiLU or tanh GELU).  Needs `subgroups`; any subgroup size works (uniform rounds over the grid).
 ${ENABLE}
 ${WDECL}
 ${BDECL}

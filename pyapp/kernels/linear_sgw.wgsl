@@ -6,7 +6,7 @@
 // its arithmetic: no private arrays a driver may keep in local memory).  Trip counts are the
 // same for every lane (units past the row end are clamped loads times zero), so the
 // subgroupAdd reductions sit in uniform control flow.  Same contract as linear_sg otherwise
-// (NORM: the input's RMSNorm folded in; PAIR: gate/up with SiLU(g)*u in the store; AWG: the
+// (NORM: the input's RMSNorm folded in; PAIR: gate/up with act(g)*u in the store; AWG: the
 // input built in workgroup memory first).  Needs `subgroups`; any subgroup size works.
 ${ENABLE}
 ${WDECL}
