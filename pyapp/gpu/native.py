@@ -49,9 +49,12 @@ class NativeDevice(Device):
                        "readback": U.MAP_READ | U.COPY_DST}
         self._map_read = wgpu.MapMode.READ
         self._mappable = int(U.MAP_READ)
-        self._submit_index, self._wait_index = _submission_index_calls(device)
+        self._submit_index, self._wait_index, self._poll = _submission_index_calls(device)
         self._written_by = {}       # readback buffer -> the submission index that copies into it
-        self._last_index = None     # the latest submission's index
+        # how a readback waits (H200 run 13d measured the three): "index_spin" (the submission
+        # that wrote it, then non-blocking polls), "index" (that submission, then map_sync),
+        # "map_sync" (wgpu-py's: every submission, through its poll thread)
+        self.wait_mode = "index_spin"
 
     @classmethod
     def create(cls, power_preference="high-performance", max_limits=True, limits=None):
@@ -143,7 +146,7 @@ class NativeDevice(Device):
             if self._submit_index is None:
                 self.device.queue.submit([cb])
             else:
-                idx = self._last_index = self._submit_index(cb)
+                idx = self._submit_index(cb)
                 for _s, _so, dst, _do, _n in copies:
                     if dst.usage & self._mappable:
                         self._written_by[dst] = idx
@@ -155,14 +158,7 @@ class NativeDevice(Device):
     def read(self, buf, offset, size):
         try:
             if buf.usage & self._mappable:
-                # wait for the submission that wrote `buf` alone: wgpu-py's map_sync polls the
-                # device until *every* submission is done, so in pipelined decode reading
-                # token n also waited for step n+1 and the GPU idled while the host encoded n+2.
-                # When it is the latest submission, map_sync's own wait is the same wait.
-                idx = self._written_by.pop(buf, None)
-                if idx is not None and idx != self._last_index:
-                    self._wait_index(idx)
-                buf.map_sync(self._map_read, offset, (size + 3) // 4 * 4)
+                self._map(buf, offset, (size + 3) // 4 * 4)
                 try:
                     return bytes(buf.read_mapped(offset, size))
                 finally:
@@ -170,6 +166,25 @@ class NativeDevice(Device):
             return bytes(self.device.queue.read_buffer(buf, offset, size))
         except Exception as e:  # noqa: BLE001
             raise GpuError(f"readback: {e}") from e
+
+    def _map(self, buf, offset, size):
+        """Map a readback buffer once the submission that wrote it is done, and no later one:
+        wgpu-py's map_sync polls the device until *every* submission is done (in pipelined
+        decode, reading token n waited for step n+1 and the GPU idled while the host encoded
+        n+2) and resolves through its poll thread (~0.1 ms a handoff). Here: wait for that
+        submission's index, then poll without blocking until the map callback has run."""
+        idx = self._written_by.pop(buf, None)
+        if idx is None or self.wait_mode == "map_sync":
+            buf.map_sync(self._map_read, offset, size)
+            return
+        self._wait_index(idx)
+        promise = buf.map_async(self._map_read, offset, size)
+        if self.wait_mode == "index_spin":
+            for _ in range(10000):            # one poll resolves it once the work is done
+                if getattr(promise, "_state", None) != "pending":
+                    break
+                self._poll()
+        promise.sync_wait()
 
     async def read_async(self, buf, offset, size):
         return self.read(buf, offset, size)
@@ -179,14 +194,14 @@ class NativeDevice(Device):
 
 
 def _submission_index_calls(device):
-    """(submit(command_buffer) -> submission index, wait(index)) through wgpu-native's
+    """(submit(command_buffer) -> submission index, wait(index), poll()) through wgpu-native's
     wgpuQueueSubmitForIndex / wgpuDevicePoll(wait, &index), which wgpu-py does not expose;
-    (None, None) where its internals differ (then plain submits and map_sync)."""
+    Nones where its internals differ (then plain submits and map_sync)."""
     try:
         from wgpu.backends.wgpu_native._api import ffi, libf
         qid, did = device.queue._internal, device._internal
     except (ImportError, AttributeError):
-        return None, None
+        return None, None, None
 
     def submit(cb):
         arr = ffi.new("WGPUCommandBuffer[]", [cb._internal])
@@ -194,7 +209,10 @@ def _submission_index_calls(device):
 
     def wait(idx):
         libf.wgpuDevicePoll(did, True, ffi.new("WGPUSubmissionIndex *", idx))
-    return submit, wait
+
+    def poll():
+        libf.wgpuDevicePoll(did, False, ffi.NULL)
+    return submit, wait, poll
 
 
 def _numbered(src):

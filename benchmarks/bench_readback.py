@@ -1,0 +1,92 @@
+"""How the native binding's readback waits, side by side on one backend (issue 16):
+"map_sync" (wgpu-py's: every submission done, resolved through its poll thread), "index"
+(the submission that wrote the buffer, then map_sync) and "index_spin" (that submission,
+then non-blocking polls; the default). Step-by-step decode reads each token right after its
+submit; pipelined decode reads token n with step n+1 in flight.
+
+    PYTHONPATH=$PWD python3 benchmarks/bench_readback.py [--shapes smollm2-135m-f16,llama-7b-f16]
+
+Random weights of each shape (bench_compare's), autotuned variants, greedy, 32-token prompt,
+64 new tokens, the modes interleaved over `--rounds`, best tok/s of each; JSON to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_compare as bc  # noqa: E402
+
+MODES = ("map_sync", "index", "index_spin")
+
+
+def one_shape(dev, name, P, N, rounds):
+    from pyapp.arch import build_model
+    from pyapp.gpu import GpuBackend
+    from pyapp.gpu.shapes import infer_shapes
+    from pyapp.sampling import SamplingParams
+    cfg, dtype = bc.SHAPES[name]
+    model = build_model(cfg, bc.tensor_names(cfg))
+    shapes = infer_shapes(model)
+    dtypes = {n: bc.tensor_format(s, dtype) for n, s in shapes.items()}
+    be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes,
+                    variants=bc.autotuned(dev, cfg, dtype))
+    for w, _nb in be.weight_layout():
+        be.write_weight(w, 0, bc.weights_for(w, shapes[w], dtype))
+    sp, prompt = SamplingParams(), [1 + (i * 7919) % (model.vocab - 1) for i in range(P)]
+    best = {f"{m}/{k}": 0.0 for m in MODES for k in ("step", "pipelined")}
+    ids = {}
+    for _ in range(rounds):
+        for m in MODES:
+            dev.wait_mode = m
+            c = be.new_cache(P + N + 8)
+            tok = be.step(ids=prompt, cache=c, params=sp)
+            t, toks = time.perf_counter(), [tok]
+            for n in range(1, N + 1):
+                tok = be.step(ids=[tok], cache=c, params=sp, n=n)
+                toks.append(tok)
+            best[f"{m}/step"] = max(best[f"{m}/step"], N / (time.perf_counter() - t))
+            c = be.new_cache(P + N + 8)
+            t0 = time.perf_counter()
+            be.step(ids=prompt, cache=c, params=sp)
+            prefill = time.perf_counter() - t0
+            c = be.new_cache(P + N + 8)
+            t = time.perf_counter()
+            out = be.decode(prompt, c, sp, N + 1).ids
+            best[f"{m}/pipelined"] = max(best[f"{m}/pipelined"], N / (time.perf_counter() - t - prefill))
+            ids[m] = (toks, out)
+    be.destroy()
+    same = all(a == ids[MODES[0]][0] and b == ids[MODES[0]][0] for a, b in ids.values())
+    return {"shape": name, "variants": be.variants, "tok_per_s": best, "ids_equal": same}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="smollm2-135m-f16,llama-1b-f16,llama-7b-f16")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default="bench-results")
+    a = ap.parse_args(argv)
+    from pyapp.gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    rows = []
+    for name in a.shapes.split(","):
+        r = one_shape(dev, name, a.prompt_tokens, a.new_tokens, a.rounds)
+        rows.append(r)
+        print(f"{name:18s} " + "  ".join(f"{k} {v:6.1f}" for k, v in r["tok_per_s"].items())
+              + f"  ids equal: {r['ids_equal']}", flush=True)
+    out = Path(a.out) / f"readback-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"adapter": dev.info, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
