@@ -1,8 +1,8 @@
 """How the native binding's readback waits, side by side on one backend (issue 16):
-"map_sync" (wgpu-py's: every submission done, resolved through its poll thread), "index"
-(the submission that wrote the buffer, then map_sync) and "index_spin" (that submission,
-then non-blocking polls; the default). Step-by-step decode reads each token right after its
-submit; pipelined decode reads token n with step n+1 in flight.
+"map_sync" (wgpu-py's: every submission done) and "index" (the submission that wrote the
+buffer, then map_sync; the default). Step-by-step decode reads each token right after its
+submit; pipelined decode reads token n with step n+1 in flight. (Run 13d also measured
+non-blocking polls after the wait, "index_spin", slower than "index": removed.)
 
     PYTHONPATH=$PWD python3 benchmarks/bench_readback.py [--shapes smollm2-135m-f16,llama-7b-f16]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_compare as bc  # noqa: E402
 
-MODES = ("map_sync", "index", "index_spin")
+MODES = ("map_sync", "index")
 
 
 def one_shape(dev, name, P, N, rounds):
