@@ -26,7 +26,7 @@ import bench_compare as bc  # noqa: E402
 MODES = ("map_sync", "index")
 
 
-def one_shape(dev, name, P, N, rounds):
+def one_shape(dev, name, P, N, rounds, depths=(2,), modes=MODES):
     from pyapp.arch import build_model
     from pyapp.gpu import GpuBackend
     from pyapp.gpu.shapes import infer_shapes
@@ -40,10 +40,11 @@ def one_shape(dev, name, P, N, rounds):
     for w, _nb in be.weight_layout():
         be.write_weight(w, 0, bc.weights_for(w, shapes[w], dtype))
     sp, prompt = SamplingParams(), [1 + (i * 7919) % (model.vocab - 1) for i in range(P)]
-    best = {f"{m}/{k}": 0.0 for m in MODES for k in ("step", "pipelined")}
+    keys = [f"{m}/step" for m in modes] + [f"{m}/pipelined{d}" for m in modes for d in depths]
+    best = {k: 0.0 for k in keys}
     ids = {}
     for _ in range(rounds):
-        for m in MODES:
+        for m in modes:
             dev.wait_mode = m
             c = be.new_cache(P + N + 8)
             tok = be.step(ids=prompt, cache=c, params=sp)
@@ -56,13 +57,16 @@ def one_shape(dev, name, P, N, rounds):
             t0 = time.perf_counter()
             be.step(ids=prompt, cache=c, params=sp)
             prefill = time.perf_counter() - t0
-            c = be.new_cache(P + N + 8)
-            t = time.perf_counter()
-            out = be.decode(prompt, c, sp, N + 1).ids
-            best[f"{m}/pipelined"] = max(best[f"{m}/pipelined"], N / (time.perf_counter() - t - prefill))
-            ids[m] = (toks, out)
+            for d in depths:
+                c = be.new_cache(P + N + 8)
+                t = time.perf_counter()
+                out = be.decode(prompt, c, sp, N + 1, depth=d).ids
+                k = f"{m}/pipelined{d}"
+                best[k] = max(best[k], N / (time.perf_counter() - t - prefill))
+                ids[(m, d)] = (toks, out)
     be.destroy()
-    same = all(a == ids[MODES[0]][0] and b == ids[MODES[0]][0] for a, b in ids.values())
+    ref = next(iter(ids.values()))[0]
+    same = all(a == ref and b == ref for a, b in ids.values())
     return {"shape": name, "variants": be.variants, "tok_per_s": best, "ids_equal": same}
 
 
@@ -72,13 +76,16 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--depths", default="2", help="pipeline depths (steps in flight), comma list")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
     from pyapp.gpu.native import NativeDevice
     dev = NativeDevice.create()
     rows = []
     for name in a.shapes.split(","):
-        r = one_shape(dev, name, a.prompt_tokens, a.new_tokens, a.rounds)
+        r = one_shape(dev, name, a.prompt_tokens, a.new_tokens, a.rounds,
+                      tuple(int(d) for d in a.depths.split(",")), tuple(a.modes.split(",")))
         rows.append(r)
         print(f"{name:18s} " + "  ".join(f"{k} {v:6.1f}" for k, v in r["tok_per_s"].items())
               + f"  ids equal: {r['ids_equal']}", flush=True)

@@ -22,6 +22,12 @@ if [ "$1" = readback ]; then
   timeout 240 python3 benchmarks/bench_readback.py --out $R 2>&1 | tee $R/readback-log.txt
   exit
 fi
+if [ "$1" = depth ]; then
+  # run 13f: native pipeline depth 2 / 3 / 4 (the read wait: index), 3 rounds interleaved
+  timeout 300 python3 benchmarks/bench_readback.py --modes index --depths 2,3,4 --rounds 3 \
+    --shapes llama-7b-f16,smollm2-135m-f16,llama-1b-f16 --out $R 2>&1 | tee $R/depth-log.txt
+  exit
+fi
 if [ "$1" = check ]; then
   # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
   timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
