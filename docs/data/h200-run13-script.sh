@@ -24,7 +24,7 @@ if [ "$1" = readback ]; then
 fi
 if [ "$1" = depth ]; then
   # run 13f: native pipeline depth 2 / 3 / 4 (the read wait: index), 3 rounds interleaved
-  timeout 300 python3 benchmarks/bench_readback.py --modes index --depths 2,3,4 --rounds 3 \
+  timeout 300 python3 benchmarks/bench_readback.py --modes index --depths ${DEPTHS:-2,3,4} --rounds 3 \
     --shapes llama-7b-f16,smollm2-135m-f16,llama-1b-f16 --out $R 2>&1 | tee $R/depth-log.txt
   exit
 fi
