@@ -242,14 +242,15 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
             t = time.perf_counter()
             out = be.decode(prompt, c, sp, N + 1, depth=depth).ids
             return time.perf_counter() - t - prefill, out
-        pipelined(2)
-        pdec, ptoks = pipelined(2)
+        from pyapp.gpu.backend import DECODE_DEPTH
+        pipelined(DECODE_DEPTH)
+        pdec, ptoks = pipelined(DECODE_DEPTH)
         rec, _ = be._plan(1, cache, 0, model.n_layers, True, True, False, True)
         res = {"binding": "native (wgpu-py)", "variants": be.variants, "load_seconds": load_s,
                "prefill_seconds": prefill, "decode_seconds": dec, "decode_tokens_per_s": N / dec,
                "ms_per_token": dec / N * 1e3, "dispatches_per_token": nd / N, "tokens": toks,
                "host_encode_ms_per_token": host_encode_ms(dev, rec),
-               "pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": 2,
+               "pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": DECODE_DEPTH,
                "pipelined_first_token_diff": first_diff(ptoks, toks)}
         if profile:
             pipe_src = {id(p): s for s, p in dev._pipelines.items()}

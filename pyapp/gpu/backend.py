@@ -173,6 +173,12 @@ class GpuKVCache:
 
 # ----------------------------------------------------------------------------- backend
 
+# Steps in flight in pipelined decode (native binding; the edge keeps its own PIPELINE_DEPTH).
+# H200 runs 13f/13g, tok/s at depth 2 / 4: Llama 7B f16 182 / 189-201, SmolLM2 365 / 477-582,
+# Llama 1B 436 / 430-524 (6 and 8 no better): the host's per-token jitter needs the slack.
+DECODE_DEPTH = 4
+
+
 class GpuBackend:
     name = "wgpu"
 
@@ -646,7 +652,7 @@ class GpuBackend:
         self._step_submit(ids, x, cache, params, n, start, stop)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
 
-    def pipeline(self, cache, params=None, depth=2):
+    def pipeline(self, cache, params=None, depth=DECODE_DEPTH):
         """The steps of decode.generate_pipelined_async on this backend (whole model + sampler
         here): each step after the first embeds the token its predecessor's sampler left on
         the GPU (ON_GPU), so step n+1 is encoded and submitted before token n is read (the
@@ -656,7 +662,7 @@ class GpuBackend:
             self._ring.append(self.device.create_buffer(16, "readback"))
         return _Pipeline(self, cache, params, depth)
 
-    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2,
+    async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=DECODE_DEPTH,
                            on_token=None, should_stop=None):
         """Pipelined decode (see pipeline()); the ids equal step() one at a time: steps
         submitted past a stop token are dropped (their KV rows cut off the cache).
@@ -665,7 +671,7 @@ class GpuBackend:
         return await generate_pipelined_async(self.pipeline(cache, params, depth), prompt_ids, max_new_tokens,
                                               eos_ids, on_token, should_stop, depth)
 
-    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=2,
+    def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=DECODE_DEPTH,
                on_token=None, should_stop=None):
         """decode_async on the native binding (its reads never suspend)."""
         from .autotune import _run_sync
