@@ -12,7 +12,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 R=/tmp/r13; mkdir -p $R; trap 'tar czf $OUT/run13$1.tgz -C /tmp r13' EXIT
 B="python3 benchmarks/bench_compare.py --deno /tmp/deno --pyodide .perf/pyodide --out $R"
 if [ "$1" = table ]; then
-  # run 13e: the final table, default (autotuned) plans
+  # run 13e (and 13h after DECODE_DEPTH = 4): the final table, default (autotuned) plans
   timeout 420 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,gemma3-270m-f16,gemma3-270m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
     --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --deno-depth 8 --label final 2>&1 | tee $R/final-log.txt
   exit
