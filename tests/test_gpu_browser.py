@@ -230,6 +230,15 @@ def make_cases():
             for T in (1, 7):
                 cs.append(case(f"linear-{v}-{dt}-T{T}", lin, lw, T, D, ["f", "h"], dtype=dt,
                                variants={"linear": v}))
+    # 8-value units (K % 8 == 0): sgw with subgroups, wgw with workgroup-memory sums
+    lw8 = {"w1": rng.standard_normal((N, 72)) * 0.1, "b1": rng.standard_normal(N),
+           "w2": rng.standard_normal((72, N)) * 0.1}           # K = 135: the vec4 fallback
+    lin8 = [op("linear", "x", "f", {"w": "w1", "b": "b1"}), op("linear", "f", "h", {"w": "w2", "b": None})]
+    for v in ("sgw2", "wgw2"):
+        for dt in ("f32", "f16"):
+            for T in (1, 5):
+                cs.append(case(f"linear8-{v}-{dt}-T{T}", lin8, lw8, T, 72, ["f", "h"],
+                               dtype=dt, variants={"linear": v}))
     tw = {"w": rng.standard_normal((37, 101)) * 0.1, "b": rng.standard_normal(101)}
     cs.append(case("linear-transposed", [op("linear", "x", "f", {"w": "w", "b": "b"}, transposed=True)],
                    tw, 5, 37, ["f"]))

@@ -222,7 +222,7 @@ def random_llama(path, shape, layers=2, seed=0):
     return cfg
 
 
-GPU_VARIANTS = ["wg", "sg", "sg4", "sgw2"]
+GPU_VARIANTS = ["wg", "sg", "sg4", "sgw2", "wgw2"]
 # the decode attention as attention_dec (attention_qkv off: CPU adapters choose it by default)
 ATTN_DEC = {"attn_dec": True, "off": ["fuse_qkv_attention"]}
 
@@ -247,7 +247,8 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
                          variants={"linear": variant, "norm_wg": 64, "attention": "wg", **extra})
     # attention_qkv off (or not on sgw, which takes no 4-dispatch layer): the q/k/v GEMV its own dispatch
     dec = extra["attn_dec"] and shape == "vec4"          # "odd": hd 18, HD % 8 != 0
-    per_layer = 5 if "off" in extra or variant.startswith("sgw") else 4
+    wide = variant.startswith(("sgw", "wgw"))             # no 4-dispatch layer on these
+    per_layer = 5 if "off" in extra or wide else 4
     rng = np.random.default_rng(7)
     for capacity, prompt_len, n_splits in ((30, 9, 1), (400, 261, 13)):   # 32-key splits
         prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], prompt_len)]
@@ -266,7 +267,7 @@ def test_fused_llama_matches_numpy(device, tmp_path, shape, variant, extra):
             assert gb.stats["dispatches"] - d0 == 1 + L * per_layer + 1
             tok = int(ref[-1].argmax())
         # sgw takes no attention_qkv, so its decode attention is fuse_rope_attention's
-        assert uses_attention_dec(gc) == (dec and ("off" in extra or variant.startswith("sgw")))
+        assert uses_attention_dec(gc) == (dec and ("off" in extra or wide))
 
 
 @pytest.mark.parametrize("shape", ["hd48", "hd64", "hd80"])

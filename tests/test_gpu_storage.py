@@ -157,12 +157,13 @@ def test_gemv_sgb_falls_back_for_other_formats(device):
 # ----------------------------------------------------------------------------- sgw (8-value units)
 
 @pytest.mark.parametrize("fmt,storage", [("f16", "u32"), ("f16", "f16"), ("f32", "u32")])
-@pytest.mark.parametrize("variant", ["sgw1", "sgw2", "sgw4", "sgw1u4", "sgw2u2", "sgw4u2"])
+@pytest.mark.parametrize("variant", ["sgw1", "sgw2", "sgw4", "sgw1u4", "sgw2u2", "sgw4u2", "wgw1", "wgw2", "wgw2u2"])
 def test_gemv_sgw(device, fmt, storage, variant):
     """linear_sgw at SmolLM2's shapes and odd ones: K = 584 (73 units: a trip past the row
     end), K = 8 (one unit), 135 and 77 rows (subgroups past the last column), T = 3 and 5
-    (TB = 4 tokens per workgroup); and rows split across bindings."""
-    if "subgroups" not in device.features:
+    (TB = 4 tokens per workgroup); and rows split across bindings.  wgwR: the same kernel with
+    groups of 32 lanes summing in workgroup memory (adapters without subgroups)."""
+    if variant.startswith("sgw") and "subgroups" not in device.features:
         pytest.skip("no subgroups")
     v = {"linear": variant, "storage": storage}
     for (N, K), T in [((576, 576), 1), ((192, 576), 1), ((1536, 576), 1), ((576, 1536), 1),
@@ -185,11 +186,12 @@ def test_gemv_sgw_falls_back(device):
 
 
 @pytest.mark.parametrize("fmt,variant,storage", [("q4_1", "sgb2", "u32"), ("q4_1", "sgb2", "f16"),
-                                                 ("f16", "sgw2", "u32"), ("f16", "sgw4u2", "f16")])
+                                                 ("f16", "sgw2", "u32"), ("f16", "sgw4u2", "f16"),
+                                                 ("f16", "wgw2", "u32")])
 def test_fused_layer_subgroup_kernels(device, fmt, variant, storage):
     """One dispatch each for RMSNorm + q/k/v, gate/up + SiLU*mul, and down + residual add,
     through linear_sgb (Q4_1) / linear_sgw (f16), against numpy on the decoded weights."""
-    if "subgroups" not in device.features:
+    if variant.startswith("sg") and "subgroups" not in device.features:
         pytest.skip("no subgroups")
     D, F, KV, eps = 576, 1536, 192, 1e-5
     layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=eps),

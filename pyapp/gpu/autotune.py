@@ -13,17 +13,17 @@ import os
 from .. import formats
 from ..models import Model, op
 from . import wgsl
-from .device import GpuError
+from .device import GpuError, cpu_adapter
 
 _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 
 # every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl); sgbR = the
 # Q4_1 block-word kernel, R columns per subgroup, U units per trip (linear_sgb.wgsl; other
 # formats run sg4); sgwR = 8-value units, R columns per subgroup, U units per trip
-# (linear_sgw.wgsl: f32 / f16; other formats run sg4)
+# (linear_sgw.wgsl: f32 / f16; other formats run sg4); wgwR = the same without subgroups
 LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
                    "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2",
-                   "sgw1", "sgw2", "sgw4", "sgw1u2", "sgw2u2", "sgw4u2", "sgw1u4")
+                   "sgw1", "sgw2", "sgw4", "sgw1u2", "sgw2u2", "sgw4u2", "sgw1u4", "wgw1", "wgw2", "wgw2u2")
 
 
 # The sgw shapes the autotune measures (layers, and the lm head's extra one): measured on
@@ -53,6 +53,8 @@ def candidate_variants(device, dtype="f32"):
             out.append({"linear": "sgb2", **par})
         if wgsl.has_v8(dtype):            # f32 / f16: 16-byte weight loads, the input reused by R columns
             out.append({"linear": SGW_LAYERS, **par})
+    elif wgsl.has_v8(dtype) and not cpu_adapter(device.info):
+        out.append({"linear": "w" + SGW_LAYERS[1:], **par})    # the same with workgroup-memory sums
     return out
 
 

@@ -153,7 +153,7 @@ def gemv_vec(b, variant, K: int, fmts):
     v = gemv_variant(b, variant)
     if v.startswith("sgb") and all(wgsl.has_q(f) for f in fmts):
         return "q"
-    if v.startswith("sgw") and K % 8 == 0 and all(wgsl.has_v8(f) for f in fmts):
+    if v.startswith(("sgw", "wgw")) and K % 8 == 0 and all(wgsl.has_v8(f) for f in fmts):
         return 8
     return 4 if K % 4 == 0 else 1
 
@@ -168,6 +168,8 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
     variant = gemv_variant(b, variant)
     if (variant.startswith("sgb") and vec != "q") or (variant.startswith("sgw") and vec != 8):
         variant = "sg4"           # weights without the variant's loaders (gemv_vec): the vec4 kernel
+    if variant.startswith("wgw") and vec != 8:
+        variant = "wg"
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
@@ -177,11 +179,12 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
         src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
                              **wgsl.sgb_code(R, U, TB), **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
-    elif variant.startswith("sgw"):
+    elif variant.startswith(("sgw", "wgw")):
         R, _, U = variant[3:].partition("u")      # sgwR[uU]: R columns per subgroup, U units per trip
         R, U = int(R or 2), int(U or 1)
-        src = kernels.render("linear_sgw", ENABLE=b.device.subgroup_enable, R=R, U=U,
-                             **wgsl.sgw_code(R, U, TB), **subs)
+        sub = variant.startswith("s")             # wgw: groups of 32 lanes reduce in workgroup memory
+        src = kernels.render("linear_sgw", ENABLE=b.device.subgroup_enable if sub else "", R=R, U=U,
+                             **wgsl.sgw_code(R, U, TB, sub), **subs)
         gx = ceil(rows, 4 * R)
     elif variant == "row":
         src, gx = kernels.render("linear_row", **subs), ceil(rows, 64)
@@ -465,7 +468,7 @@ def fuse_gemv(b, ops, i, s: Step):
 def _reduction_variant(variant: str) -> bool:
     """GEMV variants whose columns are reductions that take a folded norm, a weight pair and a
     residual add (not `row`, not `sgrR`)."""
-    return variant in ("wg", "sg", "sg4") or variant.startswith(("sgb", "sgw"))
+    return variant in ("wg", "sg", "sg4") or variant.startswith(("sgb", "sgw", "wgw"))
 
 
 def _residual_add(ops, j, o) -> bool:
@@ -598,14 +601,16 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         return None
     o = ops[j]
     variant = gemv_variant(b)
-    if (not _plain_linear(o) or o.ins[0] != name or not (variant in ("wg", "sg", "sg4") or variant.startswith("sgw"))
+    if (not _plain_linear(o) or o.ins[0] != name or not (variant in ("wg", "sg", "sg4") or variant.startswith(("sgw", "wgw")))
             or not b.variants.get("fold", True) or not _dead_after(ops, j + 1, name)):
         return None
     wt = b.tensors[o.weights["w"]]
     NF, K = wt.shape
-    # the merged row + a weight per (head, split) + linear_wg's partial sums (T = 1)
+    # the merged row + a weight per (head, split) + the GEMV's partial sums (T = 1: linear_wg's
+    # 3 x 64, linear_sgw's wgw form (1 + 2R) x 128)
+    scratch = (1 + 2 * int(variant[3:].partition("u")[0] or 2)) * 128 if variant.startswith("wgw") else 3 * 64
     if (len(wt.chunks) != 1 or K != H * hd
-            or (K + H * ns + 3 * 64) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
+            or (K + H * ns + scratch) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
         return None
     add = _residual_add(ops, j + 1, o)
     nxt = ops[j + 1] if add else None

@@ -256,9 +256,10 @@ def sgb_code(R: int, U: int, TB: int) -> dict:
     return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, TB)}
 
 
-def sgw_code(R: int, U: int, TB: int) -> dict:
-    """DECL / BODY / REDUCE of linear_sgw.wgsl written out for R columns, U units of 8 values
-    per trip and TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
+def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:
+    """DECL / BODY / REDUCE (and the lane set-up) of linear_sgw.wgsl written out for R columns,
+    U units of 8 values per trip and TB tokens: every value a named register (acc<r>_<t>:
+    column r, token t); without subgroups (`wgw`) groups of 32 lanes reduce in workgroup memory."""
     rs, us, ts = range(R), range(U), range(TB)
     decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
     decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
@@ -284,7 +285,36 @@ def sgw_code(R: int, U: int, TB: int) -> dict:
             for r in rs:
                 body += [f"    acc{r}_{t} += dot(w{u}_{r}[0], xl{u}_{t}) + dot(w{u}_{r}[1], xh{u}_{t});",
                          f"    if (PAIR) {{ acp{r}_{t} += dot(wp{u}_{r}[0], xl{u}_{t}) + dot(wp{u}_{r}[1], xh{u}_{t}); }}"]
-    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, TB)}
+    code = {"DECL": "\n".join(decl), "BODY": "\n".join(body)}
+    if subgroups:
+        return {**code, "REDUCE": _subgroup_reduce(R, TB), "GROUPDECL": "",
+                "LANE_ARGS": ",\n        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32",
+                "LANE_LET": ""}
+    names = [f"ss{t}" for t in range(TB)] + [f"{a}{r}_{t}" for r in range(R) for t in range(TB) for a in ("acc", "acp")]
+    return {**code, "REDUCE": _group_reduce(names, R, TB),
+            "GROUPDECL": f"var<workgroup> wpart: array<f32, {len(names) * 128}>;",
+            "LANE_ARGS": "", "LANE_LET": "  let lane = l % 32u;\n  let sgs = 32u;     // a group of 32 lanes stands in for a subgroup"}
+
+
+def _group_reduce(names, R: int, TB: int) -> str:
+    """`_subgroup_reduce` without subgroups: every named sum of each group of 32 lanes summed in
+    workgroup memory (one tree, 5 barriers, all sums at once), then lane 0 stores."""
+    at = {n: i for i, n in enumerate(names)}
+    slot = lambda n, off="l": f"wpart[{at[n]}u * 128u + {off}]"        # noqa: E731
+    red = [f"  {slot(n)} = {n};" for n in names]
+    red += ["  workgroupBarrier();", "  for (var s = 16u; s > 0u; s = s >> 1u) {", "    if (lane < s) {"]
+    red += [f"      {slot(n)} += {slot(n, 'l + s')};" for n in names]
+    red += ["    }", "    workgroupBarrier();", "  }", "  let g0 = l - lane;"]
+    for t in range(TB):
+        red.append(f"  let q{t} = {slot(f'ss{t}', 'g0')};")
+        for r in range(R):
+            red += [f"  let s{r}_{t} = {slot(f'acc{r}_{t}', 'g0')};",
+                    f"  let s2{r}_{t} = {slot(f'acp{r}_{t}', 'g0')};",
+                    f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
+                    f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
+                    f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
+    red.append("  workgroupBarrier();          // the next round writes wpart again")
+    return "\n".join(red)
 
 
 def _subgroup_reduce(R: int, TB: int) -> str:

@@ -14,6 +14,7 @@ ${BDECL}
 ${ADECL}
 ${YDECL}
 ${PAIRDECL}
+${GROUPDECL}
 const N: u32 = ${N}u;
 const K: u32 = ${KV}u;         // units of 8 values per weight row (input rows: 2K vec4)
 const YS: u32 = ${YS}u;
@@ -23,8 +24,8 @@ const R: u32 = ${R}u;
 const U: u32 = ${U}u;
 @compute @workgroup_size(128)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
-        @builtin(num_workgroups) nwg: vec3u,
-        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+        @builtin(num_workgroups) nwg: vec3u${LANE_ARGS}) {
+${LANE_LET}
   let per = max(128u / sgs, 1u);
   let total = nwg.x * per * R;
   let rounds = (N + total - 1u) / total;
