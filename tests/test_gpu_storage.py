@@ -274,3 +274,16 @@ def test_smollm2_q4_1_greedy_f16_storage(device, linear):
         c = gb.new_cache(len(ids) + 40)
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == want, linear
+
+
+def test_sgw_without_subgroups_runs_wgw():
+    """A plan tuned where subgroups exist (`sgw2`) on an adapter without them runs the same
+    kernel with workgroup-memory sums (what a page without `subgroups` gets from the server's
+    or a cached tuning), not the plain `wg` GEMV."""
+    from pyapp.gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    dev.features.discard("subgroups")
+    err, _, _ = run_gemv(dev, "f16", 135, 584, 3, {"linear": "sgw2"}, seed=5)
+    assert err <= TOL
+    srcs = list(dev._pipelines)
+    assert any("var<workgroup> wpart" in s for s in srcs) and not any("subgroupAdd" in s for s in srcs)

@@ -139,10 +139,12 @@ MAX_GROUPS = 65535           # workgroups per dispatch dimension (WebGPU's defau
 
 
 def gemv_variant(b, variant=None) -> str:
-    """The GEMV variant that will run: `sg*` falls back to `wg` without `subgroups`."""
+    """The GEMV variant that will run: without `subgroups`, `sgwR` runs as `wgwR` (the same
+    kernel summing in workgroup memory) and the other `sg*` as `wg` (a plan tuned on an adapter
+    with subgroups, e.g. the server's or another binding's, still runs here)."""
     variant = variant or b.variants["linear"]
     if variant.startswith("sg") and "subgroups" not in b.device.features:
-        return "wg"
+        return "w" + variant[1:] if variant.startswith("sgw") else "wg"
     return variant
 
 
