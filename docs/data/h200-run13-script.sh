@@ -28,6 +28,12 @@ if [ "$1" = depth ]; then
     --shapes llama-7b-f16,smollm2-135m-f16,llama-1b-f16 --out $R 2>&1 | tee $R/depth-log.txt
   exit
 fi
+if [ "$1" = wgw ]; then
+  # run 13k: the 7B shape with wgw2 forced: the native profile and the Deno row on the same plan
+  timeout 240 $B --shapes llama-7b-f16 --no-torch --profile --deno-depth 8 --variants '{"linear": "wgw2"}' \
+    --label wgw2 2>&1 | tee $R/wgw-log.txt
+  exit
+fi
 if [ "$1" = check ]; then
   # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
   timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
