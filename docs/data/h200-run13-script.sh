@@ -34,6 +34,13 @@ if [ "$1" = wgw ]; then
     --label wgw2 2>&1 | tee $R/wgw-log.txt
   exit
 fi
+if [ "$1" = denodepth ]; then
+  # run 13l: the browser binding (Deno) at the 7B shape, 8 vs 16 steps in flight, back to back
+  for d in 8 16 8 16; do
+    timeout 110 $B --shapes llama-7b-f16 --no-torch --deno-depth $d --label deno-depth$d 2>&1 | tail -3 | tee -a $R/denodepth-log.txt
+  done
+  exit
+fi
 if [ "$1" = check ]; then
   # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
   timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
