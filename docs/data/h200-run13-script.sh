@@ -41,6 +41,11 @@ if [ "$1" = denodepth ]; then
   done
   exit
 fi
+if [ "$1" = tune ]; then
+  # run 13m: the autotune with 32 replays / best of 5 at the 7B shape (which variant, how long)
+  timeout 150 $B --shapes llama-7b-f16 --no-deno --no-torch --label tune 2>&1 | tail -4 | tee $R/tune-log.txt
+  exit
+fi
 if [ "$1" = check ]; then
   # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
   timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
