@@ -219,14 +219,19 @@ def multi_gemv(parts, vec, storage: str = "u32") -> tuple[str, str]:
     return wd, yd
 
 
+def _gemv_registers(R: int, TB: int) -> list:
+    """The named registers of a subgroup-per-R-columns GEMV (sgb / sgw): column n<r> (clamped),
+    sums acc<r>_<t> (and acp<r>_<t>, the pair's second weight), the norm's ss<t>."""
+    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in range(R)]
+    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in range(R) for t in range(TB)]
+    return decl + [f"  var ss{t} = 0.0;" for t in range(TB)]
+
+
 def sgb_code(R: int, U: int, TB: int) -> dict:
     """DECL / BODY / REDUCE of linear_sgb.wgsl written out for R columns, U units per trip and
     TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
     rs, us, ts = range(R), range(U), range(TB)
-    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
-    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
-    decl += [f"  var ss{t} = 0.0;" for t in ts]
-    body = []
+    decl, body = _gemv_registers(R, TB), []
     for u in us:                                           # all loads of the trip first
         body += [f"    let u{u} = u0 + {u}u * sgs;",
                  f"    let k{u} = select(0.0, 1.0, u{u} < NB * 4u);     // 0: past the row end",
@@ -261,10 +266,7 @@ def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:
     U units of 8 values per trip and TB tokens: every value a named register (acc<r>_<t>:
     column r, token t); without subgroups (`wgw`) groups of 32 lanes reduce in workgroup memory."""
     rs, us, ts = range(R), range(U), range(TB)
-    decl = [f"  let n{r} = min(c0 + {r}u, N - 1u);" for r in rs]
-    decl += [f"  var acc{r}_{t} = 0.0;\n  var acp{r}_{t} = 0.0;" for r in rs for t in ts]
-    decl += [f"  var ss{t} = 0.0;" for t in ts]
-    body = []
+    decl, body = _gemv_registers(R, TB), []
     for u in us:                                           # all loads of the trip first
         body += [f"    let i{u} = u0 + lane + {u}u * sgs;",
                  f"    let m{u} = select(0.0, 1.0, i{u} < K);     // 0: past the row end",
