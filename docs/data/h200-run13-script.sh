@@ -46,6 +46,13 @@ if [ "$1" = tune ]; then
   timeout 150 $B --shapes llama-7b-f16 --no-deno --no-torch --label tune 2>&1 | tail -4 | tee $R/tune-log.txt
   exit
 fi
+if [ "$1" = encode ]; then
+  # run 13n: host encoding of a token, wgpu-py's pass methods vs wgpu-native's calls; then the
+  # SmolLM2 / 7B decode on the default path
+  timeout 100 python3 benchmarks/bench_encode.py --out $R 2>&1 | tee $R/encode-log.txt
+  timeout 80 $B --shapes smollm2-135m-f16,llama-7b-f16 --no-deno --no-torch --label encode 2>&1 | tail -4 | tee -a $R/encode-log.txt
+  exit
+fi
 if [ "$1" = check ]; then
   # run 13c: default (autotuned) plans after the readback wait fix and attention_dec by default
   timeout 300 $B --shapes smollm2-135m-f16,llama-7b-f16,llama-7b-q4_1,llama-1b-f16 --no-deno --no-torch --profile \
