@@ -200,24 +200,33 @@ def autotuned(dev, cfg, dtype):
     return autotune_variants(dev, model, shapes, {n: tensor_format(s, dtype) for n, s in shapes.items()})
 
 
-def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
-    from pyapp import kernels
+def random_backend(dev, cfg, dtype, variants=None, write=True):
+    """The whole model of `cfg` on `dev` (autotuned variants unless given), the pool's random
+    weights written (`write`: encoding alone does not read them)."""
     from pyapp.arch import build_model
     from pyapp.gpu import GpuBackend
     from pyapp.gpu.autotune import autotune_variants
     from pyapp.gpu.shapes import infer_shapes
-    from pyapp.sampling import SamplingParams
-
     model = build_model(cfg, tensor_names(cfg))
     shapes = infer_shapes(model)
     dtypes = {n: tensor_format(s, dtype) for n, s in shapes.items()}
     v = dict(variants or autotune_variants(dev, model, shapes, dtypes))
+    be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, variants=v)
+    if write:
+        for name, _nb in be.weight_layout():
+            be.write_weight(name, 0, weights_for(name, shapes[name], dtype))
+    return be
+
+
+def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
+    from pyapp import kernels
+    from pyapp.sampling import SamplingParams
+
     src_names, orig = _capture_kernel_names()
     try:
         t = time.perf_counter()
-        be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes, variants=v)
-        for name, _nb in be.weight_layout():
-            be.write_weight(name, 0, weights_for(name, shapes[name], dtype))
+        be = random_backend(dev, cfg, dtype, variants)
+        model = be.model
         dev.read(be.tok_buf, 0, 4)          # waits for the uploads
         load_s = time.perf_counter() - t
         sp = SamplingParams()

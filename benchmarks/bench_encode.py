@@ -26,21 +26,13 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
-    from pyapp.arch import build_model
     from pyapp.bench import host_encode_ms
-    from pyapp.gpu import GpuBackend
     from pyapp.gpu.native import NativeDevice
-    from pyapp.gpu.shapes import infer_shapes
     dev = NativeDevice.create()
     raw, rows = dev._pass_calls, []
     for name in a.shapes.split(","):
-        cfg, dtype = bc.SHAPES[name]
-        model = build_model(cfg, bc.tensor_names(cfg))
-        shapes = infer_shapes(model)
-        dtypes = {n: bc.tensor_format(s, dtype) for n, s in shapes.items()}
-        be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes,
-                        variants=bc.autotuned(dev, cfg, dtype))
-        rec, _ = be._plan(1, be.new_cache(104), 0, model.n_layers, True, True, False, True)
+        be = bc.random_backend(dev, *bc.SHAPES[name], write=False)
+        rec, _ = be._plan(1, be.new_cache(104), 0, be.model.n_layers, True, True, False, True)
         best = {"wgpu-py": 1e9, "wgpu-native": 1e9}
         for _ in range(5):
             dev._pass_calls = None

@@ -27,19 +27,9 @@ MODES = ("map_sync", "index")
 
 
 def one_shape(dev, name, P, N, rounds, depths=(2,), modes=MODES):
-    from pyapp.arch import build_model
-    from pyapp.gpu import GpuBackend
-    from pyapp.gpu.shapes import infer_shapes
     from pyapp.sampling import SamplingParams
-    cfg, dtype = bc.SHAPES[name]
-    model = build_model(cfg, bc.tensor_names(cfg))
-    shapes = infer_shapes(model)
-    dtypes = {n: bc.tensor_format(s, dtype) for n, s in shapes.items()}
-    be = GpuBackend(dev, model, 0, None, None, None, dtype, shapes=shapes, dtypes=dtypes,
-                    variants=bc.autotuned(dev, cfg, dtype))
-    for w, _nb in be.weight_layout():
-        be.write_weight(w, 0, bc.weights_for(w, shapes[w], dtype))
-    sp, prompt = SamplingParams(), [1 + (i * 7919) % (model.vocab - 1) for i in range(P)]
+    be = bc.random_backend(dev, *bc.SHAPES[name])
+    sp, prompt = SamplingParams(), [1 + (i * 7919) % (be.model.vocab - 1) for i in range(P)]
     keys = [f"{m}/step" for m in modes] + [f"{m}/pipelined{d}" for m in modes for d in depths]
     best = {k: 0.0 for k in keys}
     ids = {}
@@ -76,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--depths", default="2", help="pipeline depths (steps in flight), comma list")
+    ap.add_argument("--depths", default="2,4", help="pipeline depths (steps in flight), comma list")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)

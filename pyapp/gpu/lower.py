@@ -176,14 +176,12 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
     if variant.startswith("sgb"):
-        R, _, U = variant[3:].partition("u")      # sgbR[uU]: R columns per subgroup, U units per trip
-        R, U = int(R or 2), int(U or 1)
+        R, U = _variant_shape(variant)
         src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
                              **wgsl.sgb_code(R, U, TB), **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
     elif variant.startswith(("sgw", "wgw")):
-        R, _, U = variant[3:].partition("u")      # sgwR[uU]: R columns per subgroup, U units per trip
-        R, U = int(R or 2), int(U or 1)
+        R, U = _variant_shape(variant)
         sub = variant.startswith("s")             # wgw: groups of 32 lanes reduce in workgroup memory
         src = kernels.render("linear_sgw", ENABLE=b.device.subgroup_enable if sub else "", R=R, U=U,
                              **wgsl.sgw_code(R, U, TB, sub), **subs)
@@ -201,6 +199,12 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
                              UNROLL=4 if variant == "sg4" else 2, **subs)
         gx = ceil(rows, 4)        # 4 columns per workgroup on 32-wide subgroups
     return b.dispatch(src, ent, gx, ceil(T, TB), head=s.head)
+
+
+def _variant_shape(variant: str) -> tuple[int, int]:
+    """(R, U) of `sgbR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per subgroup, U units per trip."""
+    R, _, U = variant[3:].partition("u")
+    return int(R or 2), int(U or 1)
 
 
 def _split(b, o, s: Step):
@@ -609,8 +613,8 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
     wt = b.tensors[o.weights["w"]]
     NF, K = wt.shape
     # the merged row + a weight per (head, split) + the GEMV's partial sums (T = 1: linear_wg's
-    # 3 x 64, linear_sgw's wgw form (1 + 2R) x 128)
-    scratch = (1 + 2 * int(variant[3:].partition("u")[0] or 2)) * 128 if variant.startswith("wgw") else 3 * 64
+    # 3 x 64, linear_sgw's wgw form)
+    scratch = wgsl.group_reduce_floats(_variant_shape(variant)[0], 1) if variant.startswith("wgw") else 3 * 64
     if (len(wt.chunks) != 1 or K != H * hd
             or (K + H * ns + scratch) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
         return None

@@ -49,8 +49,7 @@ class NativeDevice(Device):
                        "readback": U.MAP_READ | U.COPY_DST}
         self._map_read = wgpu.MapMode.READ
         self._mappable = int(U.MAP_READ)
-        self._submit_index, self._wait_index = _submission_index_calls(device)
-        self._pass_calls = _compute_pass_calls()
+        self._submit_index, self._wait_index, self._pass_calls = _native_calls(device)
         self._written_by = {}       # readback buffer -> the submission index that copies into it
         # how a readback waits: "index" (the submission that wrote it, then map_sync) or
         # "map_sync" (wgpu-py's: every submission). H200 run 13d, pipelined: 7B 149.5 -> 193.0
@@ -205,15 +204,18 @@ class NativeDevice(Device):
         return time.perf_counter()
 
 
-def _submission_index_calls(device):
-    """(submit(command_buffer) -> submission index, wait(index)) through wgpu-native's
-    wgpuQueueSubmitForIndex / wgpuDevicePoll(wait, &index), which wgpu-py does not expose;
-    Nones where its internals differ (then plain submits and map_sync)."""
+def _native_calls(device):
+    """What wgpu-py does not expose, from wgpu-native itself: (submit(command_buffer) ->
+    submission index, wait(index), the compute pass's (set pipeline, set bind group, dispatch,
+    NULL)) through wgpuQueueSubmitForIndex / wgpuDevicePoll(wait, &index) /
+    wgpuComputePassEncoder*; Nones where wgpu-py's internals differ (then its own methods)."""
     try:
         from wgpu.backends.wgpu_native._api import ffi, libf
         qid, did = device.queue._internal, device._internal
+        pass_calls = (libf.wgpuComputePassEncoderSetPipeline, libf.wgpuComputePassEncoderSetBindGroup,
+                      libf.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
     except (ImportError, AttributeError):
-        return None, None
+        return None, None, None
 
     def submit(cb):
         arr = ffi.new("WGPUCommandBuffer[]", [cb._internal])
@@ -221,17 +223,7 @@ def _submission_index_calls(device):
 
     def wait(idx):
         libf.wgpuDevicePoll(did, True, ffi.new("WGPUSubmissionIndex *", idx))
-    return submit, wait
-
-
-def _compute_pass_calls():
-    """wgpu-native's (set pipeline, set bind group, dispatch, NULL) of a compute pass, or None."""
-    try:
-        from wgpu.backends.wgpu_native._api import ffi, libf
-        return (libf.wgpuComputePassEncoderSetPipeline, libf.wgpuComputePassEncoderSetBindGroup,
-                libf.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
-    except (ImportError, AttributeError):
-        return None
+    return submit, wait, pass_calls
 
 
 def _numbered(src):

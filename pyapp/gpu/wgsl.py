@@ -292,15 +292,23 @@ def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:
         return {**code, "REDUCE": _subgroup_reduce(R, TB), "GROUPDECL": "",
                 "LANE_ARGS": ",\n        @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32",
                 "LANE_LET": ""}
-    names = [f"ss{t}" for t in range(TB)] + [f"{a}{r}_{t}" for r in range(R) for t in range(TB) for a in ("acc", "acp")]
-    return {**code, "REDUCE": _group_reduce(names, R, TB),
-            "GROUPDECL": f"var<workgroup> wpart: array<f32, {len(names) * 128}>;",
+    groupdecl, reduce = _group_reduce(R, TB)
+    return {**code, "REDUCE": reduce, "GROUPDECL": groupdecl,
             "LANE_ARGS": "", "LANE_LET": "  let lane = l % 32u;\n  let sgs = 32u;     // a group of 32 lanes stands in for a subgroup"}
 
 
-def _group_reduce(names, R: int, TB: int) -> str:
-    """`_subgroup_reduce` without subgroups: every named sum of each group of 32 lanes summed in
-    workgroup memory (one tree, 5 barriers, all sums at once), then lane 0 stores."""
+def _store(r: int, t: int) -> str:
+    """Lane 0's store of column c0 + r, token t0 + t (s<r>_<t>, s2<r>_<t>: its sums, q<t>: the norm's)."""
+    return (f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
+            f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
+            f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}")
+
+
+def _group_reduce(R: int, TB: int) -> tuple[str, str]:
+    """(GROUPDECL, REDUCE): `_subgroup_reduce` without subgroups: every named sum of each group
+    of 32 lanes summed in workgroup memory (one tree, 5 barriers, all sums at once), then lane 0
+    stores."""
+    names = [f"ss{t}" for t in range(TB)] + [f"{a}{r}_{t}" for r in range(R) for t in range(TB) for a in ("acc", "acp")]
     at = {n: i for i, n in enumerate(names)}
     slot = lambda n, off="l": f"wpart[{at[n]}u * 128u + {off}]"        # noqa: E731
     red = [f"  {slot(n)} = {n};" for n in names]
@@ -311,12 +319,14 @@ def _group_reduce(names, R: int, TB: int) -> str:
         red.append(f"  let q{t} = {slot(f'ss{t}', 'g0')};")
         for r in range(R):
             red += [f"  let s{r}_{t} = {slot(f'acc{r}_{t}', 'g0')};",
-                    f"  let s2{r}_{t} = {slot(f'acp{r}_{t}', 'g0')};",
-                    f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
-                    f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
-                    f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
+                    f"  let s2{r}_{t} = {slot(f'acp{r}_{t}', 'g0')};", _store(r, t)]
     red.append("  workgroupBarrier();          // the next round writes wpart again")
-    return "\n".join(red)
+    return f"var<workgroup> wpart: array<f32, {group_reduce_floats(R, TB)}>;", "\n".join(red)
+
+
+def group_reduce_floats(R: int, TB: int) -> int:
+    """Workgroup floats of the `wgw` GEMV's sums (`_group_reduce`: ss, acc and acp per token)."""
+    return (TB + 2 * R * TB) * 128
 
 
 def _subgroup_reduce(R: int, TB: int) -> str:
@@ -327,12 +337,8 @@ def _subgroup_reduce(R: int, TB: int) -> str:
         red.append(f"  var q{t} = 0.0;\n  if (NORM) {{ q{t} = subgroupAdd(ss{t}); }}")
         for r in range(R):
             red += [f"  let s{r}_{t} = subgroupAdd(acc{r}_{t});",
-                    f"  var s2{r}_{t} = 0.0;\n  if (PAIR) {{ s2{r}_{t} = subgroupAdd(acp{r}_{t}); }}",
-                    f"  if (c0 + {r}u < N && lane == 0u && t0 + {t}u < p.T) {{\n"
-                    f"    if (PAIR) {{ store2(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t}), fin(s2{r}_{t}, q{t})); }}\n"
-                    f"    else {{ store(t0 + {t}u, c0 + {r}u, fin(s{r}_{t}, q{t})); }}\n  }}"]
+                    f"  var s2{r}_{t} = 0.0;\n  if (PAIR) {{ s2{r}_{t} = subgroupAdd(acp{r}_{t}); }}", _store(r, t)]
     return "\n".join(red)
-
 
 
 def _tree(terms: list, op: str = "+") -> str:
