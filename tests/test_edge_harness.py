@@ -61,14 +61,28 @@ class Faults:
         self.rules = []
         self.fired = []
         self.lock = threading.Lock()
+        self.released = threading.Event()   # ends every "stall" still holding (release())
 
     def add(self, kind, path_contains, range_start=None, at=1000, after=None, count=1, hold=8.0):
         """The next ``count`` responses whose path contains ``path_contains`` (and, if given,
         whose Range starts at ``range_start``) get byte ``at`` flipped ("corrupt"), are cut
-        after ``after`` bytes ("cut"), or stall after ``after`` bytes for ``hold`` s ("stall")."""
+        after ``after`` bytes ("cut"), or stall after ``after`` bytes for ``hold`` s or until
+        release() ("stall")."""
         with self.lock:
+            if kind == "stall":
+                self.released.clear()
             self.rules.append(dict(kind=kind, path=path_contains, start=range_start, at=at,
                                    after=after if after is not None else at, count=count, hold=hold))
+
+    def release(self):
+        """End the stalls now: a test that must observe the page *during* a stall holds it with
+        a long ``hold`` and releases it when done, instead of racing a fixed one on a loaded machine."""
+        self.released.set()
+
+    async def stall(self, hold):
+        t_end = time.monotonic() + hold
+        while not self.released.is_set() and time.monotonic() < t_end:
+            await asyncio.sleep(0.05)
 
     def take(self, path, range_header):
         start = None
@@ -123,7 +137,7 @@ class FaultInjector:
                     if keep:
                         await send(dict(msg, body=keep, more_body=True))
                     if rule["kind"] == "stall":
-                        await asyncio.sleep(rule["hold"])
+                        await self.faults.stall(rule["hold"])
                     raise Cut()
                 sent[0] += len(body)
             await send(msg)

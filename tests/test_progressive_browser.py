@@ -214,13 +214,13 @@ def wait_for(page, expr, timeout_s):
 @pytest.mark.skipif(not have_models(MINI), reason="MiniLM not in the store")
 def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
     """embed(..., {split: 0, progressive: true}) on a fresh page answers at once with the layers the
-    edge holds (the server runs the rest); layer 2's response stalls for 8 s (the fault is on
-    the wire), so a call during the stall is served at split 3; once every layer (and the
-    embedding) is verified, calls run at split 0. Every answer equals sentence-transformers'."""
+    edge holds (the server runs the rest); layer 2's response stalls (the fault is on the wire)
+    until the test has made its call during the stall, which is served at split 3; once every
+    layer (and the embedding) is verified, calls run at split 0. Every answer equals sentence-transformers'."""
     import httpx
     m = httpx.get(server.url + f"/models/{MINI}/manifest.json").json()
     c = next(c for c in m["chunks"] if c["id"] == "layer.2")
-    server.faults.add("stall", "/models/" + MINI, range_start=c["ranges"][0][0], after=100_000, hold=8.0)
+    server.faults.add("stall", "/models/" + MINI, range_start=c["ranges"][0][0], after=100_000, hold=180.0)
     ref = {t: e for ts in EMBED_TEXTS for t, e in zip(ts, st_embed(MINI, ts))}
     served = []
 
@@ -237,6 +237,7 @@ def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
     st = call(EMBED_TEXTS[1])                  # layer 2 is still stalled on the wire
     assert st["split"] == 3 and st["loading"], served
     assert server.faults.fired and server.faults.fired[-1]["kind"] == "stall"
+    server.faults.release()
     wait_for(page, "r.loading.done()", 120)
     st = call(EMBED_TEXTS[2])
     assert st["split"] == 0 and not st["loading"], served
