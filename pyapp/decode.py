@@ -88,17 +88,46 @@ async def generate_async(step, prompt_ids, max_new_tokens, eos_ids=(), on_token=
         return res
 
 
+class InFlight:
+    """How many steps a pipelined decode keeps in flight. A fixed count is either too few where
+    a readback resolves late (Deno resolves mapAsync on a ~10 ms poll: the 7B shape on the H200
+    ran 135 / 164 / 191 tok/s at 8 / 16 / 32 steps, run 14a) or too many where a step is slow
+    (SwiftShader: seconds a step, all run and thrown away after a stop token). With `ahead_s`
+    the count follows the time between tokens: about `ahead_s` seconds of steps, between 2 and
+    `depth`; without it, always `depth`."""
+
+    def __init__(self, depth, ahead_s=None):
+        self.cap, self.ahead_s = depth, ahead_s
+        self.depth = depth if ahead_s is None else min(2, depth)
+        self._last = None
+        self._interval = None
+
+    def token_read(self):
+        if self.ahead_s is None:
+            return
+        now = time.perf_counter()
+        if self._last is not None:
+            dt = now - self._last       # a token every dt s: smoothed, several resolve together
+            self._interval = dt if self._interval is None else 0.75 * self._interval + 0.25 * dt
+            want = int(self.ahead_s / max(self._interval, 1e-6)) + 1
+            self.depth = max(min(2, self.cap), min(self.cap, want))
+        self._last = now
+
+
 async def generate_pipelined_async(pipe, prompt_ids, max_new_tokens, eos_ids=(), on_token=None,
-                                   should_stop=None, depth=2):
+                                   should_stop=None, depth=2, ahead_s=None):
     """`generate_async` with up to `depth` steps in flight. `pipe` has
     `submit(ids, n)` (ids None: the token the previous step's sampler left on the GPU),
     `async read(n)` -> token n, and `async drop(k)`: cut the last k submitted steps
     (their KV rows) and finish their pending reads. When the loop ends (stop token,
     length, should_stop, or an exception) the steps run ahead of it are dropped, so the
     cache holds exactly prompt + the returned tokens (less the last one, not yet fed back),
-    as after the step loop. Token n is read, streamed and checked before token n+1 is."""
+    as after the step loop. Token n is read, streamed and checked before token n+1 is.
+    `ahead_s`: keep about that many seconds of steps in flight instead of always `depth`
+    (at least 2, at most `depth`), from the measured time between tokens (`InFlight`)."""
     res = GenerationResult(prompt_ids=list(prompt_ids))
     loop = _decode(res, max_new_tokens, eos_ids, on_token, should_stop)
+    ahead = InFlight(depth, ahead_s)
     submitted = 0
     try:
         try:
@@ -109,10 +138,11 @@ async def generate_pipelined_async(pipe, prompt_ids, max_new_tokens, eos_ids=(),
         submitted = 1
         while True:
             # step n (the one token n comes from) is in flight; run up to depth - 1 more
-            while submitted < max_new_tokens and submitted - n < depth:
+            while submitted < max_new_tokens and submitted - n < ahead.depth:
                 pipe.submit(None, submitted)
                 submitted += 1
             tok = await pipe.read(n)
+            ahead.token_read()
             try:
                 ids, n = loop.send(tok)      # ([tok], n + 1): already submitted with tok on the GPU
             except StopIteration:

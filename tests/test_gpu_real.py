@@ -112,6 +112,14 @@ def test_smollm2_wgpu_pipelined_generate(smol, torch_ref):
     assert res.ids == ref[:k + 1] and res.finish_reason == "stop"
     assert c.length == len(ids) + k
     assert gb.decode([ref[k]], c, SamplingParams(), 31 - k).ids == ref[k + 1:]
+    # the page's rule (steps in flight by time, decode.InFlight): up to 32 in flight, or 2
+    from pyapp.edge.session import PIPELINE_AHEAD_S, PIPELINE_DEPTH
+    for ahead in (PIPELINE_AHEAD_S, 1e9, 0.0):
+        c = gb.new_cache(len(ids) + 40)
+        res = gb.decode(ids, c, SamplingParams(), 32, eos_ids=[ref[k]], depth=PIPELINE_DEPTH, ahead_s=ahead)
+        assert res.ids == ref[:k + 1] and c.length == len(ids) + k, ahead
+        assert gb.decode(ids, gb.new_cache(len(ids) + 40), SamplingParams(), 32, depth=PIPELINE_DEPTH,
+                         ahead_s=ahead).ids == ref, ahead
     sp = SamplingParams(greedy=False, temperature=0.8, top_k=40, top_p=0.9, seed=7)
     assert r.generate(sp, ids, 24, ()).ids == r.generate(sp, ids, 24, (), pipeline=False).ids
 

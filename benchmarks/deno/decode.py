@@ -42,23 +42,25 @@ async def run(n_new):
 
 await run(2)                       # warm-up: pipelines, plans
 prefill, dec, nd, nx, toks = await run(N)
-from pyapp.edge.session import PIPELINE_DEPTH  # noqa: E402  (what the page uses)
+from pyapp.edge.session import PIPELINE_AHEAD_S, PIPELINE_DEPTH  # noqa: E402  (what the page uses)
 
+# a fixed depth when the spec names one (bench_compare --deno-depth), else the page's rule
 DEPTH = spec.get("depth") or PIPELINE_DEPTH
+AHEAD_S = None if spec.get("depth") else PIPELINE_AHEAD_S
 
 
 async def pipelined():
     """GpuBackend.decode_async: DEPTH steps in flight, their mapAsync pending together."""
     c = be.new_cache(P + N + 8)
     t = time.perf_counter()
-    out = (await be.decode_async(prompt, c, sp, N + 1, depth=DEPTH)).ids
+    out = (await be.decode_async(prompt, c, sp, N + 1, depth=DEPTH, ahead_s=AHEAD_S)).ids
     return time.perf_counter() - t - prefill, out
 
 
 try:
     await pipelined()
     pdec, ptoks = await pipelined()
-    pipe = {"pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": DEPTH,
+    pipe = {"pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": DEPTH, "pipelined_ahead_s": AHEAD_S,
             "pipelined_same_tokens": ptoks == toks}
 except Exception as e:  # noqa: BLE001  (keep the step-by-step row)
     pipe = {"pipelined_error": repr(e)[:500]}

@@ -24,8 +24,12 @@ from .stream import NET, absolute_url, fetch_json
 
 # Steps in flight in pipelined decode: in the browser each token's mapAsync resolves only at the
 # next event-loop turn, so several wait together (H200, Deno, run 12c: SmolLM2 f16 61 tok/s step
-# by step, 199 at depth 4, 240 at 8; Gemma 3 270M 55 / 188 / 215).
-PIPELINE_DEPTH = 8
+# by step, 199 at depth 4, 240 at 8; Gemma 3 270M 55 / 188 / 215; run 14a, the 7B shape: 135 /
+# 164 / 191 at 8 / 16 / 32). By time, not a fixed count (decode.InFlight): about
+# PIPELINE_AHEAD_S of steps, at most PIPELINE_DEPTH, so a slow adapter (SwiftShader, seconds a
+# step) keeps 2 and a stop token throws away at most ~PIPELINE_AHEAD_S of work.
+PIPELINE_DEPTH = 32
+PIPELINE_AHEAD_S = 0.16
 
 # --------------------------------------------------------------------------- the WebSocket
 
@@ -202,7 +206,7 @@ class SplitRunner:
         if pipeline and self.pipelined():
             return await generate_pipelined_async(self.backend.pipeline(self.cache, params, PIPELINE_DEPTH),
                                                   prompt_ids, max_new, eos_ids, on_token, should_stop,
-                                                  PIPELINE_DEPTH)
+                                                  PIPELINE_DEPTH, PIPELINE_AHEAD_S)
         return await generate_async(lambda ids, k: self.step(ids, k, params), prompt_ids, max_new,
                                     eos_ids, on_token, should_stop)
 

@@ -663,20 +663,21 @@ class GpuBackend:
         return _Pipeline(self, cache, params, depth)
 
     async def decode_async(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=DECODE_DEPTH,
-                           on_token=None, should_stop=None):
+                           on_token=None, should_stop=None, ahead_s=None):
         """Pipelined decode (see pipeline()); the ids equal step() one at a time: steps
         submitted past a stop token are dropped (their KV rows cut off the cache).
+        `ahead_s`: steps in flight by time, at most `depth` (decode.InFlight).
         Returns decode.GenerationResult (ids: the stop token included, like decode.generate)."""
         from ..decode import generate_pipelined_async
         return await generate_pipelined_async(self.pipeline(cache, params, depth), prompt_ids, max_new_tokens,
-                                              eos_ids, on_token, should_stop, depth)
+                                              eos_ids, on_token, should_stop, depth, ahead_s)
 
     def decode(self, prompt_ids, cache, params=None, max_new_tokens=32, eos_ids=(), depth=DECODE_DEPTH,
-               on_token=None, should_stop=None):
+               on_token=None, should_stop=None, ahead_s=None):
         """decode_async on the native binding (its reads never suspend)."""
         from .autotune import _run_sync
         return _run_sync(self.decode_async(prompt_ids, cache, params, max_new_tokens, eos_ids, depth,
-                                           on_token, should_stop))
+                                           on_token, should_stop, ahead_s))
 
     # ------------------------------------------------------------------ test / bench hooks
     def poison(self, value=float("nan")):

@@ -1,0 +1,26 @@
+#!/bin/bash
+# H200 run 14 (issue 16, second pass): the browser binding's depth at the 7B shape, the Q4_1
+# GEMV with an 8-bit input (linear_sgq) against linear_sgb, chunked submits for step-by-step
+# tokens, and the final table. Carry .perf (gl/ loader debs, whl/ wgpu 0.32 wheels for Python
+# 3.12, deno.xz, pyodide/).
+cd "$(dirname "$0")/../.."
+for f in .perf/gl/*.deb; do dpkg -x $f /; done; ldconfig
+[ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .perf/whl/*.whl 2>/dev/null || exit 1
+[ -x /tmp/deno ] || { xz -dc .perf/deno.xz > /tmp/deno && chmod +x /tmp/deno; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# everything lands in /tmp/r14 and comes back as one archive
+R=/tmp/r14; mkdir -p $R; trap 'tar czf $OUT/run14$1.tgz -C /tmp r14' EXIT
+B="python3 benchmarks/bench_compare.py --deno /tmp/deno --pyodide .perf/pyodide --out $R"
+if [ "$1" = deno ]; then
+  # 14a: Deno at the 7B shape on the wgw2 plan (native: the same plan), 8 / 16 / 32 steps in
+  # flight, with the native profile once: does the Deno row gain with depth (the GPU's queue
+  # runs dry) or not (per-token cost)?
+  timeout 120 $B --shapes llama-7b-f16 --no-torch --profile --deno-depth 8 --variants '{"linear": "wgw2"}' \
+    --label deno-wgw2-d8 2>&1 | tail -12 | tee -a $R/deno-log.txt
+  for d in 16 32 8; do
+    timeout 100 $B --shapes llama-7b-f16 --no-torch --deno-depth $d --variants '{"linear": "wgw2"}' \
+      --label deno-wgw2-d$d 2>&1 | tail -3 | tee -a $R/deno-log.txt
+  done
+  exit
+fi
