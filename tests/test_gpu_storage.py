@@ -27,6 +27,7 @@ pytest.importorskip("wgpu")
 gguf = pytest.importorskip("gguf")
 from test_gemma_gpu_kernels import random_blocks  # noqa: E402
 from test_gpu_formats import blocks, gemv_backend, relerr  # noqa: E402
+from test_gpu_real import q4_ref  # noqa: E402,F401  (fixture)
 
 TOL = 1e-5
 ALL = ["f16", "q4_1", "q8_0", "q5_0", "q4_k", "q6_k"]
@@ -460,6 +461,29 @@ def test_smollm2_q4_1_greedy_f16_storage(device, linear):
         c = gb.new_cache(len(ids) + 40)
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == want, linear
+
+
+@pytest.mark.real_model
+def test_smollm2_q4_1_greedy_sgq(device, q4_ref):
+    """The store's SmolLM2 Q4_1 with `sgq2` forced (decode GEMVs on int8 inputs; prefill and the
+    Q8_0 head fall back to sgb / sg4): 32 greedy ids on both Q4_1 prompts equal transformers'
+    on the gguf-dequantized weights (f32 inputs), step by step. (u32 storage passed too: 3 min.)"""
+    from pyapp.decode import generate
+    from pyapp.gpu import GpuBackend
+    from pyapp.gpu.device import PACKED_DOT
+    from pyapp.sampling import SamplingParams
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    d, refs = q4_ref
+    before = set(device._pipelines)
+    gb = GpuBackend.load(d, "q4_1", device=device, variants={
+        "linear": "sgq2", "norm_wg": 64, "attention": "wg", "storage": "f16"})
+    for kind, (ids, want) in refs.items():
+        c = gb.new_cache(len(ids) + 40)
+        got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
+        assert got == want, kind
+    gb.destroy()
+    assert any("dot4I8Packed" in s for s in device._pipelines if s not in before)
 
 
 def test_sgw_without_subgroups_runs_wgw():
