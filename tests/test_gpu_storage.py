@@ -237,21 +237,23 @@ ACT_SLOPE = 1.13
 
 
 @pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul"])
-@pytest.mark.parametrize("D,F,variant,storage", [(576, 1536, "sgq2", "u32"), (576, 1536, "sgq4u2", "f16"),
-                                                 (96, 160, "sgq1", "u32")])
-def test_fused_sgq(device, act, D, F, variant, storage):
+@pytest.mark.parametrize("D,F,variant,storage,offset", [(576, 1536, "sgq2", "u32", 0.0),
+                                                        (576, 1536, "sgq4u2", "f16", 0.0),
+                                                        (96, 160, "sgq1", "u32", 1.0)])
+def test_fused_sgq(device, act, D, F, variant, storage, offset):
     """linear_sgq with the RMSNorm folded in (q = rms_norm(x) W_q), with the norm and a gate/up
     pair (m = act(rms_norm(x) W_g) * (rms_norm(x) W_u), SiLU and tanh GELU) and with the
     residual add (x += m W_d): three dispatches, each against float64 numpy within its bound
     (the pair's through |act'| <= ACT_SLOPE: |dm| <= L eg (|u| + eu) + |act(g)| eu; the down
-    projection's on the m the GPU stored, its input)."""
+    projection's on the m the GPU stored, its input). offset 1: Gemma's (1 + w) norms."""
     from pyapp.gpu.device import PACKED_DOT
     if "subgroups" not in device.features or PACKED_DOT not in device.features:
         pytest.skip("no subgroups / packed_4x8_integer_dot_product")
     eps = 1e-5
-    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=eps),
+    norm = {"offset": offset} if offset else {}
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=eps, **norm),
              op("linear", "h", "q", {"w": "wq", "b": None}),
-             op("rms_norm", "x", "h2", {"w": "nw2"}, eps=eps),
+             op("rms_norm", "x", "h2", {"w": "nw2"}, eps=eps, **norm),
              op("linear", "h2", "g", {"w": "wg", "b": None}),
              op("linear", "h2", "u", {"w": "wu", "b": None}),
              op(act, ("g", "u"), "m"),
@@ -276,7 +278,7 @@ def test_fused_sgq(device, act, D, F, variant, storage):
     g.forward(x=x, head=False)
 
     def rms(a, w):
-        return a / np.sqrt((a * a).mean(-1, keepdims=True) + eps) * w
+        return a / np.sqrt((a * a).mean(-1, keepdims=True) + eps) * (w.astype(np.float64) + offset)
     x64 = x.astype(np.float64)
     h, h2 = rms(x64, nw), rms(x64, nw2)
     check_int8(g.read_activation("q", 1), h @ W["wq"].T, *int8_input_bound(raw["wq"], W["wq"], h), "norm")
