@@ -311,11 +311,13 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     return out
 
 
-def gemv_variants(dev, cfg, dtype, only=None):
+def gemv_variants(dev, cfg, dtype, only=None, extra=None):
     """GB/s of weight traffic of each GEMV shape of the model at T = 1, every reduction variant
     (measure_linear: 32 GEMVs per submit, best of 3, the submit + 4-byte readback included);
     where the adapter has shader-f16 and the format an f16 loader, each with both storage kinds
-    ("<variant>" u32 loaders, "<variant>/f16" typed f16 loads)."""
+    ("<variant>" u32 loaders, "<variant>/f16" typed f16 loads). `extra`: more variant keys for
+    every GEMV (e.g. {"sgq_groups": 264}). An `sgq` variant on an adapter without
+    packed_4x8_integer_dot_product runs (and is timed as) its sgb form."""
     from pyapp.gpu import wgsl
     from pyapp.gpu.autotune import LINEAR_VARIANTS, _run_sync, measure_linear, storage_choices
     D, I, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
@@ -324,7 +326,7 @@ def gemv_variants(dev, cfg, dtype, only=None):
     from pyapp import formats
     item = formats.get(dtype).block_bytes / formats.get(dtype).block    # bytes per weight value
     vs = [v for v in LINEAR_VARIANTS if v != "row" and (v == "wg" or "subgroups" in dev.features)
-          and (not v.startswith("sgb") or wgsl.has_q(dtype)) and (not v.startswith("sgw") or wgsl.has_v8(dtype))
+          and (not v.startswith(("sgb", "sgq")) or wgsl.has_q(dtype)) and (not v.startswith("sgw") or wgsl.has_v8(dtype))
           and (only is None or v in only)]
     stores = storage_choices(dev, dtype) or ["u32"]
     out = []
@@ -334,7 +336,8 @@ def gemv_variants(dev, cfg, dtype, only=None):
             for v in vs:
                 name = v if st == "u32" else f"{v}/{st}"
                 try:
-                    t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32, extra={"storage": st}))[v]
+                    t = _run_sync(measure_linear(dev, N, K, [v], dtype, reps=32,
+                                                 extra={"storage": st, **(extra or {})}))[v]
                     row[name] = {"us": t * 1e6, "GBps": N * K * item / t / 1e9}
                 except Exception as e:  # noqa: BLE001  (e.g. wg: one workgroup per row > 65535 rows)
                     row[name] = {"error": str(e).splitlines()[-1][:200], "GBps": 0.0}
@@ -634,7 +637,7 @@ def main(argv=None):
     ap.add_argument("--gemv", action="store_true", help="GB/s of each GEMV shape, every variant")
     ap.add_argument("--gemv-variants", help="with --gemv: only these variants (comma list)")
     ap.add_argument("--linear", help="force the GEMV variant (default: autotuned)")
-    ap.add_argument("--variants", help="JSON merged into the variants of the native rows, e.g. "
+    ap.add_argument("--variants", help="JSON merged into the variants of the native rows (and of --gemv's GEMVs), e.g. "
                     '\'{"fold": false, "off": ["fuse_rope_attention", "fuse_add_norm"]}\' (the plan before the rules)')
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-decode", action="store_true", help="no decode rows (with --gemv: GEMVs alone)")
@@ -680,7 +683,8 @@ def main(argv=None):
             row["native"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             print(f"{s}: native failed: {row['native']['error']}", flush=True)
         if a.gemv:
-            row["gemv"] = gemv_variants(dev, cfg, dtype, a.gemv_variants.split(",") if a.gemv_variants else None)
+            row["gemv"] = gemv_variants(dev, cfg, dtype, a.gemv_variants.split(",") if a.gemv_variants else None,
+                                        {k: v for k, v in json.loads(a.variants or "{}").items() if k != "linear"})
             for g in row["gemv"]:
                 print(f"  gemv {g['N']}x{g['K']} {dtype}: " + "  ".join(
                     f"{v} {g[v]['GBps']:.0f}" for v in g if isinstance(g[v], dict)) + " GB/s", flush=True)

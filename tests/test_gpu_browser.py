@@ -218,6 +218,21 @@ def sample_case(name, logits, sp, n):
                        "expected": sample_numpy(logits, sp, n)}}
 
 
+def sgq_tol(c):
+    """The relative-error tolerance (max |err| / max |ref|) of a one-token Q4_1 GEMV case on
+    int8 inputs: the largest per-column bound of test_gpu_storage.int8_input_bound (derived
+    there) over the largest output, + 1e-5 for f32."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from test_gpu_storage import int8_input_bound
+    N, K = c["weights"]["w"]["shape"]
+    raw = np.frombuffer(base64.b64decode(c["weights"]["w"]["data"]), np.uint8).reshape(N, -1)
+    W = dequantize(raw, GGMLQuantizationType.Q4_1).astype(np.float64)
+    x = np.frombuffer(base64.b64decode(c["steps"][0]["x"]), np.float32).reshape(1, K)
+    bound, _ = int8_input_bound(raw, W, x)
+    return float(bound.max() / np.abs(x.astype(np.float64) @ W.T).max()) * (1 + 1e-3) + 1e-5
+
+
 def make_cases():
     rng = np.random.default_rng(21)
     cs = []
@@ -308,6 +323,16 @@ def make_cases():
         cs.append(case(f"embed-split-table-{q}", [], {"tok": rng.standard_normal((203, 64))}, 6, 64, ["x"],
                        embed=[op("embed", "ids", "x", {"tokens": "tok"})], ids=[0, 202, 57, 101, 3, 150],
                        vocab=203, max_binding=4096, dtype=q, causal=True))
+    # the Q4_1 decode GEMV on int8 inputs (sgq2: where the page has subgroups and the WGSL language
+    # feature packed_4x8_integer_dot_product, else sgb2 / wg) within its derived bound, and its
+    # prefill fallback (T = 5: sgb2, exact)
+    sw = {"w": rng.standard_normal((49, 576)) * 0.2}
+    for T in (1, 5):
+        c = case(f"linear-sgq2-q4_1-T{T}", [op("linear", "x", "f", {"w": "w", "b": None})], sw, T, 576, ["f"],
+                 dtype="q4_1", variants={"linear": "sgq2"})
+        if T == 1:
+            c["tol"] = sgq_tol(c)
+        cs.append(c)
     fw = {"wg": rng.standard_normal((77, 64)) * 0.5, "wu": rng.standard_normal((77, 64)) * 0.5}
     cs.append(case("fused-gemv-wg-q4_1", mlp[:3], fw, 6, 64, ["m"], dtype="q4_1",
                    variants={"linear": "wg", "fuse": True}))
@@ -351,6 +376,11 @@ def test_kernels_and_tiny_models_in_chromium(site, tiny_dir):
     assert not bad, list(bad)
     assert len(res["cases"]) == len(make_cases())
     assert "unresolved value 'nope'" in res["validation_error"]    # the WGSL message, as an exception
+    # sgq2 ran its int8 kernel exactly where the page reports what it needs; prefill never does
+    sgq = "packed_4x8_integer_dot_product" in res["features"] and "subgroups" in res["features"]
+    print("features:", res["features"], "sgq cases:", {k: v for k, v in res["cases"].items() if "sgq" in k})
+    assert res["cases"]["linear-sgq2-q4_1-T1"]["int8_dot"] == sgq
+    assert not res["cases"]["linear-sgq2-q4_1-T5"]["int8_dot"]
     for m in res["models"]:
         assert "error" not in m, m
         assert m["variants"]["linear"] in ("row", "wg", "sg", "sg4", "sgw2", "wgw2")   # the autotune's candidates

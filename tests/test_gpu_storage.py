@@ -27,6 +27,7 @@ pytest.importorskip("wgpu")
 gguf = pytest.importorskip("gguf")
 from test_gemma_gpu_kernels import random_blocks  # noqa: E402
 from test_gpu_formats import blocks, gemv_backend, relerr  # noqa: E402
+from test_gpu_real import q4_ref  # noqa: E402,F401  (fixture)
 
 TOL = 1e-5
 ALL = ["f16", "q4_1", "q8_0", "q5_0", "q4_k", "q6_k"]
@@ -154,6 +155,194 @@ def test_gemv_sgb_falls_back_for_other_formats(device):
         assert err <= TOL, fmt
 
 
+# ----------------------------------------------------------------------------- sgq (int8 input)
+
+def int8_input_bound(raw, W, h):
+    """(bound, rms), each [T, N]: how far the `sgq` GEMV of h [T, K] by the Q4_1 rows `raw`
+    (dequantized: W [N, K]) may be from h @ W.T. The kernel rounds each block of 32 inputs to
+    x' = d_x q, d_x = max|x| / 127, q integer, so |x - x'| <= d_x / 2; a weight is
+    w = d_w n + m_w (n the nibble) and the kernel takes m_w * sum(x) exact, so its error is
+    sum_k d_w n_k (x'_k - x_k): at most sum_k |d_w n_k| d_x / 2 (`bound`, rigorous), and with
+    the rounding errors uniform on [-d_x/2, d_x/2] and independent, of standard deviation
+    sqrt(sum_k (d_w n_k)^2 d_x^2 / 12) (`rms`). m_w comes from the block bytes (GGUF Q4_1:
+    f16 d, f16 m, 16 bytes of nibbles)."""
+    N, K = W.shape
+    m = np.ascontiguousarray(np.asarray(raw, np.uint8).reshape(N, K // 32, 20)[:, :, 2:4]).view(np.float16)
+    dn = np.abs(W - np.repeat(m[..., 0].astype(np.float64), 32, axis=1))      # |d_w n|
+    dx = np.abs(np.asarray(h, np.float64).reshape(-1, K // 32, 32)).max(-1) / 127
+    return np.repeat(dx / 2, 32, axis=1) @ dn.T, np.sqrt(np.repeat(dx * dx / 12, 32, axis=1) @ (dn * dn).T)
+
+
+def check_int8(got, ref, bound, rms, what=""):
+    """|got - ref| within the rigorous bound (+ f32 slack: TOL of the largest output) everywhere,
+    and the root-mean-square error within 3x the predicted one (a dropped block or a wrong
+    scale passes the loose bound but not this)."""
+    err = np.abs(np.asarray(got, np.float64) - ref)
+    assert np.isfinite(got).all(), what
+    assert (err <= bound * (1 + 1e-3) + TOL * np.abs(ref).max()).all(), (what, float((err - bound).max()))
+    assert np.sqrt((err ** 2).mean()) <= 3 * np.sqrt((rms ** 2).mean()), (what, float(np.sqrt((err ** 2).mean())))
+
+
+def ran_sgq(device) -> bool:
+    return any("dot4I8Packed" in s for s in device._pipelines)
+
+
+SGQ_SHAPES = [(1, 32), (3, 32), (49, 576), (3, 1536), (1, 576), (49, 1536), (576, 576), (1536, 576),
+              (576, 1536)]
+
+
+@pytest.mark.parametrize("storage", ["u32", "f16"])
+@pytest.mark.parametrize("variant", ["sgq1", "sgq2", "sgq4", "sgq1u4", "sgq2u2", "sgq4u2"])
+def test_gemv_sgq_q4_1(device, storage, variant):
+    """linear_sgq against numpy on gguf's decode of the blocks, f32 input: K = 32 (one block,
+    fewer units than lanes), 576, 1536; N = 1, 3, 49 (subgroups past the last column), and
+    SmolLM2's shapes; rows split across bindings; and fewer workgroups than columns
+    (`sgq_groups`: several column rounds per workgroup)."""
+    from pyapp.gpu.device import PACKED_DOT
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    for N, K in SGQ_SHAPES:
+        raw, W = blocks("q4_1", N, K, N + K)
+        x = np.random.default_rng(N * K).standard_normal((1, K)).astype(np.float32)
+        got, got_storage, _ = _gemv_out(device, raw, (N, K), x, {"linear": variant, "storage": storage})
+        assert got_storage == storage
+        check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), (N, K))
+    raw, W = blocks("q4_1", 203, 96, 9)
+    x = np.random.default_rng(10).standard_normal((1, 96)).astype(np.float32)
+    got, _, chunks = _gemv_out(device, raw, (203, 96), x, {"linear": variant, "storage": storage}, 4096)
+    assert chunks > 1
+    check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), "split")
+    raw, W = blocks("q4_1", 1536, 576, 12)
+    x = np.random.default_rng(13).standard_normal((1, 576)).astype(np.float32)
+    got, _, _ = _gemv_out(device, raw, (1536, 576), x, {"linear": variant, "storage": storage, "sgq_groups": 5})
+    check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), "rounds")
+    assert ran_sgq(device)
+
+
+def _gemv_out(device, raw, shape, x, variants, max_binding=None):
+    """(y, storage, chunks) of one GEMV of the Q4_1 rows `raw` on input x [T, K]."""
+    N, K = shape
+    g = gemv_backend(device, [op("linear", "x", "y", {"w": "w", "b": None})], {"w": (N, K)},
+                     {"w": "q4_1"}, K, variants, max_binding, {"y": N})
+    g.write_weight("w", 0, raw)
+    g.poison()
+    g.forward(x=x, head=False)
+    out = g.read_activation("y", len(x)), g.storage, len(g.tensors["w"].chunks)
+    g.destroy()
+    return out
+
+
+# |d/dg act(g)| <= 1.1 for SiLU (max 1.0998) and 1.13 for tanh GELU (max 1.1289)
+ACT_SLOPE = 1.13
+
+
+@pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul"])
+@pytest.mark.parametrize("D,F,variant,storage,offset", [(576, 1536, "sgq2", "u32", 0.0),
+                                                        (576, 1536, "sgq4u2", "f16", 0.0),
+                                                        (96, 160, "sgq1", "u32", 1.0)])
+def test_fused_sgq(device, act, D, F, variant, storage, offset):
+    """linear_sgq with the RMSNorm folded in (q = rms_norm(x) W_q), with the norm and a gate/up
+    pair (m = act(rms_norm(x) W_g) * (rms_norm(x) W_u), SiLU and tanh GELU) and with the
+    residual add (x += m W_d): three dispatches, each against float64 numpy within its bound
+    (the pair's through |act'| <= ACT_SLOPE: |dm| <= L eg (|u| + eu) + |act(g)| eu; the down
+    projection's on the m the GPU stored, its input). offset 1: Gemma's (1 + w) norms."""
+    from pyapp.gpu.device import PACKED_DOT
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    eps = 1e-5
+    norm = {"offset": offset} if offset else {}
+    layer = [op("rms_norm", "x", "h", {"w": "nw"}, eps=eps, **norm),
+             op("linear", "h", "q", {"w": "wq", "b": None}),
+             op("rms_norm", "x", "h2", {"w": "nw2"}, eps=eps, **norm),
+             op("linear", "h2", "g", {"w": "wg", "b": None}),
+             op("linear", "h2", "u", {"w": "wu", "b": None}),
+             op(act, ("g", "u"), "m"),
+             op("linear", "m", "d", {"w": "wd", "b": None}),
+             op("add", ("x", "d"), "x")]
+    shp = {"wq": (D, D), "wg": (F, D), "wu": (F, D), "wd": (D, F)}
+    g = gemv_backend(device, layer, {**shp, "nw": (D,), "nw2": (D,)},
+                     {**{n: "q4_1" for n in shp}, "nw": "f32", "nw2": "f32"}, D,
+                     {"linear": variant, "fuse": True, "norm_wg": 64, "storage": storage},
+                     widths={"h": D, "q": D, "h2": D, "g": F, "u": F, "m": F, "d": D})
+    rng = np.random.default_rng(D + F)
+    W, raw = {}, {}
+    for i, (n, (N, K)) in enumerate(shp.items()):
+        raw[n], W[n] = blocks("q4_1", N, K, 30 + i)
+        g.write_weight(n, 0, raw[n])
+    nw, nw2 = (1 + 0.1 * rng.standard_normal(D)).astype(np.float32), (1 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+    g.write_weight("nw", 0, nw)
+    g.write_weight("nw2", 0, nw2)
+    assert g._plan(1, None, 0, 1, False, False, False, False)[1] == 3   # norm+q | norm+gate/up+act | down+add
+    x = rng.standard_normal((1, D)).astype(np.float32)
+    g.poison()
+    g.forward(x=x, head=False)
+
+    def rms(a, w):
+        return a / np.sqrt((a * a).mean(-1, keepdims=True) + eps) * (w.astype(np.float64) + offset)
+    x64 = x.astype(np.float64)
+    h, h2 = rms(x64, nw), rms(x64, nw2)
+    check_int8(g.read_activation("q", 1), h @ W["wq"].T, *int8_input_bound(raw["wq"], W["wq"], h), "norm")
+    gg, uu = h2 @ W["wg"].T, h2 @ W["wu"].T
+    (eg, _), (eu, _) = int8_input_bound(raw["wg"], W["wg"], h2), int8_input_bound(raw["wu"], W["wu"], h2)
+    if act == "silu_mul":
+        ag = gg / (1 + np.exp(-gg))
+    else:
+        ag = 0.5 * gg * (1 + np.tanh(np.sqrt(2 / np.pi) * (gg + 0.044715 * gg ** 3)))
+    m = g.read_activation("m", 1)
+    bound = ACT_SLOPE * eg * (np.abs(uu) + eu) + np.abs(ag) * eu
+    assert (np.abs(m - ag * uu) <= bound + TOL * np.abs(ag * uu).max()).all(), "pair"
+    assert relerr(m, ag * uu) > 0                                    # the int8 input: not exact
+    md = m.astype(np.float64)
+    bd, rd = int8_input_bound(raw["wd"], W["wd"], md)
+    check_int8(g.read_activation("x", 1), x64 + md @ W["wd"].T, bd, rd, "down+add")
+    g.destroy()
+    assert ran_sgq(device)
+    assert any("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1" in s and "dot4I8Packed" in s
+               for s in device._pipelines)                             # the pair in the sgq kernel
+
+
+def test_sgq_falls_back():
+    """Where `sgq` cannot run, the plan runs the sgb (or sg4) kernel, exact to TOL: prefill rows
+    (T > 1), weights without block-word loaders (Q8_0, f16), a row wider than workgroup memory,
+    and an adapter without packed_4x8_integer_dot_product."""
+    from pyapp.gpu.device import PACKED_DOT
+    from pyapp.gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    if "subgroups" not in dev.features:
+        pytest.skip("no subgroups")
+
+    def new_sources(fn):
+        before = set(dev._pipelines)
+        fn()
+        return [s for s in dev._pipelines if s not in before]
+
+    def check(fmt, N, K, T, v, kernel):
+        def run():
+            err, _, _ = run_gemv(dev, fmt, N, K, T, v, seed=N + K + T)
+            assert err <= TOL, (fmt, N, K, T, v, err)
+        srcs = new_sources(run)
+        assert srcs and not any("dot4I8Packed" in s for s in srcs), (fmt, T, v)
+        assert any(kernel in s for s in srcs), (fmt, T, v, kernel)
+
+    sgb = "fn nib(q: u32) -> vec4f"                   # linear_sgb's unpack
+    check("q4_1", 135, 96, 3, {"linear": "sgq2"}, sgb)
+    check("q4_1", 49, 576, 5, {"linear": "sgq4u2", "storage": "f16"}, sgb)
+    for fmt in ("q8_0", "f16"):
+        check(fmt, 135, 96, 1, {"linear": "sgq2"}, "UNROLL")    # linear_sg's sg4 form
+    lim = dev.limits["max_workgroup_storage"]
+    dev.limits["max_workgroup_storage"] = 2047                    # K = 1536 needs 1.25 K + 128 = 2,048 bytes
+    try:
+        check("q4_1", 49, 1536, 1, {"linear": "sgq2"}, sgb)
+    finally:
+        dev.limits["max_workgroup_storage"] = lim
+    if PACKED_DOT in dev.features:
+        dev.features.discard(PACKED_DOT)
+        check("q4_1", 49, 576, 1, {"linear": "sgq2"}, sgb)
+        dev.features.add(PACKED_DOT)
+        assert any("dot4I8Packed" in s for s in new_sources(
+            lambda: run_gemv(dev, "q4_1", 49, 1536, 1, {"linear": "sgq2"})))   # and sgq where it fits
+
+
 # ----------------------------------------------------------------------------- sgw (8-value units)
 
 @pytest.mark.parametrize("fmt,storage", [("f16", "u32"), ("f16", "f16"), ("f32", "u32")])
@@ -274,6 +463,29 @@ def test_smollm2_q4_1_greedy_f16_storage(device, linear):
         c = gb.new_cache(len(ids) + 40)
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == want, linear
+
+
+@pytest.mark.real_model
+def test_smollm2_q4_1_greedy_sgq(device, q4_ref):
+    """The store's SmolLM2 Q4_1 with `sgq2` forced (decode GEMVs on int8 inputs; prefill and the
+    Q8_0 head fall back to sgb / sg4): 32 greedy ids on both Q4_1 prompts equal transformers'
+    on the gguf-dequantized weights (f32 inputs), step by step. (u32 storage passed too: 3 min.)"""
+    from pyapp.decode import generate
+    from pyapp.gpu import GpuBackend
+    from pyapp.gpu.device import PACKED_DOT
+    from pyapp.sampling import SamplingParams
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    d, refs = q4_ref
+    before = set(device._pipelines)
+    gb = GpuBackend.load(d, "q4_1", device=device, variants={
+        "linear": "sgq2", "norm_wg": 64, "attention": "wg", "storage": "f16"})
+    for kind, (ids, want) in refs.items():
+        c = gb.new_cache(len(ids) + 40)
+        got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
+        assert got == want, kind
+    gb.destroy()
+    assert any("dot4I8Packed" in s for s in device._pipelines if s not in before)
 
 
 def test_sgw_without_subgroups_runs_wgw():

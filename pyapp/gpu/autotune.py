@@ -13,16 +13,19 @@ import os
 from .. import formats
 from ..models import Model, op
 from . import wgsl
-from .device import GpuError, cpu_adapter
+from .device import PACKED_DOT, GpuError, cpu_adapter
 
 _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 
 # every GEMV variant (bench); sgrR = R columns per subgroup (linear_sgr.wgsl); sgbR = the
 # Q4_1 block-word kernel, R columns per subgroup, U units per trip (linear_sgb.wgsl; other
 # formats run sg4); sgwR = 8-value units, R columns per subgroup, U units per trip
-# (linear_sgw.wgsl: f32 / f16; other formats run sg4); wgwR = the same without subgroups
+# (linear_sgw.wgsl: f32 / f16; other formats run sg4); wgwR = the same without subgroups;
+# sgqR = sgbR with the input quantized to int8 in the kernel and dot4I8Packed (linear_sgq.wgsl:
+# decode; prefill, and adapters without packed_4x8_integer_dot_product, run sgbR)
 LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
                    "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2",
+                   "sgq1", "sgq2", "sgq4", "sgq2u2", "sgq4u2",
                    "sgw1", "sgw2", "sgw4", "sgw1u2", "sgw2u2", "sgw4u2", "sgw1u4", "wgw1", "wgw2", "wgw2u2")
 
 
@@ -32,7 +35,7 @@ SGW_LAYERS, SGW_HEAD = "sgw2", "sgw4"
 
 # Bumped whenever the candidates or the plans they time change, so that a cached choice
 # made among older kernels is measured again instead of kept.
-TUNE_VERSION = 5
+TUNE_VERSION = 6
 
 
 def tune_key(device, K, N, dtype):
@@ -51,6 +54,8 @@ def candidate_variants(device, dtype="f32"):
         out.append({"linear": "sg4", **par})
         if wgsl.has_q(dtype):             # Q4_1: the block-word kernel (dequantization-bound on GPUs)
             out.append({"linear": "sgb2", **par})
+            if PACKED_DOT in device.features:    # ... and its int8-input form
+                out.append({"linear": "sgq2", **par})
         if wgsl.has_v8(dtype):            # f32 / f16: 16-byte weight loads, the input reused by R columns
             out.append({"linear": SGW_LAYERS, **par})
     elif wgsl.has_v8(dtype) and not cpu_adapter(device.info):
@@ -74,6 +79,7 @@ def head_candidates(device, base, dtype="f32"):
     if base == "row" or "subgroups" not in device.features:
         return []
     return (["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
+            + (["sgq2"] if wgsl.has_q(dtype) and PACKED_DOT in device.features else [])
             + ([SGW_LAYERS, SGW_HEAD] if wgsl.has_v8(dtype) else []))
 
 

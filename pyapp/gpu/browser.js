@@ -23,7 +23,10 @@
       device.lost.then(i => { state.lost = `WebGPU device lost (${i.reason}): ${i.message}`; });
       device.addEventListener('uncapturederror', e => { state.errors.push(e.error.constructor.name + ': ' + e.error.message); });
       return {device, state,
-        features: [...device.features],
+        // WGSL language features live on navigator.gpu, not the device: the `sgq` GEMV's
+        // dot4I8Packed is recorded among the features under its WGSL name
+        features: [...device.features, ...(navigator.gpu.wgslLanguageFeatures?.has('packed_4x8_integer_dot_product')
+                                            ? ['packed_4x8_integer_dot_product'] : [])],
         limits: {max_storage_binding: device.limits.maxStorageBufferBindingSize,
                  max_buffer: device.limits.maxBufferSize,
                  max_workgroups: device.limits.maxComputeWorkgroupsPerDimension,

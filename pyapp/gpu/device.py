@@ -10,6 +10,11 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 
+# the WGSL language feature of dot4I8Packed / pack4xI8 (the `sgq` GEMV), as both bindings record
+# it in `Device.features` (browser: navigator.gpu.wgslLanguageFeatures; native: naga compiles it)
+PACKED_DOT = "packed_4x8_integer_dot_product"
+
+
 class GpuError(RuntimeError):
     """A WebGPU validation/out-of-memory error, a shader compilation error or a
     lost device, carrying the implementation's message."""
@@ -24,7 +29,8 @@ Dispatch = tuple    # (pipeline, bind group, gx, gy, gz)
 class Device(Protocol):
     kind: str                    # "native" | "browser"
     limits: dict                 # max_storage_binding, max_buffer, max_workgroups, max_storage_buffers, max_workgroup_storage
-    features: set                # "subgroups", "shader-f16", "timestamp-query"
+    features: set                # "subgroups", "shader-f16", "timestamp-query", and the WGSL language
+                                 # feature "packed_4x8_integer_dot_product" (dot4I8Packed)
     info: dict                   # vendor, architecture, device, description, ...
     subgroup_enable: str         # the WGSL directive subgroup kernels need ("" if none)
     crossings: int               # Python->JS calls made so far (0 natively)

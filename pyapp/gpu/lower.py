@@ -12,7 +12,7 @@ from typing import Callable
 
 from .. import formats, kernels
 from . import wgsl
-from .device import GpuError
+from .device import PACKED_DOT, GpuError
 
 
 def ceil(a: int, b: int) -> int:
@@ -141,41 +141,61 @@ MAX_GROUPS = 65535           # workgroups per dispatch dimension (WebGPU's defau
 def gemv_variant(b, variant=None) -> str:
     """The GEMV variant that will run: without `subgroups`, `sgwR` runs as `wgwR` (the same
     kernel summing in workgroup memory) and the other `sg*` as `wg` (a plan tuned on an adapter
-    with subgroups, e.g. the server's or another binding's, still runs here)."""
+    with subgroups, e.g. the server's or another binding's, still runs here); without the
+    packed int8 dot product, `sgqR[uU]` runs as `sgbR[uU]`."""
     variant = variant or b.variants["linear"]
     if variant.startswith("sg") and "subgroups" not in b.device.features:
         return "w" + variant[1:] if variant.startswith("sgw") else "wg"
+    if variant.startswith("sgq") and PACKED_DOT not in b.device.features:
+        return "sgb" + variant[3:]
     return variant
 
 
 def gemv_vec(b, variant, K: int, fmts):
-    """How a GEMV over weights of formats `fmts` reads them: "q" (block words, the `sgb`
-    variant, where every format has block-word loaders: Q4_1), 8 (units of 8 values, the `sgw`
+    """How a GEMV over weights of formats `fmts` reads them: "q" (block words, the `sgb` / `sgq`
+    variants, where every format has block-word loaders: Q4_1), 8 (units of 8 values, the `sgw`
     variant over f32 / f16), else 4 (vec4) or 1."""
     v = gemv_variant(b, variant)
-    if v.startswith("sgb") and all(wgsl.has_q(f) for f in fmts):
+    if v.startswith(("sgb", "sgq")) and all(wgsl.has_q(f) for f in fmts):
         return "q"
     if v.startswith(("sgw", "wgw")) and K % 8 == 0 and all(wgsl.has_v8(f) for f in fmts):
         return 8
     return 4 if K % 4 == 0 else 1
 
 
+def sgq_fits(b, KV: int) -> bool:
+    """linear_sgq's input row (KV vec4) fits workgroup memory: K bytes of int8 + 8 per block
+    of 32 + 128 for the norm's partial sums, 1.25 K + 128 bytes: K <= 12,992 under WebGPU's
+    default 16,384 (Llama 7B's widest input, 11,008, takes 13,888)."""
+    return 4 * KV + 8 * (KV // 8) + 128 <= b.device.limits.get("max_workgroup_storage", 16384)
+
+
 def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
          adecl=None, pairdecl=None):
-    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR / sgwR). `adecl`:
-    the input with an RMSNorm folded in (wg / sg / sg4 / sgb* / sgw*); `pairdecl`: two weights per
-    column; vec "q": block-word loaders (sgbR, Q4_1), 8: 8-value loaders (sgwR; `gemv_vec`)."""
+    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR / sgqR / sgwR).
+    `adecl`: the input with an RMSNorm folded in (wg / sg / sg4 / sgb* / sgq* / sgw*); `pairdecl`:
+    two weights per column; vec "q": block-word loaders (sgbR / sgqR, Q4_1), 8: 8-value loaders
+    (sgwR; `gemv_vec`)."""
     T = s.rows
     TB = 1 if T == 1 else 4
     variant = gemv_variant(b, variant)
-    if (variant.startswith("sgb") and vec != "q") or (variant.startswith("sgw") and vec != 8):
+    if (variant.startswith(("sgb", "sgq")) and vec != "q") or (variant.startswith("sgw") and vec != 8):
         variant = "sg4"           # weights without the variant's loaders (gemv_vec): the vec4 kernel
+    if variant.startswith("sgq") and (T > 1 or not sgq_fits(b, KV)):
+        variant = "sgb" + variant[3:]   # prefill rows, or a row too wide for workgroup memory
     if variant.startswith("wgw") and vec != 8:
         variant = "wg"
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
-    if variant.startswith("sgb"):
+    if variant.startswith("sgq"):
+        R, U = _variant_shape(variant)
+        src = kernels.render("linear_sgq", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
+                             **wgsl.sgq_code(R, U), **subs)
+        gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
+        # fewer workgroups than that: each quantizes the input once for several column rounds
+        gx = min(gx, int(b.variants.get("sgq_groups") or gx))
+    elif variant.startswith("sgb"):
         R, U = _variant_shape(variant)
         src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
                              **wgsl.sgb_code(R, U, TB), **subs)
@@ -202,7 +222,7 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
 
 
 def _variant_shape(variant: str) -> tuple[int, int]:
-    """(R, U) of `sgbR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per subgroup, U units per trip."""
+    """(R, U) of `sgbR[uU]` / `sgqR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per subgroup, U units per trip."""
     R, _, U = variant[3:].partition("u")
     return int(R or 2), int(U or 1)
 
@@ -474,7 +494,7 @@ def fuse_gemv(b, ops, i, s: Step):
 def _reduction_variant(variant: str) -> bool:
     """GEMV variants whose columns are reductions that take a folded norm, a weight pair and a
     residual add (not `row`, not `sgrR`)."""
-    return variant in ("wg", "sg", "sg4") or variant.startswith(("sgb", "sgw", "wgw"))
+    return variant in ("wg", "sg", "sg4") or variant.startswith(("sgb", "sgq", "sgw", "wgw"))
 
 
 def _residual_add(ops, j, o) -> bool:

@@ -4,7 +4,21 @@ from __future__ import annotations
 import os
 import time
 
-from .device import Device, GpuError
+from .device import PACKED_DOT, Device, GpuError
+
+
+def _packed_dot(wgpu, device) -> bool:
+    """The WGSL language feature packed_4x8_integer_dot_product (dot4I8Packed, pack4xI8; the
+    `sgq` GEMV): wgpu-py's `wgsl_language_features` is empty in 0.32 though naga compiles it
+    (no `requires` needed), so a one-line shader is compiled to ask."""
+    if PACKED_DOT in (getattr(wgpu.gpu, "wgsl_language_features", None) or ()):
+        return True
+    try:
+        device.create_shader_module(code="@compute @workgroup_size(1) fn main() { "
+                                         "let d = dot4I8Packed(pack4xI8(vec4i(1)), 0x01010101u); }")
+        return True
+    except Exception:  # noqa: BLE001  (a validation error: the compiler lacks the builtins)
+        return False
 
 
 class NativeDevice(Device):
@@ -32,6 +46,8 @@ class NativeDevice(Device):
             self.features.add("shader-f16")
         if "timestamp-query" in feats:
             self.features.add("timestamp-query")
+        if _packed_dot(wgpu, device):
+            self.features.add(PACKED_DOT)
         info = dict(adapter.info)
         self.info = {"vendor": info.get("vendor", ""), "architecture": info.get("architecture", ""),
                      "device": info.get("device", ""), "description": info.get("description", ""),

@@ -227,6 +227,14 @@ def _gemv_registers(R: int, TB: int) -> list:
     return decl + [f"  var ss{t} = 0.0;" for t in range(TB)]
 
 
+def _block_word_loads(u: int, r: int) -> list:
+    """Unit u's loads for column n<r> of a block-word GEMV (sgb / sgq): (d, m) dm<u>_<r> and the
+    nibble word q<u>_<r>, and the pair's second weight (dmp, qp)."""
+    return [f"    let dm{u}_{r} = dmw_at(n{r}, b{u});", f"    let q{u}_{r} = qsw_at(n{r}, b{u}, j{u});",
+            f"    var dmp{u}_{r} = vec2f();", f"    var qp{u}_{r} = 0u;",
+            f"    if (PAIR) {{ dmp{u}_{r} = dmw2_at(n{r}, b{u}); qp{u}_{r} = qsw2_at(n{r}, b{u}, j{u}); }}"]
+
+
 def sgb_code(R: int, U: int, TB: int) -> dict:
     """DECL / BODY / REDUCE of linear_sgb.wgsl written out for R columns, U units per trip and
     TB tokens: every value a named register (acc<r>_<t>: column r, token t)."""
@@ -241,10 +249,7 @@ def sgb_code(R: int, U: int, TB: int) -> dict:
             body += [f"    let o{u}_{t} = min(t0 + {t}u, p.T - 1u) * K + b{u} * 8u + j{u};",
                      f"    let al{u}_{t} = a[o{u}_{t}] * k{u};",
                      f"    let ah{u}_{t} = a[o{u}_{t} + 4u] * k{u};"]
-        for r in rs:
-            body += [f"    let dm{u}_{r} = dmw_at(n{r}, b{u});", f"    let q{u}_{r} = qsw_at(n{r}, b{u}, j{u});",
-                     f"    var dmp{u}_{r} = vec2f();", f"    var qp{u}_{r} = 0u;",
-                     f"    if (PAIR) {{ dmp{u}_{r} = dmw2_at(n{r}, b{u}); qp{u}_{r} = qsw2_at(n{r}, b{u}, j{u}); }}"]
+        body += [ln for r in rs for ln in _block_word_loads(u, r)]
     for u in us:
         for t in ts:
             body += [f"    if (NORM) {{ ss{t} += dot(al{u}_{t}, al{u}_{t}) + dot(ah{u}_{t}, ah{u}_{t}); }}",
@@ -259,6 +264,31 @@ def sgb_code(R: int, U: int, TB: int) -> dict:
                           f" + {dm}{u}_{r}.y * sx{u}_{t};" for t in ts]
                 body.append(("    " if not w else "    if (PAIR) { ") + " ".join(lines) + (" }" if w else ""))
     return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, TB)}
+
+
+def sgq_code(R: int, U: int) -> dict:
+    """DECL / BODY / REDUCE of linear_sgq.wgsl (one token) written out for R columns and U units
+    per trip: sgb_code's units and registers with the input read as packed int8 words and
+    per-block (d, sum / 4) from workgroup memory, two dot4I8Packed per (unit, column)."""
+    rs, us = range(R), range(U)
+    decl, body = _gemv_registers(R, 1), []
+    for u in us:                                           # all loads of the trip first
+        body += [f"    let u{u} = u0 + {u}u * sgs;",
+                 f"    let c{u} = min(u{u}, NB * 4u - 1u);",
+                 f"    let b{u} = c{u} >> 2u;",
+                 f"    let j{u} = c{u} & 3u;",
+                 f"    let xl{u} = xq[b{u} * 8u + j{u}];",
+                 f"    let xh{u} = xq[b{u} * 8u + 4u + j{u}];",
+                 f"    let xb{u} = xb[b{u}] * select(0.0, 1.0, u{u} < NB * 4u);     // 0: past the row end"]
+        body += [ln for r in rs for ln in _block_word_loads(u, r)]
+    for u in us:
+        for r in rs:
+            for w, dm, q, acc in (("", "dm", "q", "acc"), ("p", "dmp", "qp", "acp")):
+                line = (f"let i{w}{u}_{r} = dot4I8Packed({q}{u}_{r} & M4, xl{u}) "
+                        f"+ dot4I8Packed(({q}{u}_{r} >> 4u) & M4, xh{u}); "
+                        f"{acc}{r}_0 += {dm}{u}_{r}.x * xb{u}.x * f32(i{w}{u}_{r}) + {dm}{u}_{r}.y * xb{u}.y;")
+                body.append(f"    if (PAIR) {{ {line} }}" if w else f"    {line}")
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1)}
 
 
 def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:
