@@ -24,3 +24,17 @@ if [ "$1" = deno ]; then
   done
   exit
 fi
+if [ "$1" = sgq ]; then
+  # 14b: the Q4_1 GEMV with the input quantized to 8 bits in the kernel (linear_sgq) against
+  # linear_sgb, alone at the 7B shapes (both storage kinds), then in the 7B Q4_1 decode
+  timeout 150 $B --shapes llama-7b-q4_1 --gemv --no-decode --no-deno --no-torch \
+    --gemv-variants sgb2,sgb4,sgq1,sgq2,sgq4,sgq2u2,sgq4u2 --label sgq-gemv 2>&1 | tee $R/sgq-gemv-log.txt
+  timeout 90 $B --shapes llama-7b-q4_1 --gemv --no-decode --no-deno --no-torch \
+    --gemv-variants sgq2,sgq4,sgq4u2 --variants '{"sgq_groups": 264}' --label sgq-gemv-g264 2>&1 | tee -a $R/sgq-gemv-log.txt
+  for v in sgb2 sgq2; do
+    timeout 80 $B --shapes llama-7b-q4_1 --linear $v --no-deno --no-torch --profile --label $v-decode \
+      2>&1 | tail -14 | tee -a $R/sgq-decode-log.txt
+  done
+  timeout 100 $B --shapes llama-7b-q4_1,smollm2-135m-q4_1 --no-deno --no-torch --label q4_1-autotuned 2>&1 | tail -5 | tee -a $R/sgq-decode-log.txt
+  exit
+fi
