@@ -53,7 +53,7 @@ def pre_encoded_step(be, tok, cache, sp, n, rule):
     for buf, off, data in writes:
         dev.write(buf, off, data)
     for i, cb in enumerate(cbs):
-        dev.queue(cb, copies if i == len(cbs) - 1 else ())
+        dev.submit_buffer(cb, copies if i == len(cbs) - 1 else ())
     cache.length = pos0 + T
     tok = struct.unpack("<I", dev.read(be.readback, 0, 4))[0]
     return time.perf_counter() - t, enc, tok

@@ -160,7 +160,7 @@ class NativeDevice(Device):
             enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
         return enc.finish()
 
-    def queue(self, cb, copies=()):
+    def submit_buffer(self, cb, copies=()):
         """queue.submit of one command buffer; a readback buffer it copies into remembers the
         submission's index (what `read` waits for: the last chunk's, which holds the copy)."""
         if self._submit_index is None:
@@ -181,7 +181,7 @@ class NativeDevice(Device):
             a, ends = 0, ends or [None]
             for i, e in enumerate(ends):
                 cp = copies if i == len(ends) - 1 else ()
-                self.queue(self.command_buffer(recording, a, e, cp), cp)
+                self.submit_buffer(self.command_buffer(recording, a, e, cp), cp)
                 a = e
         except GpuError:
             raise
