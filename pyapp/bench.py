@@ -2,6 +2,7 @@
 
     pyapp bench kernels [--model NAME] [--out PATH] [--big]
     pyapp bench decode  [--model NAME] [--out PATH] [--random] [--prompt-tokens P] [--new-tokens N]
+                        [--submit-chunks auto|none|FIRST:REST]
 
 Prints a table and writes JSON (default bench-results/<what>-<model>.json).
 Kernel shapes come from the model's config (the store's, or SmolLM2-135M's
@@ -245,14 +246,15 @@ def encode(a, fmt):
 
 
 def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
-                 variants=None, linear_head=None):
+                 variants=None, linear_head=None, submit_chunks="auto"):
     from .gpu import GpuBackend
     from .gpu.autotune import autotune_variants
     from .gpu.shapes import infer_shapes
     from .sampling import SamplingParams
     t0 = time.perf_counter()
     if model_dir is not None and not random:
-        b = GpuBackend.load(model_dir, dtype, device=dev, **({"variants": variants} if variants else {}))
+        b = GpuBackend.load(model_dir, dtype, device=dev, submit_chunks=submit_chunks,
+                            **({"variants": variants} if variants else {}))
         source = str(model_dir)
     else:
         v = dict(variants or autotune_variants(dev, model, infer_shapes(model), {}))
@@ -260,12 +262,13 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
             v.pop("linear_head", None)
         elif linear_head:
             v["linear_head"] = linear_head
-        b = random_backend(dev, model, dtype, variants=v)
+        b = random_backend(dev, model, dtype, variants=v, submit_chunks=submit_chunks)
         source = "random weights of the model's shape"
     load_s = time.perf_counter() - t0
     sp = SamplingParams()
     prompt = [1 + (i * 7919) % (model.vocab - 1) for i in range(prompt_tokens)]
     res = {"weights": source, "variants": b.variants, "load_seconds": load_s,
+           "submit_chunks": chunk_rule(b.submit_chunks),
            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens}
     # warm-up (pipelines, plans)
     c = b.new_cache(prompt_tokens + new_tokens + 8)
@@ -278,7 +281,7 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
     tok = b.step(ids=prompt, cache=c, params=sp)
     prefill = time.perf_counter() - t
     # decode
-    d0, s0, x1 = b.stats["dispatches"], b.stats["steps"], dev.crossings
+    d0, s0, x1, u0 = b.stats["dispatches"], b.stats["steps"], dev.crossings, b.stats["submits"]
     t = time.perf_counter()
     toks = []
     for n in range(1, new_tokens + 1):
@@ -292,7 +295,7 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
         "decode_seconds": dec, "decode_tokens_per_s": new_tokens / dec,
         "ms_per_token": dec / new_tokens * 1e3,
         "dispatches_per_token": (b.stats["dispatches"] - d0) / steps,
-        "submits_per_token": 1, "readbacks_per_token": 1, "readback_bytes_per_token": 4,
+        "submits_per_token": (b.stats["submits"] - u0) / steps, "readbacks_per_token": 1, "readback_bytes_per_token": 4,
         "ffi_crossings_per_token": (dev.crossings - x1) / new_tokens,
         "ffi_note": "0 on the native binding (no JS); the browser figure comes from tests/browser",
         "host_api_calls_per_token": 3 * (b.stats["dispatches"] - d0) / steps + 6,
@@ -303,6 +306,23 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
     if hasattr(dev, "device"):
         res["host_encode_ms_per_token"] = host_encode_ms(dev, rec)
     return res
+
+
+def chunk_rule(rule):
+    """How a step-by-step token's pass is cut into submits, in words (backend.SUBMIT_CHUNKS)."""
+    if not rule:
+        return "one submit"
+    return f"first {rule[0]} dispatches, then {rule[1]} each" if rule[1] else f"first {rule[0]}, then the rest"
+
+
+def parse_chunk_rule(s):
+    """--submit-chunks: "auto" (the backend's default), "none", or FIRST:REST."""
+    if s == "auto":
+        return "auto"
+    if s in ("none", "0"):
+        return None
+    a, _, b = s.partition(":")
+    return (int(a), int(b or a))
 
 
 def host_encode_ms(dev, rec, reps=5):
@@ -352,6 +372,9 @@ def main(argv=None):
                          "`linear_head` existed); default: autotuned (--random only)")
     ap.add_argument("--no-fuse", action="store_true", help="one dispatch per linear (no q/k/v, gate/up fusion)")
     ap.add_argument("--gemv-only", help="kernels: only the T = 1 GEMVs of these variants (comma list)")
+    ap.add_argument("--submit-chunks", default="auto", type=parse_chunk_rule,
+                    help="decode: a step-by-step token's pass cut into submits, FIRST:REST dispatches "
+                         "(none: one submit; auto: backend.SUBMIT_CHUNKS, one submit on CPU adapters)")
     ap.add_argument("--variants", help="decode: JSON merged into the variants, e.g. "
                     '\'{"off": ["fuse_qkv_attention", "fold_merge"]}\' (the 6-dispatch layer of before)')
     a = ap.parse_args(argv)
@@ -383,9 +406,9 @@ def main(argv=None):
             variants = {**(variants or autotune_variants(dev, model, infer_shapes(model), {})),
                         **json.loads(a.variants)}
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
-                         variants, a.linear_head)
+                         variants, a.linear_head, a.submit_chunks)
         result["decode"] = r
-        keys = ["weights", "variants", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
+        keys = ["weights", "variants", "submit_chunks", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
                 "dispatches_per_token", "host_encode_ms_per_token", "ffi_crossings_per_token",
                 "submits_per_token", "readback_bytes_per_token"]
         for k in keys:

@@ -408,10 +408,20 @@ def test_smollm2_greedy_in_chromium(site):
     prompt = [504, 3575, 282, 4649, 314]
     n = int(os.environ.get("PYAPP_BROWSER_SMOL_TOKENS", "12"))
     ref = _numpy_generate(SMOL, prompt, n)
+    # then again with each step-by-step token's pass cut into submits of 3, then 7 dispatches
+    # (chunk boundaries inside layers); both runs must give transformers' greedy ids
     spec = {"name": "smollm2-135m", "url": f"{site['url']}/data/smollm2-135m", "prompt": prompt,
-            "new_tokens": n, "variants": os.environ.get("PYAPP_BROWSER_VARIANTS", "auto")}
+            "new_tokens": n, "variants": os.environ.get("PYAPP_BROWSER_VARIANTS", "auto"),
+            "submit_chunks": [3, 7]}
     res, logs = run_page(site, {"models": [spec]}, timeout_s=1500)
     m = res["models"][0]
     print(json.dumps(m, indent=1, default=str))
     assert "error" not in m, m
     assert m["tokens"] == ref
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    from test_real_models import torch_greedy
+    tm = tf.AutoModelForCausalLM.from_pretrained(SMOL, dtype=torch.float32).eval()
+    assert m["tokens_chunked"] == torch_greedy(tm, prompt, n) == ref
+    assert m["submits_per_token_chunked"] > 10
+    assert m["crossings_per_token_chunked"] == m["crossings_per_token"]   # chunks cut inside one JS call

@@ -52,15 +52,22 @@ def torch_ref(smol):
     return {p: torch_greedy(m, ids, 32) for p, (ids, _) in refs.items()}
 
 
-@pytest.mark.parametrize("split", [0, 15, 29])
-def test_smollm2_wgpu_greedy_identical(smol, torch_ref, split):
+@pytest.mark.parametrize("split,chunks", [(0, None), (15, None), (29, None), (0, (3, 7)), (15, (3, 7))])
+def test_smollm2_wgpu_greedy_identical(smol, torch_ref, split, chunks):
+    """`chunks`: each step-by-step token's pass cut into submits of 3, then 7 dispatches
+    (GpuBackend.submit_chunks; one submit is lavapipe's default), so chunk boundaries fall
+    inside layers, between a layer's GEMVs and the attention reading their outputs."""
     from pyapp.cli import Runner
     d, refs = smol
     r = Runner(d, "wgpu", split)
+    r.tail.submit_chunks = chunks
+    s0 = r.tail.stats["submits"]
     for p, (ids, ref) in refs.items():
         got = generate(r.step_fn(SamplingParams(), len(ids) + 40), ids, 32).ids
-        assert got == ref, (split, p)
-        assert got == torch_ref[p], (split, p)
+        assert got == ref, (split, chunks, p)
+        assert got == torch_ref[p], (split, chunks, p)
+    per_token = (r.tail.stats["submits"] - s0) / (3 * 32)
+    assert per_token > 10 if chunks else per_token == 1
 
 
 @pytest.mark.parametrize("variants", [{"linear": "sgw2"}, {"linear": "sgw4u2", "storage": "u32"}])

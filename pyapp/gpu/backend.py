@@ -10,7 +10,8 @@ Design (see docs/gpu.md):
 * every op compiles to dispatches of a WGSL kernel specialised by shape
   (pipelines cached by source); bind groups are built once; the dispatch list
   of a step is recorded once per (token count, flags, cache) and replayed;
-* one command encoder, one compute pass and one submit per forward step; the
+* one command encoder, one compute pass and one submit per forward step (a step-by-step
+  token's pass cut into a few, SUBMIT_CHUNKS, so the GPU starts before it is all encoded); the
   dynamic values (token count, position, sampling) are one 512-byte uniform
   written once per step; the only readback is the result (one u32 for `step`).
 """
@@ -25,7 +26,7 @@ from ..kvwire import check_floors, check_handover, ring_runs, window_start
 from ..models import Model, attention_windows, check_rewind
 from . import lower
 from .data import byte_slice, hidden_rows, id_list, nbytes as data_nbytes
-from .device import Device, GpuError, cpu_adapter
+from .device import Device, GpuError, chunk_ends, cpu_adapter
 from .shapes import infer_shapes, widths_from_shapes
 
 ON_GPU = "on-gpu"             # `ids` of a pipelined step: the token the last step's sampler left in tok_buf
@@ -178,13 +179,21 @@ class GpuKVCache:
 # Llama 1B 436 / 430-524 (6 and 8 no better): the host's per-token jitter needs the slack.
 DECODE_DEPTH = 4
 
+# A step-by-step token's pass cut into submits (device.chunk_ends): the first SUBMIT_CHUNKS[0]
+# dispatches, then SUBMIT_CHUNKS[1] each, so the GPU runs the first layers while the host
+# encodes the rest (llama.cpp's Vulkan backend submits every N nodes for the same reason); the
+# host encodes ~6.5-8 us a dispatch on the H200 host (run 13n). None: one submit. Pipelined
+# decode keeps one submit a step: the host encodes there while earlier steps run, and each
+# extra submit is host time on a host-bound token.
+SUBMIT_CHUNKS = (16, 64)
+
 
 class GpuBackend:
     name = "wgpu"
 
     def __init__(self, device: Device, model: Model, start=0, stop=None, embed=None, head=None,
                  dtype="f32", shapes=None, dtypes=None, max_tokens=None, max_positions=None,
-                 variants=None, max_binding=None, widths=None):
+                 variants=None, max_binding=None, widths=None, submit_chunks="auto"):
         self.device = device
         self.model = model
         self.start = start
@@ -208,10 +217,14 @@ class GpuBackend:
         # `shader-f16`, unless the variants say "u32" (the loaders every adapter runs)
         # a CPU implementation of WebGPU: plans that trade GPU parallelism for fewer dispatches
         self.cpu = cpu_adapter(getattr(device, "info", {}))
+        # step-by-step tokens' chunk rule: SUBMIT_CHUNKS, but one submit on a CPU adapter, whose
+        # "GPU" runs on the cores that encode (nothing to overlap; lavapipe: no gain measured)
+        self.submit_chunks = (None if self.cpu else SUBMIT_CHUNKS) if submit_chunks == "auto" else submit_chunks
         f16 = self.variants.get("storage", "f16") == "f16" and "shader-f16" in device.features
         self.storage = "f16" if f16 else "u32"
         self.stats = {"steps": 0, "dispatches": 0, "submits": 0, "readbacks": 0,
                       "plans_built": 0}
+        self.step_dispatches = 0      # of the last step prepared
         # weights
         self.tensors = {}
         self._alloc_tensors(self.ops)
@@ -518,6 +531,7 @@ class GpuBackend:
         self.stats["steps"] += 1
         self.stats["dispatches"] += nd
         self.stats["submits"] += 1
+        self.step_dispatches = nd     # the recording's length (a JS array in the browser)
         return rec, T, pos0, head, writes
 
     def _segments(self, segments, T, writes):
@@ -603,7 +617,9 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None, chunks=None):
+        """Submit one step (prompt chunks beyond max_tokens first); `chunks`: the rule its
+        pass is cut into submits by (SUBMIT_CHUNKS; None: one submit)."""
         from ..sampling import SamplingParams
 
         params = params or SamplingParams()
@@ -613,7 +629,10 @@ class GpuBackend:
         if ids is not ON_GPU:
             ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4))
+        ends = chunk_ends(self.step_dispatches, chunks)
+        if ends:
+            self.stats["submits"] += len(ends) - 1
+        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends)
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
@@ -644,12 +663,12 @@ class GpuBackend:
 
     def step(self, ids=None, x=None, cache=None, params=None, n=0, start=None, stop=None):
         """Forward + head + GPU sampling; reads back one u32 (native binding)."""
-        self._step_submit(ids, x, cache, params, n, start, stop)
+        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks)
         return struct.unpack("<I", self.device.read(self.readback, 0, 4))[0]
 
     async def step_async(self, ids=None, x=None, cache=None, params=None, n=0, start=None, stop=None):
         """The same, awaiting the readback (the browser binding's mapAsync)."""
-        self._step_submit(ids, x, cache, params, n, start, stop)
+        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
 
     def pipeline(self, cache, params=None, depth=DECODE_DEPTH):

@@ -60,16 +60,25 @@
         entries: entries.map(([binding, buffer, offset, size]) =>
           ({binding, resource: size ? {buffer, offset, size} : {buffer}}))});
     },
-    submit(device, state, rec, writes, copies) {
+    // ends: each chunk's end index in rec (null: one chunk); a chunk is its own encoder, pass
+    // and queue.submit, so the GPU side starts on the first while this loop records the rest;
+    // the copies ride in the last; one pair of error scopes covers every chunk
+    submit(device, state, rec, writes, copies, ends) {
       for (const [buf, off, data] of writes) H.write(device, buf, off, data);
       device.pushErrorScope('out-of-memory');
       device.pushErrorScope('validation');
-      const enc = device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      for (const [p, g, x, y, z] of rec) { pass.setPipeline(p); pass.setBindGroup(0, g); pass.dispatchWorkgroups(x, y, z); }
-      pass.end();
-      for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
-      device.queue.submit([enc.finish()]);
+      const cut = ends && ends.length ? ends : [rec.length];
+      for (let c = 0, a = 0; c < cut.length; a = cut[c++]) {
+        const enc = device.createCommandEncoder();
+        const pass = enc.beginComputePass();
+        for (let i = a; i < cut[c]; i++) {
+          const [p, g, x, y, z] = rec[i];
+          pass.setPipeline(p); pass.setBindGroup(0, g); pass.dispatchWorkgroups(x, y, z);
+        }
+        pass.end();
+        if (c === cut.length - 1) for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
+        device.queue.submit([enc.finish()]);
+      }
       for (let i = 0; i < 2; i++)
         device.popErrorScope().then(e => { if (e) state.errors.push(e.constructor.name + ': ' + e.message); });
     },

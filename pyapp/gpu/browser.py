@@ -7,9 +7,9 @@
 
 Few FFI crossings: everything per step happens inside the JS helper (browser.js), so a
 decode step is O(1) Python->JS calls whatever the number of layers:
-  1 to_js of the step's writes (params + ids/x), 1 `submit` (writes, one
-  encoder, one compute pass replaying the recorded dispatch array, the readback
-  copy, one queue.submit), 1 `readU32` (mapAsync + read, awaited).
+  1 to_js of the step's writes (params + ids/x) and chunk ends, 1 `submit` (writes,
+  then per chunk of the recorded dispatch array one encoder, compute pass and
+  queue.submit, the readback copy in the last), 1 `readU32` (mapAsync + read, awaited).
 A dispatch list is turned into a JS array once (one to_js) and replayed.
 `crossings` counts every Python->JS call this binding makes.
 
@@ -108,12 +108,12 @@ class BrowserDevice(Device):
     def record(self, dispatches):
         return self._js([list(d) for d in dispatches])
 
-    def submit(self, recording, writes=(), copy=None):
+    def submit(self, recording, writes=(), copy=None, ends=None):
         copies = [] if copy is None else [copy] if isinstance(copy, tuple) else list(copy)
         w = [[b, o, d if hasattr(d, "byteLength") else memoryview(d).cast("B")] for b, o, d in writes]
-        args = self._js([w, [list(c) for c in copies]])
+        args = self._js([w, [list(c) for c in copies], list(ends or ())])
         self.crossings += 1
-        self.H.submit(self.device, self.state, recording, args[0], args[1])
+        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2])
 
     async def read_u32(self, buf, offset=0):
         self.crossings += 1

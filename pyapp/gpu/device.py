@@ -50,9 +50,10 @@ class Device(Protocol):
     def record(self, dispatches: list) -> Any:
         """A replayable recording of [(pipeline, group, gx, gy, gz)]."""
 
-    def submit(self, recording, writes=(), copy=None) -> None:
-        """Writes [(buf, off, data)], one encoder, one compute pass replaying `recording`,
-        the optional buffer copies (src, soff, dst, doff, n) and one queue.submit."""
+    def submit(self, recording, writes=(), copy=None, ends=None) -> None:
+        """Writes [(buf, off, data)], then `recording` replayed in one compute pass and one
+        queue.submit per chunk (`ends`: each chunk's end index, from `chunk_ends`; None: one
+        chunk), the optional buffer copies (src, soff, dst, doff, n) after the last pass."""
 
     def read(self, buf: Buffer, offset: int, size: int) -> bytes:
         """Blocking readback (native only; the browser raises GpuError)."""
@@ -62,6 +63,20 @@ class Device(Protocol):
 
     def now(self) -> float:
         """Seconds from a monotonic clock (autotune timing)."""
+
+
+def chunk_ends(n: int, rule) -> list | None:
+    """Where a recording of `n` dispatches is cut into submits, as each chunk's end index
+    (the last is n), under `rule` = (first, rest): `first` dispatches, then `rest` each
+    (rest 0: all the others at once); None / 0 / a recording no longer than `first`: None
+    (one submit). A small first chunk starts the GPU while the host encodes the rest."""
+    if not rule:
+        return None
+    first, rest = rule if isinstance(rule, (tuple, list)) else (rule, rule)
+    if first <= 0 or n <= first:
+        return None
+    ends = list(range(first, n, rest)) if rest > 0 else [first]
+    return ends + [n]
 
 
 def cpu_adapter(info: dict) -> bool:

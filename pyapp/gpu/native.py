@@ -145,45 +145,60 @@ class NativeDevice(Device):
     def record(self, dispatches):
         return list(dispatches)
 
-    def encode(self, recording):
-        """A command encoder holding one compute pass of `recording`. Through wgpu-native's own
-        calls where they can be reached: three a dispatch, so wgpu-py's per-call Python
+    def encode(self, recording, a=0, b=None):
+        """A command encoder holding one compute pass of `recording[a:b]`. Through wgpu-native's
+        own calls where they can be reached: three a dispatch, so wgpu-py's per-call Python
         (argument checks, a keep-alive list, an ffi array per set_bind_group) was a quarter
         of the encoding (lavapipe host: 0.46 -> 0.35 ms for a SmolLM2 token's 154 dispatches);
         the pass keeps its pipelines and bind groups alive inside wgpu-native."""
         enc = self.device.create_command_encoder()
         ps = enc.begin_compute_pass()
+        part = recording if a == 0 and b is None else recording[a:b]
         if self._pass_calls is None:
-            for pipe, group, gx, gy, gz in recording:
+            for pipe, group, gx, gy, gz in part:
                 ps.set_pipeline(pipe)
                 ps.set_bind_group(0, group)
                 ps.dispatch_workgroups(gx, gy, gz)
         else:
             set_pipeline, set_group, dispatch, null = self._pass_calls
             h = ps._internal
-            for pipe, group, gx, gy, gz in recording:
+            for pipe, group, gx, gy, gz in part:
                 set_pipeline(h, pipe._internal)
                 set_group(h, 0, group._internal, 0, null)
                 dispatch(h, gx, gy, gz)
         ps.end()
         return enc
 
-    def submit(self, recording, writes=(), copy=None):
+    def command_buffer(self, recording, a=0, b=None, copies=()):
+        """The finished command buffer of one chunk: `recording[a:b]`, then `copies`."""
+        enc = self.encode(recording, a, b)
+        for src, soff, dst, doff, size in copies:
+            enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
+        return enc.finish()
+
+    def submit_buffer(self, cb, copies=()):
+        """queue.submit of one command buffer; a readback buffer it copies into remembers the
+        submission's index (what `read` waits for: the last chunk's, which holds the copy)."""
+        if self._submit_index is None:
+            self.device.queue.submit([cb])
+            return
+        idx = self._submit_index(cb)
+        for _s, _so, dst, _do, _n in copies:
+            if dst.usage & self._mappable:
+                self._written_by[dst] = idx
+
+    def submit(self, recording, writes=(), copy=None, ends=None):
+        """Each chunk is encoded and submitted before the next is encoded, so the GPU runs
+        one while the host encodes the next; the copies ride in the last."""
         try:
             for buf, off, data in writes:
                 self.write(buf, off, data)
-            enc = self.encode(recording)
             copies = [] if copy is None else [copy] if isinstance(copy, tuple) else copy
-            for src, soff, dst, doff, size in copies:
-                enc.copy_buffer_to_buffer(src, soff, dst, doff, size)
-            cb = enc.finish()
-            if self._submit_index is None:
-                self.device.queue.submit([cb])
-            else:
-                idx = self._submit_index(cb)
-                for _s, _so, dst, _do, _n in copies:
-                    if dst.usage & self._mappable:
-                        self._written_by[dst] = idx
+            a, ends = 0, ends or [None]
+            for i, e in enumerate(ends):
+                cp = copies if i == len(ends) - 1 else ()
+                self.submit_buffer(self.command_buffer(recording, a, e, cp), cp)
+                a = e
         except GpuError:
             raise
         except Exception as e:  # noqa: BLE001

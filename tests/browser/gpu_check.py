@@ -141,6 +141,18 @@ async def generate(dev, spec):
                crossings_per_token=(dev.crossings - c0) / n_dec if n_dec > 0 else None,
                dispatches_per_token=be.stats["dispatches"] / max(be.stats["steps"], 1))
     out["decode_tokens_per_s"] = n_dec / out["decode_seconds"] if n_dec > 0 else None
+    if spec.get("submit_chunks"):
+        # the same decode again with each token's pass cut into submits (GpuBackend.submit_chunks)
+        be.submit_chunks = tuple(spec["submit_chunks"])
+        cache = be.new_cache(len(spec["prompt"]) + spec["new_tokens"] + 8)
+        toks = [await be.step_async(ids=spec["prompt"], cache=cache, params=sp, n=0)]
+        for n in range(1, spec["new_tokens"]):
+            if n == 2:                # counted from the second decode step (the first records the plan)
+                c0, s0 = dev.crossings, be.stats["submits"]
+            toks.append(await be.step_async(ids=[toks[-1]], cache=cache, params=sp, n=n))
+        k = max(spec["new_tokens"] - 2, 1)
+        out.update(tokens_chunked=toks, crossings_per_token_chunked=(dev.crossings - c0) / k,
+                   submits_per_token_chunked=(be.stats["submits"] - s0) / k)
     be.destroy()
     return out
 

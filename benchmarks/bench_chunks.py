@@ -1,0 +1,152 @@
+"""A step-by-step token's pass in one submit against chunked submits (issue 16: host encoding
+< 10 % of a token; `GpuBackend.submit_chunks`, backend.SUBMIT_CHUNKS), native binding.
+
+    PYTHONPATH=$PWD python3 benchmarks/bench_chunks.py [--shapes smollm2-135m-f16,llama-7b-f16]
+        [--rules none,16:64,8:32,32:0] [--tokens 32] [--rounds 5]
+
+Per rule and per token (random weights of each shape, autotuned variants, greedy, 32-token
+prompt), two forms of the same step, alternating token by token on one cache:
+* full: `GpuBackend.step` (encode and submit chunk by chunk, then read the token);
+* pre-encoded: the step's command buffers (one per chunk) encoded first, untimed, then the clock
+  runs over what `step` does but encoding: prepare, writes, the submits, the readback.
+exposed encoding = full - pre-encoded: the encoding the token waits for. host encode = the
+untimed encoding's own wall time (CPU time on the host). Rules run interleaved round by round;
+each figure is the median over a round's tokens, then best and median over rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_compare as bc  # noqa: E402
+
+
+def rule_name(r):
+    return "none" if not r else f"{r[0]}:{r[1]}"
+
+
+def pre_encoded_step(be, tok, cache, sp, n, rule):
+    """(wall s of the step without its encoding, wall s of the encoding, token): `step`'s work
+    split so that the chunks' command buffers are encoded before the clock starts."""
+    from pyapp.gpu.device import chunk_ends
+    dev, N = be.device, be.model.n_layers
+    copies = [(be.tok_buf, 0, be.readback, 0, 4)]
+    rec, T, pos0, _h, _w = be._prepare([tok], None, cache, 0, N, True, False, True, sp, n)
+    ends = chunk_ends(be.step_dispatches, rule)
+    t = time.perf_counter()
+    cbs, a, cut = [], 0, ends or [None]
+    for i, e in enumerate(cut):
+        cbs.append(dev.command_buffer(rec, a, e, copies if i == len(cut) - 1 else ()))
+        a = e
+    enc = time.perf_counter() - t
+    t = time.perf_counter()
+    rec, T, pos0, _h, writes = be._prepare([tok], None, cache, 0, N, True, False, True, sp, n)
+    for buf, off, data in writes:
+        dev.write(buf, off, data)
+    for i, cb in enumerate(cbs):
+        dev.submit_buffer(cb, copies if i == len(cbs) - 1 else ())
+    cache.length = pos0 + T
+    tok = struct.unpack("<I", dev.read(be.readback, 0, 4))[0]
+    return time.perf_counter() - t, enc, tok
+
+
+def one_round(be, rule, prompt, tokens, sp):
+    be.submit_chunks = rule
+    c = be.new_cache(len(prompt) + 2 * tokens + 8)
+    tok = be.step(ids=prompt, cache=c, params=sp)
+    full, pre, enc, ids = [], [], [], [tok]
+    for n in range(1, 2 * tokens + 1):
+        if n % 2:
+            t = time.perf_counter()
+            tok = be.step(ids=[tok], cache=c, params=sp, n=n)
+            full.append(time.perf_counter() - t)
+        else:
+            w, e, tok = pre_encoded_step(be, tok, c, sp, n, rule)
+            pre.append(w)
+            enc.append(e)
+        ids.append(tok)
+    med = statistics.median
+    return {"wall_ms": med(full) * 1e3, "pre_encoded_ms": med(pre) * 1e3, "encode_ms": med(enc) * 1e3}, ids
+
+
+def one_shape(dev, name, rules, prompt_tokens, tokens, rounds):
+    from pyapp.gpu.device import chunk_ends
+    from pyapp.sampling import SamplingParams
+    be = bc.random_backend(dev, *bc.SHAPES[name])
+    sp = SamplingParams()
+    prompt = [1 + (i * 7919) % (be.model.vocab - 1) for i in range(prompt_tokens)]
+    runs = {rule_name(r): [] for r in rules}
+    ids = {}
+    for r in rules:                       # warm-up: pipelines, plans, the readback path
+        one_round(be, r, prompt, 2, sp)
+    for _ in range(rounds):
+        for r in rules:
+            m, ids[rule_name(r)] = one_round(be, r, prompt, tokens, sp)
+            runs[rule_name(r)].append(m)
+    nd = be.step_dispatches
+    out = []
+    for r in rules:
+        k = rule_name(r)
+        row = {"shape": name, "rule": k, "dispatches": nd, "submits": len(chunk_ends(nd, r) or [0])}
+        for f in ("wall_ms", "pre_encoded_ms", "encode_ms"):
+            v = [m[f] for m in runs[k]]
+            row[f] = {"best": min(v), "median": statistics.median(v), "rounds": v}
+        ex = [m["wall_ms"] - m["pre_encoded_ms"] for m in runs[k]]
+        row["exposed_ms"] = {"best": min(ex), "median": statistics.median(ex), "rounds": ex}
+        row["exposed_share"] = row["exposed_ms"]["median"] / row["wall_ms"]["median"]
+        row["ids_equal_none"] = ids[k] == ids[rule_name(rules[0])]
+        out.append(row)
+    row0 = out[0]
+    for row in out:
+        row["wall_vs_first"] = row["wall_ms"]["median"] / row0["wall_ms"]["median"]
+    be.destroy()
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16")
+    ap.add_argument("--rules", default="none,16:64,8:32,32:0,16:16",
+                    help="comma list of first:rest (none: one submit); the first is the baseline")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=32, help="tokens of each form per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default="bench-results")
+    a = ap.parse_args(argv)
+    from pyapp.bench import parse_chunk_rule
+    from pyapp.gpu.backend import SUBMIT_CHUNKS
+    from pyapp.gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    rules = [parse_chunk_rule(s) for s in a.rules.split(",")]
+    print(f"adapter: {dev.info.get('device') or dev.info.get('description')}; default rule "
+          f"{rule_name(SUBMIT_CHUNKS)}; ms a step-by-step token, median of {a.tokens} tokens, "
+          f"best / median of {a.rounds} rounds")
+    print(f"{'shape':18s} {'rule':6s} {'disp':>4s} {'subm':>4s} {'wall':>13s} {'pre-encoded':>13s} "
+          f"{'host encode':>13s} {'exposed':>13s} {'exposed %':>9s} {'vs ' + rule_name(rules[0]):>8s} ids")
+    rows = []
+    for name in a.shapes.split(","):
+        for row in one_shape(dev, name, rules, a.prompt_tokens, a.tokens, a.rounds):
+            rows.append(row)
+            f = " ".join(f"{row[k]['best']:6.3f}/{row[k]['median']:6.3f}"
+                         for k in ("wall_ms", "pre_encoded_ms", "encode_ms", "exposed_ms"))
+            print(f"{name:18s} {row['rule']:6s} {row['dispatches']:4d} {row['submits']:4d} {f} "
+                  f"{100 * row['exposed_share']:8.1f}% {row['wall_vs_first']:8.3f} "
+                  f"{'=' if row['ids_equal_none'] else 'DIFF'}", flush=True)
+    out = Path(a.out) / f"chunks-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"adapter": dev.info, "default_rule": SUBMIT_CHUNKS, "args": vars(a),
+                               "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
