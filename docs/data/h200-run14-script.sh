@@ -38,3 +38,9 @@ if [ "$1" = sgq ]; then
   timeout 100 $B --shapes llama-7b-q4_1,smollm2-135m-q4_1 --no-deno --no-torch --label q4_1-autotuned 2>&1 | tail -5 | tee -a $R/sgq-decode-log.txt
   exit
 fi
+if [ "$1" = chunks ]; then
+  # 14c: a step-by-step token's pass in several submits (first 16 dispatches, then 64 each, and
+  # other rules) against one submit: wall, the same step pre-encoded, and the exposed encoding
+  timeout 420 python3 benchmarks/bench_chunks.py --out $R 2>&1 | tee $R/chunks-log.txt
+  exit
+fi
