@@ -2,7 +2,7 @@
 < 10 % of a token; `GpuBackend.submit_chunks`, backend.SUBMIT_CHUNKS), native binding.
 
     PYTHONPATH=$PWD python3 benchmarks/bench_chunks.py [--shapes smollm2-135m-f16,llama-7b-f16]
-        [--rules none,16:64,8:32,32:0] [--tokens 32] [--rounds 5]
+        [--rules none,16:64,8:32,32:0,16:16] [--tokens 32] [--rounds 5]
 
 Per rule and per token (random weights of each shape, autotuned variants, greedy, 32-token
 prompt), two forms of the same step, alternating token by token on one cache:

@@ -184,8 +184,10 @@ DECODE_DEPTH = 4
 # encodes the rest (llama.cpp's Vulkan backend submits every N nodes for the same reason); the
 # host encodes ~6.5-8 us a dispatch on the H200 host (run 13n). None: one submit. Pipelined
 # decode keeps one submit a step: the host encodes there while earlier steps run, and each
-# extra submit is host time on a host-bound token.
-SUBMIT_CHUNKS = (16, 64)
+# extra submit is host time on a host-bound token. (16, 16) measured best of five rules on the
+# H200 (run 14c: step-by-step token, median, vs one submit: SmolLM2 f16 3.06 -> 2.01 ms, Gemma 3
+# 270M 3.40 -> 2.61, Llama 7B 7.16 -> 5.98; (16, 64): 2.22 / 2.95 / 5.94).
+SUBMIT_CHUNKS = (16, 16)
 
 
 class GpuBackend:
