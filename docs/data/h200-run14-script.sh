@@ -44,3 +44,17 @@ if [ "$1" = chunks ]; then
   timeout 420 python3 benchmarks/bench_chunks.py --out $R 2>&1 | tee $R/chunks-log.txt
   exit
 fi
+if [ "$1" = table ]; then
+  # 14e: the final table, default (autotuned) plans; the Deno rows on the page's rule (steps in
+  # flight by time, up to 32); the native step column with the default submit chunks
+  timeout 480 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,gemma3-270m-f16,gemma3-270m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
+    --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --label final 2>&1 | tee $R/final-log.txt
+  exit
+fi
+if [ "$1" = deno2 ]; then
+  # 14f: Deno at the 7B shape on the page's rule against native (autotuned), three times
+  for i in 1 2 3; do
+    timeout 110 $B --shapes llama-7b-f16 --no-torch --label deno-inflight-$i 2>&1 | tail -3 | tee -a $R/deno2-log.txt
+  done
+  exit
+fi
