@@ -333,6 +333,13 @@ def make_cases():
         if T == 1:
             c["tol"] = sgq_tol(c)
         cs.append(c)
+    # its 16-byte form (sgqw2: runs of four blocks as 5 vec4, K % 128 == 0) where the page can
+    # run sgq; 640 = 5 runs, fewer than a subgroup's lanes
+    ww = {"w": rng.standard_normal((49, 640)) * 0.2}
+    c = case("linear-sgqw2-q4_1-T1", [op("linear", "x", "f", {"w": "w", "b": None})], ww, 1, 640, ["f"],
+             dtype="q4_1", variants={"linear": "sgqw2"})
+    c["tol"] = sgq_tol(c)
+    cs.append(c)
     fw = {"wg": rng.standard_normal((77, 64)) * 0.5, "wu": rng.standard_normal((77, 64)) * 0.5}
     cs.append(case("fused-gemv-wg-q4_1", mlp[:3], fw, 6, 64, ["m"], dtype="q4_1",
                    variants={"linear": "wg", "fuse": True}))
@@ -381,6 +388,8 @@ def test_kernels_and_tiny_models_in_chromium(site, tiny_dir):
     print("features:", res["features"], "sgq cases:", {k: v for k, v in res["cases"].items() if "sgq" in k})
     assert res["cases"]["linear-sgq2-q4_1-T1"]["int8_dot"] == sgq
     assert not res["cases"]["linear-sgq2-q4_1-T5"]["int8_dot"]
+    assert res["cases"]["linear-sgqw2-q4_1-T1"]["wide"] == sgq
+    assert not res["cases"]["linear-sgq2-q4_1-T1"]["wide"]
     for m in res["models"]:
         assert "error" not in m, m
         assert m["variants"]["linear"] in ("row", "wg", "sg", "sg4", "sgw2", "wgw2")   # the autotune's candidates

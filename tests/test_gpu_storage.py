@@ -219,14 +219,63 @@ def test_gemv_sgq_q4_1(device, storage, variant):
     assert ran_sgq(device)
 
 
-def _gemv_out(device, raw, shape, x, variants, max_binding=None):
-    """(y, storage, chunks) of one GEMV of the Q4_1 rows `raw` on input x [T, K]."""
+def is_sgqw(src) -> bool:
+    """`src` is the wide sgq form (runs of four blocks as vec4)."""
+    return "fn quadw_at" in src and "dot4I8Packed" in src
+
+
+# K % 128 == 0 (whole runs of four blocks): one run (128), 5 (640: a subgroup's lanes partly
+# idle), 16 (2048), 12 (1536); N = 1, 49 (columns past the last), 128
+SGQW_SHAPES = [(1, 128), (49, 128), (3, 640), (49, 640), (49, 2048), (128, 1536)]
+
+
+@pytest.mark.parametrize("storage", ["u32", "f16"])
+@pytest.mark.parametrize("variant", ["sgqw1", "sgqw2", "sgqw4", "sgqw8", "sgqw1u2", "sgqw4u2"])
+def test_gemv_sgqw_q4_1(device, storage, variant):
+    """The wide linear_sgq (`sgqwR[uU]`: 5 vec4 loads per run of four blocks) against numpy on
+    gguf's decode of the blocks within the int8 input's bound (test_gemv_sgq_q4_1's): SGQW_SHAPES,
+    rows split across bindings (10 rows a chunk), and `sgq_groups` (several column rounds per
+    workgroup). f16 storage has no vec4 view of its structs: the same u32 loads serve it."""
+    from pyapp.gpu.device import PACKED_DOT
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    srcs = []
+    for N, K in SGQW_SHAPES:
+        raw, W = blocks("q4_1", N, K, N + K)
+        x = np.random.default_rng(N * K + 1).standard_normal((1, K)).astype(np.float32)
+        got, got_storage, _ = _gemv_out(device, raw, (N, K), x, {"linear": variant, "storage": storage}, None, srcs)
+        assert got_storage == storage
+        check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), (N, K))
+    raw, W = blocks("q4_1", 203, 640, 9)
+    x = np.random.default_rng(10).standard_normal((1, 640)).astype(np.float32)
+    got, _, chunks = _gemv_out(device, raw, (203, 640), x, {"linear": variant, "storage": storage}, 4096, srcs)
+    assert chunks > 1
+    check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), "split")
+    raw, W = blocks("q4_1", 576, 1536, 12)
+    x = np.random.default_rng(13).standard_normal((1, 1536)).astype(np.float32)
+    got, _, _ = _gemv_out(device, raw, (576, 1536), x, {"linear": variant, "storage": storage, "sgq_groups": 5},
+                          None, srcs)
+    check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), "rounds")
+    assert len(srcs) == len(SGQW_SHAPES) + chunks + 1 and all(map(is_sgqw, srcs))    # every dispatch wide
+
+
+def plan_sources(device, g, T=1):
+    """The WGSL sources of backend g's T-token plan (native: the recording is its dispatch list)."""
+    src = {id(p): s for s, p in device._pipelines.items()}
+    return [src[id(d[0])] for d in g._plan(T, None, 0, 1, False, False, False, False)[0]]
+
+
+def _gemv_out(device, raw, shape, x, variants, max_binding=None, sources=None):
+    """(y, storage, chunks) of one GEMV of the Q4_1 rows `raw` on input x [T, K]; `sources`: a
+    list the plan's kernel sources are appended to."""
     N, K = shape
     g = gemv_backend(device, [op("linear", "x", "y", {"w": "w", "b": None})], {"w": (N, K)},
                      {"w": "q4_1"}, K, variants, max_binding, {"y": N})
     g.write_weight("w", 0, raw)
     g.poison()
     g.forward(x=x, head=False)
+    if sources is not None:
+        sources += plan_sources(device, g, len(x))
     out = g.read_activation("y", len(x)), g.storage, len(g.tensors["w"].chunks)
     g.destroy()
     return out
@@ -239,13 +288,16 @@ ACT_SLOPE = 1.13
 @pytest.mark.parametrize("act", ["silu_mul", "gelu_tanh_mul"])
 @pytest.mark.parametrize("D,F,variant,storage,offset", [(576, 1536, "sgq2", "u32", 0.0),
                                                         (576, 1536, "sgq4u2", "f16", 0.0),
-                                                        (96, 160, "sgq1", "u32", 1.0)])
+                                                        (96, 160, "sgq1", "u32", 1.0),
+                                                        (640, 1536, "sgqw2", "u32", 0.0),
+                                                        (128, 384, "sgqw4u2", "f16", 1.0)])
 def test_fused_sgq(device, act, D, F, variant, storage, offset):
     """linear_sgq with the RMSNorm folded in (q = rms_norm(x) W_q), with the norm and a gate/up
     pair (m = act(rms_norm(x) W_g) * (rms_norm(x) W_u), SiLU and tanh GELU) and with the
     residual add (x += m W_d): three dispatches, each against float64 numpy within its bound
     (the pair's through |act'| <= ACT_SLOPE: |dm| <= L eg (|u| + eu) + |act(g)| eu; the down
-    projection's on the m the GPU stored, its input). offset 1: Gemma's (1 + w) norms."""
+    projection's on the m the GPU stored, its input). offset 1: Gemma's (1 + w) norms.
+    sgqw: D and F multiples of 128, all three dispatches the wide form."""
     from pyapp.gpu.device import PACKED_DOT
     if "subgroups" not in device.features or PACKED_DOT not in device.features:
         pytest.skip("no subgroups / packed_4x8_integer_dot_product")
@@ -273,6 +325,7 @@ def test_fused_sgq(device, act, D, F, variant, storage, offset):
     g.write_weight("nw", 0, nw)
     g.write_weight("nw2", 0, nw2)
     assert g._plan(1, None, 0, 1, False, False, False, False)[1] == 3   # norm+q | norm+gate/up+act | down+add
+    srcs = plan_sources(device, g)
     x = rng.standard_normal((1, D)).astype(np.float32)
     g.poison()
     g.forward(x=x, head=False)
@@ -297,14 +350,18 @@ def test_fused_sgq(device, act, D, F, variant, storage, offset):
     check_int8(g.read_activation("x", 1), x64 + md @ W["wd"].T, bd, rd, "down+add")
     g.destroy()
     assert ran_sgq(device)
-    assert any("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1" in s and "dot4I8Packed" in s
-               for s in device._pipelines)                             # the pair in the sgq kernel
+    pair = ("fn quadw2_at(n: u32, g: u32, i: u32) -> vec4u { return quadw1" if variant.startswith("sgqw")
+            else "fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1")
+    assert any(pair in s and "dot4I8Packed" in s for s in srcs)        # the pair in the sgq kernel
+    if variant.startswith("sgqw"):                                     # norm+q, pair, down+add: all wide
+        assert all(map(is_sgqw, srcs))
 
 
 def test_sgq_falls_back():
     """Where `sgq` cannot run, the plan runs the sgb (or sg4) kernel, exact to TOL: prefill rows
     (T > 1), weights without block-word loaders (Q8_0, f16), a row wider than workgroup memory,
-    and an adapter without packed_4x8_integer_dot_product."""
+    and an adapter without packed_4x8_integer_dot_product; the same for the wide form `sgqw`,
+    which over rows of K % 128 != 0 runs as the word form `sgq` (within its int8 bound)."""
     from pyapp.gpu.device import PACKED_DOT
     from pyapp.gpu.native import NativeDevice
     dev = NativeDevice.create()
@@ -329,15 +386,27 @@ def test_sgq_falls_back():
     check("q4_1", 49, 576, 5, {"linear": "sgq4u2", "storage": "f16"}, sgb)
     for fmt in ("q8_0", "f16"):
         check(fmt, 135, 96, 1, {"linear": "sgq2"}, "UNROLL")    # linear_sg's sg4 form
+    # the wide form: prefill rows, f16 weights, as above; K % 128 != 0 (576): the word form
+    check("q4_1", 135, 640, 3, {"linear": "sgqw2"}, sgb)
+    check("f16", 135, 128, 1, {"linear": "sgqw2"}, "UNROLL")
+    if PACKED_DOT in dev.features:
+        raw, W = blocks("q4_1", 49, 576, 7)
+        x = np.random.default_rng(8).standard_normal((1, 576)).astype(np.float32)
+        srcs = []
+        got, _, _ = _gemv_out(dev, raw, (49, 576), x, {"linear": "sgqw2"}, None, srcs)
+        check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), "sgqw2 at K = 576")
+        assert len(srcs) == 1 and "dot4I8Packed" in srcs[0] and not is_sgqw(srcs[0])
     lim = dev.limits["max_workgroup_storage"]
     dev.limits["max_workgroup_storage"] = 2047                    # K = 1536 needs 1.25 K + 128 = 2,048 bytes
     try:
         check("q4_1", 49, 1536, 1, {"linear": "sgq2"}, sgb)
+        check("q4_1", 51, 1536, 1, {"linear": "sgqw2"}, sgb)
     finally:
         dev.limits["max_workgroup_storage"] = lim
     if PACKED_DOT in dev.features:
         dev.features.discard(PACKED_DOT)
         check("q4_1", 49, 576, 1, {"linear": "sgq2"}, sgb)
+        check("q4_1", 49, 640, 1, {"linear": "sgqw2"}, sgb)
         dev.features.add(PACKED_DOT)
         assert any("dot4I8Packed" in s for s in new_sources(
             lambda: run_gemv(dev, "q4_1", 49, 1536, 1, {"linear": "sgq2"})))   # and sgq where it fits
@@ -469,7 +538,12 @@ def test_smollm2_q4_1_greedy_f16_storage(device, linear):
 def test_smollm2_q4_1_greedy_sgq(device, q4_ref):
     """The store's SmolLM2 Q4_1 with `sgq2` forced (decode GEMVs on int8 inputs; prefill and the
     Q8_0 head fall back to sgb / sg4): 32 greedy ids on both Q4_1 prompts equal transformers'
-    on the gguf-dequantized weights (f32 inputs), step by step. (u32 storage passed too: 3 min.)"""
+    on the gguf-dequantized weights (f32 inputs), step by step. (u32 storage passed too: 3 min.)
+    Not `sgqw2` (its down projections wide): the int8 rounding amplifies through the layers
+    (lavapipe, first decode token: sgqw2 vs sgq2 differ by 8e-6 after layer 1, 0.45 after 4, as
+    much as sgq2 vs f32 inputs), so which side of a near tie the ids take is the noise's draw:
+    sgqw2 takes the other at the raw prompt's 27th id, where transformers' top two logits are
+    0.37 apart. test_smollm2_down_proj_sgqw checks its kernel on the real weights instead."""
     from pyapp.decode import generate
     from pyapp.gpu import GpuBackend
     from pyapp.gpu.device import PACKED_DOT
@@ -486,6 +560,40 @@ def test_smollm2_q4_1_greedy_sgq(device, q4_ref):
         assert got == want, kind
     gb.destroy()
     assert any("dot4I8Packed" in s for s in device._pipelines if s not in before)
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("variant", ["sgqw2", "sgqw4"])
+def test_smollm2_down_proj_sgqw(device, variant):
+    """The wide sgq GEMV on real weights: SmolLM2's MLP down projections (576 x 1,536 Q4_1
+    blocks, the store's bytes; layers 0 and 29) against gguf's dequantize, within the int8
+    input's bound, on a standard normal and a heavy-tailed (t, 2 degrees) input."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from pyapp.gpu.device import PACKED_DOT
+    from pyapp.weightfile import read_safetensors_header
+    from test_gpu_real import _store
+    if "subgroups" not in device.features or PACKED_DOT not in device.features:
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    f = _store("smollm2-135m") / "model.q4_1.safetensors"
+    if not f.exists():
+        pytest.skip("smollm2-135m has no Q4_1 file")
+    header, n0 = read_safetensors_header(f)
+    data = f.read_bytes()
+    rng = np.random.default_rng(29)
+    srcs = []
+    for layer in (0, 29):
+        info = header[f"model.layers.{layer}.mlp.down_proj.weight"]
+        assert info["format"] == "q4_1"
+        b0, b1 = info["data_offsets"]
+        raw = np.frombuffer(data[n0 + b0:n0 + b1], np.uint8).reshape(576, -1)
+        W = dequantize(raw, GGMLQuantizationType.Q4_1).astype(np.float64)
+        assert W.shape == (576, 1536)
+        for x in (rng.standard_normal((1, 1536)), rng.standard_t(2, (1, 1536))):
+            x = x.astype(np.float32)
+            got, _, _ = _gemv_out(device, raw, (576, 1536), x, {"linear": variant}, None, srcs)
+            check_int8(got, x.astype(np.float64) @ W.T, *int8_input_bound(raw, W, x), (layer, variant))
+    assert srcs and all(map(is_sgqw, srcs))
 
 
 def test_sgw_without_subgroups_runs_wgw():

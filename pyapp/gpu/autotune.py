@@ -22,10 +22,12 @@ _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 # formats run sg4); sgwR = 8-value units, R columns per subgroup, U units per trip
 # (linear_sgw.wgsl: f32 / f16; other formats run sg4); wgwR = the same without subgroups;
 # sgqR = sgbR with the input quantized to int8 in the kernel and dot4I8Packed (linear_sgq.wgsl:
-# decode; prefill, and adapters without packed_4x8_integer_dot_product, run sgbR)
+# decode; prefill, and adapters without packed_4x8_integer_dot_product, run sgbR); sgqwR = sgqR
+# over runs of four blocks read as 5 vec4 (16-byte loads; K % 128 == 0, else it runs as sgqR)
 LINEAR_VARIANTS = ("row", "wg", "sg", "sg4", "sgr2", "sgr4", "sgr8", "sgb1", "sgb2", "sgb4",
                    "sgb1u2", "sgb1u4", "sgb2u2", "sgb2u4", "sgb4u2",
                    "sgq1", "sgq2", "sgq4", "sgq2u2", "sgq4u2",
+                   "sgqw1", "sgqw2", "sgqw4", "sgqw8", "sgqw1u2", "sgqw2u2", "sgqw4u2",
                    "sgw1", "sgw2", "sgw4", "sgw1u2", "sgw2u2", "sgw4u2", "sgw1u4", "wgw1", "wgw2", "wgw2u2")
 
 
@@ -35,7 +37,7 @@ SGW_LAYERS, SGW_HEAD = "sgw2", "sgw4"
 
 # Bumped whenever the candidates or the plans they time change, so that a cached choice
 # made among older kernels is measured again instead of kept.
-TUNE_VERSION = 6
+TUNE_VERSION = 7
 
 
 def tune_key(device, K, N, dtype):
@@ -44,7 +46,13 @@ def tune_key(device, K, N, dtype):
             f"{i.get('description')}|{K}x{N}|{dtype}")
 
 
-def candidate_variants(device, dtype="f32"):
+# the sgqw shape the autotune measures where the layer's input width allows it (K % 128 == 0)
+SGQW = "sgqw2"
+
+
+def candidate_variants(device, dtype="f32", K=None):
+    """The plans `measure_variants` times for weights of `dtype` (K: the layer's input width;
+    None: as if every wide form could run)."""
     # one row per invocation everywhere (CPU adapters: SwiftShader, lavapipe), or
     # workgroup/subgroup reductions everywhere (real GPUs); measured, not guessed
     par = {"norm_wg": 64, "attention": "wg"}
@@ -56,6 +64,8 @@ def candidate_variants(device, dtype="f32"):
             out.append({"linear": "sgb2", **par})
             if PACKED_DOT in device.features:    # ... and its int8-input form
                 out.append({"linear": "sgq2", **par})
+                if wgsl.has_w(dtype) and (K is None or K % 128 == 0):    # ... with 16-byte loads
+                    out.append({"linear": SGQW, **par})
         if wgsl.has_v8(dtype):            # f32 / f16: 16-byte weight loads, the input reused by R columns
             out.append({"linear": SGW_LAYERS, **par})
     elif wgsl.has_v8(dtype) and not cpu_adapter(device.info):
@@ -71,7 +81,7 @@ def storage_choices(device, dtype):
     return []
 
 
-def head_candidates(device, base, dtype="f32"):
+def head_candidates(device, base, dtype="f32", K=None):
     """GEMV variants worth measuring on the lm head (vocab x hidden: many short rows),
     given the layer choice `base`.  Several columns per subgroup only pays where there
     are enough rows to fill the GPU with R-column groups; on CPU adapters (`row`) the
@@ -80,6 +90,7 @@ def head_candidates(device, base, dtype="f32"):
         return []
     return (["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
             + (["sgq2"] if wgsl.has_q(dtype) and PACKED_DOT in device.features else [])
+            + ([SGQW] if wgsl.has_w(dtype) and PACKED_DOT in device.features and (K is None or K % 128 == 0) else [])
             + ([SGW_LAYERS, SGW_HEAD] if wgsl.has_v8(dtype) else []))
 
 
@@ -145,7 +156,7 @@ async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
         b.destroy()
         res["/".join(str(v[k]) for k in ("linear", "norm_wg", "attention", "storage") if k in v)] = (best, v)
 
-    for v in candidate_variants(device, dtype):
+    for v in candidate_variants(device, dtype, K):
         await one(v)
     if len(storage_choices(device, dtype)) > 1:
         # the winner (f16 storage, the default there) once more with the u32 loaders
@@ -195,7 +206,7 @@ async def choose(device, model, shapes, dtypes, known: dict):
                       "seconds": {k: r[0] for k, r in res.items()}}
     best = dict(known[key]["variants"])
     hs = _head_shape(model, shapes, dtypes)
-    cands = head_candidates(device, best["linear"], hs[2]) if hs else []
+    cands = head_candidates(device, best["linear"], hs[2], hs[1]) if hs else []
     if cands:
         hkey = tune_key(device, hs[1], hs[0], hs[2]) + "|head"
         if hkey not in known:

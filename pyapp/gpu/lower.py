@@ -100,7 +100,7 @@ def _linear(b, o, s: Step):
     NF, K = wt.shape
     # the lm head (vocab x hidden) may have its own measured variant (`linear_head`)
     variant = b.variants.get("linear_head") if o.outs[0] == "logits" else None
-    vec = gemv_vec(b, variant, K, [wt.dtype])
+    vec = gemv_vec(b, variant, K, [wt.dtype], T)
     blk = wgsl.block_wdecl(1, "w", wt.dtype, b.storage)
     if blk is not None and (variant or b.variants["linear"]) == "row":
         # one column per invocation walking whole blocks: scales decoded once per block
@@ -142,20 +142,32 @@ def gemv_variant(b, variant=None) -> str:
     """The GEMV variant that will run: without `subgroups`, `sgwR` runs as `wgwR` (the same
     kernel summing in workgroup memory) and the other `sg*` as `wg` (a plan tuned on an adapter
     with subgroups, e.g. the server's or another binding's, still runs here); without the
-    packed int8 dot product, `sgqR[uU]` runs as `sgbR[uU]`."""
+    packed int8 dot product, `sgqR[uU]` and `sgqwR[uU]` run as `sgbR[uU]`."""
     variant = variant or b.variants["linear"]
     if variant.startswith("sg") and "subgroups" not in b.device.features:
         return "w" + variant[1:] if variant.startswith("sgw") else "wg"
     if variant.startswith("sgq") and PACKED_DOT not in b.device.features:
-        return "sgb" + variant[3:]
+        return "sgb" + variant[4 if variant.startswith("sgqw") else 3:]
     return variant
 
 
-def gemv_vec(b, variant, K: int, fmts):
-    """How a GEMV over weights of formats `fmts` reads them: "q" (block words, the `sgb` / `sgq`
+def sgqw_runs(b, variant, K: int, T: int, fmts) -> bool:
+    """The wide int8-input GEMV (`sgqwR[uU]`, runs of four blocks as 5 vec4) serves this GEMV:
+    one token, rows of whole runs (K % 128 == 0: 16-byte aligned rows; every chunk starts its
+    own buffer, backend._alloc), the input row in workgroup memory, formats with the loader
+    (Q4_1). Else `gemv` runs it as `sgqR[uU]` (and that as `sgbR[uU]` where sgq cannot run)."""
+    return (gemv_variant(b, variant).startswith("sgqw") and T == 1 and K % 128 == 0
+            and sgq_fits(b, K // 4) and all(wgsl.has_w(f) for f in fmts))
+
+
+def gemv_vec(b, variant, K: int, fmts, T: int = 1):
+    """How a GEMV over weights of formats `fmts` (T tokens) reads them: "w" (runs of four
+    blocks, the `sgqw` variants where `sgqw_runs`), "q" (block words, the `sgb` / `sgq`
     variants, where every format has block-word loaders: Q4_1), 8 (units of 8 values, the `sgw`
     variant over f32 / f16), else 4 (vec4) or 1."""
     v = gemv_variant(b, variant)
+    if sgqw_runs(b, variant, K, T, fmts):
+        return "w"
     if v.startswith(("sgb", "sgq")) and all(wgsl.has_q(f) for f in fmts):
         return "q"
     if v.startswith(("sgw", "wgw")) and K % 8 == 0 and all(wgsl.has_v8(f) for f in fmts):
@@ -172,14 +184,17 @@ def sgq_fits(b, KV: int) -> bool:
 
 def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
          adecl=None, pairdecl=None):
-    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR / sgqR / sgwR).
-    `adecl`: the input with an RMSNorm folded in (wg / sg / sg4 / sgb* / sgq* / sgw*); `pairdecl`:
-    two weights per column; vec "q": block-word loaders (sgbR / sgqR, Q4_1), 8: 8-value loaders
-    (sgwR; `gemv_vec`)."""
+    """One GEMV dispatch of the chosen variant (row / wg / sg / sg4 / sgrR / sgbR / sgqR / sgqwR /
+    sgwR). `adecl`: the input with an RMSNorm folded in (wg / sg / sg4 / sgb* / sgq* / sgw*);
+    `pairdecl`: two weights per column; vec "q": block-word loaders (sgbR / sgqR, Q4_1), "w":
+    runs of four blocks (sgqwR), 8: 8-value loaders (sgwR; `gemv_vec`)."""
     T = s.rows
     TB = 1 if T == 1 else 4
     variant = gemv_variant(b, variant)
-    if (variant.startswith(("sgb", "sgq")) and vec != "q") or (variant.startswith("sgw") and vec != 8):
+    if variant.startswith("sgqw") and vec != "w":
+        variant = "sgq" + variant[4:]   # K % 128 != 0 (or T > 1, ...: `sgqw_runs`): the word form
+    if ((variant.startswith(("sgb", "sgq")) and vec != "q" and not variant.startswith("sgqw"))
+            or (variant.startswith("sgw") and vec != 8)):
         variant = "sg4"           # weights without the variant's loaders (gemv_vec): the vec4 kernel
     if variant.startswith("sgq") and (T > 1 or not sgq_fits(b, KV)):
         variant = "sgb" + variant[3:]   # prefill rows, or a row too wide for workgroup memory
@@ -190,8 +205,8 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
     if variant.startswith("sgq"):
         R, U = _variant_shape(variant)
-        src = kernels.render("linear_sgq", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
-                             **wgsl.sgq_code(R, U), **subs)
+        code = wgsl.sgqw_code(R, U) if vec == "w" else wgsl.sgq_code(R, U)
+        src = kernels.render("linear_sgq", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8, **code, **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
         # fewer workgroups than that: each quantizes the input once for several column rounds
         gx = min(gx, int(b.variants.get("sgq_groups") or gx))
@@ -222,8 +237,9 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
 
 
 def _variant_shape(variant: str) -> tuple[int, int]:
-    """(R, U) of `sgbR[uU]` / `sgqR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per subgroup, U units per trip."""
-    R, _, U = variant[3:].partition("u")
+    """(R, U) of `sgbR[uU]` / `sgqR[uU]` / `sgqwR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per
+    subgroup, U units per trip."""
+    R, _, U = variant[4 if variant.startswith("sgqw") else 3:].partition("u")
     return int(R or 2), int(U or 1)
 
 
@@ -440,7 +456,7 @@ def fuse_gemv(b, ops, i, s: Step):
     after = j + len(grp)
     if norm is not None and not (rich and grp and _dead_after(ops, after, norm.outs[0])):
         return None                 # the norm stays a dispatch; its GEMVs fuse on the next try
-    vec = gemv_vec(b, variant, K, [b.tensors[p.weights["w"]].dtype for p in grp])
+    vec = gemv_vec(b, variant, K, [b.tensors[p.weights["w"]].dtype for p in grp], s.rows)
     adecl = None
     ent = {3: b.act(o.ins[0])}
     if norm is not None:

@@ -14,7 +14,7 @@ NO_BIAS = "fn ldb(i: u32) -> f32 { return 0.0; }"
 # storage kinds of weight bindings: "u32" (words unpacked in the shader; every adapter) and
 # "f16" (typed f16 loads; adapters with `shader-f16`): `formats.WeightFormat.loader`
 STORAGE = ("u32", "f16")
-_SUFFIX = {1: "", 4: ".vec4", 8: ".v8", "q": ".q"}
+_SUFFIX = {1: "", 4: ".vec4", 8: ".v8", "q": ".q", "w": ".w"}
 
 
 def _loader(fmt: str, storage: str) -> str:
@@ -28,7 +28,8 @@ def _loader(fmt: str, storage: str) -> str:
 def wdecl(binding: int, name: str, fmt: str, vec, storage: str = "u32") -> str:
     """Declaration of weight binding `name` and its loader `ld<name>(i)`: value i (vec 1) or
     values 4i..4i+3 as a vec4f (vec 4), dequantized in registers; vec "q": the block-word
-    loaders `dm<name>(b)` / `qs<name>(b, j)` of the `sgb` GEMV; vec 8: values 8i..8i+7 as a
+    loaders `dm<name>(b)` / `qs<name>(b, j)` of the `sgb` GEMV; vec "w": `quad<name>(g, i)`,
+    vec4 i of the g-th run of four blocks (the `sgqw` GEMV); vec 8: values 8i..8i+7 as a
     mat2x4f (the `sgw` GEMV).  `storage`: which loader of the format (u32 words or typed f16),
     falling back to u32 where the format has no f16 one (or no f16 one of this width)."""
     name_ = _loader(fmt, storage)
@@ -41,6 +42,12 @@ def has_q(fmt: str) -> bool:
     """`fmt` has the block-word loaders of the `sgb` GEMV (`<fmt>.q.wgsl`: Q4_1)."""
     f = formats.get(fmt)
     return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.q")
+
+
+def has_w(fmt: str) -> bool:
+    """`fmt` has the 16-byte run-of-four-blocks loader of the `sgqw` GEMV (`<fmt>.w.wgsl`: Q4_1)."""
+    f = formats.get(fmt)
+    return f.wgsl is not None and kernels.exists(f"formats/{f.wgsl}.w")
 
 
 def has_v8(fmt: str) -> bool:
@@ -72,19 +79,19 @@ def block_wdecl(binding: int, name: str, fmt: str, storage: str = "u32") -> str 
 def mulv(vec) -> str:
     if vec == 8:
         return "fn mulv(a: mat2x4f, b: mat2x4f) -> f32 { return dot(a[0], b[0]) + dot(a[1], b[1]); }"
-    if vec in (4, "q"):
+    if vec in (4, "q", "w"):
         return "fn mulv(a: vec4f, b: vec4f) -> f32 { return dot(a, b); }"
     return "fn mulv(a: f32, b: f32) -> f32 { return a * b; }"
 
 
 def vwidth(vec) -> int:
-    """Values per input load of a GEMV reading weights as `vec` (the "q" block words: vec4)."""
-    return 4 if vec == "q" else vec
+    """Values per input load of a GEMV reading weights as `vec` (the "q" / "w" block words: vec4)."""
+    return 4 if vec in ("q", "w") else vec
 
 
 def vtype(vec) -> str:
     """The type of one weight load of a GEMV reading weights as `vec`."""
-    return {4: "vec4f", "q": "vec4f", 8: "mat2x4f"}.get(vec, "f32")
+    return {4: "vec4f", "q": "vec4f", "w": "vec4f", 8: "mat2x4f"}.get(vec, "f32")
 
 
 def f32lit(v) -> str:
@@ -108,7 +115,10 @@ def norm_input(inplace: bool) -> str:
 
 def gemv_weight(wdecl_: str, vec) -> str:
     """A single GEMV weight: `ldw_at(n, k)` over rows of K (vec units); vec "q": `dmw_at(n, b)`
-    and `qsw_at(n, b, j)` over rows of NB blocks."""
+    and `qsw_at(n, b, j)` over rows of NB blocks; vec "w": `quadw_at(n, g, i)` over rows of NU
+    runs of four blocks."""
+    if vec == "w":
+        return f"{wdecl_}\nfn quadw_at(n: u32, g: u32, i: u32) -> vec4u {{ return quadw(n * NU + g, i); }}"
     if vec == "q":
         return (f"{wdecl_}\nfn dmw_at(n: u32, b: u32) -> vec2f {{ return dmw(n * NB + b); }}\n"
                 "fn qsw_at(n: u32, b: u32, j: u32) -> u32 { return qsw(n * NB + b, j); }")
@@ -141,7 +151,7 @@ def gemv_input(vec, norm=None, storage: str = "u32") -> str:
                 f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v; }}\n"
                 "fn fin(v: f32, ss: f32) -> f32 { return v; }")
     fmt, eps, width, offset = norm
-    nvec = 4 if vec == "q" else vec
+    nvec = 4 if vec in ("q", "w") else vec
     nw = f"(ldnw(k) + {f32lit(offset)})" if offset else "ldnw(k)"
     return (f"{head}\nconst NORM: bool = true;\n{wdecl(5, 'nw', fmt, nvec, storage)}\n"
             f"fn scl(v: {vt}, k: u32) -> {vt} {{ return v * {nw}; }}\n"
@@ -160,6 +170,9 @@ def merged_attention_input(vec: int, KV: int, H: int, HD: int, NS: int, SL: int)
 def no_pair(vec) -> str:
     """PAIRDECL of a plain GEMV (one weight per column)."""
     vt = vtype(vec)
+    if vec == "w":
+        return ("const PAIR: bool = false;\nfn quadw2_at(n: u32, g: u32, i: u32) -> vec4u { return vec4u(); }\n"
+                "fn store2(t: u32, n: u32, g: f32, u: f32) {}")
     if vec == "q":
         return ("const PAIR: bool = false;\nfn dmw2_at(n: u32, b: u32) -> vec2f { return vec2f(); }\n"
                 "fn qsw2_at(n: u32, b: u32, j: u32) -> u32 { return 0u; }\n"
@@ -178,7 +191,10 @@ def act_pair(act: str, gate_fmt: str, up_fmt: str, rows: int, vec, storage: str 
     row n (binding 10) and up row n (binding 11) against the same input load."""
     vt = vtype(vec)
     wd = f"{mulv(vec)}\n{wdecl(10, 'w0', gate_fmt, vec, storage)}\n{wdecl(11, 'w1', up_fmt, vec, storage)}\n"
-    if vec == "q":
+    if vec == "w":
+        wd += "fn quadw_at(n: u32, g: u32, i: u32) -> vec4u { return quadw0(n * NU + g, i); }"
+        pair = "fn quadw2_at(n: u32, g: u32, i: u32) -> vec4u { return quadw1(n * NU + g, i); }"
+    elif vec == "q":
         wd += ("fn dmw_at(n: u32, b: u32) -> vec2f { return dmw0(n * NB + b); }\n"
                "fn qsw_at(n: u32, b: u32, j: u32) -> u32 { return qsw0(n * NB + b, j); }")
         pair = ("fn dmw2_at(n: u32, b: u32) -> vec2f { return dmw1(n * NB + b); }\n"
@@ -196,7 +212,7 @@ def multi_gemv(parts, vec, storage: str = "u32") -> tuple[str, str]:
     """(WDECL, YDECL) of one GEMV over the concatenated rows of several weights sharing an
     input: `parts` = [(rows, weight format, bias format or None)]; weight i at binding 10+i,
     its bias at 20+i, its output at 30+i."""
-    decl, load, dml, qsl, store, e = [mulv(vec)], [], [], [], [], 0
+    decl, load, dml, qsl, quad, store, e = [mulv(vec)], [], [], [], [], [], 0
     for i, (n, wfmt, bfmt) in enumerate(parts):
         decl.append(wdecl(10 + i, f"w{i}", wfmt, vec, storage))
         bias = ""
@@ -208,9 +224,12 @@ def multi_gemv(parts, vec, storage: str = "u32") -> tuple[str, str]:
         load.append(f"{cond}{{ return ldw{i}((n - {e}u) * K + k); }}")
         dml.append(f"{cond}{{ return dmw{i}((n - {e}u) * NB + b); }}")
         qsl.append(f"{cond}{{ return qsw{i}((n - {e}u) * NB + b, j); }}")
+        quad.append(f"{cond}{{ return quadw{i}((n - {e}u) * NU + g, j); }}")
         store.append(f"{cond}{{ y{i}[t * {n}u + n - {e}u] = v{bias}; return; }}")
         e += n
-    if vec == "q":
+    if vec == "w":
+        wd = "\n".join(decl) + "\nfn quadw_at(n: u32, g: u32, j: u32) -> vec4u {\n  " + "\n  ".join(quad) + "\n}"
+    elif vec == "q":
         wd = ("\n".join(decl) + "\nfn dmw_at(n: u32, b: u32) -> vec2f {\n  " + "\n  ".join(dml) + "\n}"
               "\nfn qsw_at(n: u32, b: u32, j: u32) -> u32 {\n  " + "\n  ".join(qsl) + "\n}")
     else:
@@ -274,12 +293,12 @@ def sgq_code(R: int, U: int) -> dict:
     decl, body = _gemv_registers(R, 1), []
     for u in us:                                           # all loads of the trip first
         body += [f"    let u{u} = u0 + {u}u * sgs;",
-                 f"    let c{u} = min(u{u}, NB * 4u - 1u);",
+                 f"    let c{u} = min(u{u}, NU - 1u);",
                  f"    let b{u} = c{u} >> 2u;",
                  f"    let j{u} = c{u} & 3u;",
-                 f"    let xl{u} = xq[b{u} * 8u + j{u}];",
-                 f"    let xh{u} = xq[b{u} * 8u + 4u + j{u}];",
-                 f"    let xb{u} = xb[b{u}] * select(0.0, 1.0, u{u} < NB * 4u);     // 0: past the row end"]
+                 f"    let xl{u} = xq[2u * b{u}][j{u}];",
+                 f"    let xh{u} = xq[2u * b{u} + 1u][j{u}];",
+                 f"    let xb{u} = xb[b{u}] * select(0.0, 1.0, u{u} < NU);     // 0: past the row end"]
         body += [ln for r in rs for ln in _block_word_loads(u, r)]
     for u in us:
         for r in rs:
@@ -288,7 +307,51 @@ def sgq_code(R: int, U: int) -> dict:
                         f"+ dot4I8Packed(({q}{u}_{r} >> 4u) & M4, xh{u}); "
                         f"{acc}{r}_0 += {dm}{u}_{r}.x * xb{u}.x * f32(i{w}{u}_{r}) + {dm}{u}_{r}.y * xb{u}.y;")
                 body.append(f"    if (PAIR) {{ {line} }}" if w else f"    {line}")
-    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1)}
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB * 4u"}
+
+
+def _quad_word(v: str, k: int) -> str:
+    """Word k (0..19) of a run of four Q4_1 blocks held as the vec4 registers v_0..v_4."""
+    return f"{v}_{k // 4}.{'xyzw'[k % 4]}"
+
+
+def sgqw_code(R: int, U: int) -> dict:
+    """DECL / BODY / REDUCE of linear_sgq.wgsl's WIDE form (`sgqwR[uU]`) for R columns and U
+    units per trip, a unit being a run of four blocks (128 values): per column 5 vec4 weight
+    loads (all of a trip's before any arithmetic), per unit 8 vec4 of packed int8 input and 4
+    blocks' (d, sum / 4) from workgroup memory shared by the R columns; per block 8 dot4I8Packed
+    and y += d_w d_x i + m_w sum(x) (4 * (sum / 4): exact)."""
+    rs, us = range(R), range(U)
+    decl, body = _gemv_registers(R, 1), []
+    for u in us:                                           # all loads of the trip first
+        body += [f"    let u{u} = u0 + {u}u * sgs;",
+                 f"    let g{u} = min(u{u}, NU - 1u);",
+                 f"    let k{u} = select(0.0, 1.0, u{u} < NU);     // 0: past the row end"]
+        body += [f"    let x{u}_{h} = xq[8u * g{u} + {h}u];" for h in range(8)]
+        body += [f"    let xb{u}_{i} = xb[4u * g{u} + {i}u] * k{u};" for i in range(4)]
+        for r in rs:
+            body += [f"    let w{u}_{r}_{v} = quadw_at(n{r}, g{u}, {v}u);" for v in range(5)]
+            body += [f"    var p{u}_{r}_{v} = vec4u();" for v in range(5)]
+            body.append("    if (PAIR) { " + " ".join(f"p{u}_{r}_{v} = quadw2_at(n{r}, g{u}, {v}u);"
+                                                      for v in range(5)) + " }")
+    for u in us:
+        for r in rs:
+            for w, acc in (("w", "acc"), ("p", "acp")):
+                lines = []
+                for i in range(4):                       # block i: (d, m) word 5i, nibbles 5i+1..5i+4
+                    q = [_quad_word(f"{w}{u}_{r}", 5 * i + 1 + j) for j in range(4)]
+                    dots = " + ".join(f"dot4I8Packed({q[j]} & M4, x{u}_{2 * i}.{'xyzw'[j]}) + "
+                                      f"dot4I8Packed(({q[j]} >> 4u) & M4, x{u}_{2 * i + 1}.{'xyzw'[j]})"
+                                      for j in range(4))
+                    v = f"{w}{i}{u}_{r}"
+                    lines += [f"let d{v} = unpack2x16float({_quad_word(f'{w}{u}_{r}', 5 * i)});",
+                              f"let i{v} = {dots};",
+                              f"{acc}{r}_0 += d{v}.x * xb{u}_{i}.x * f32(i{v}) + d{v}.y * (4.0 * xb{u}_{i}.y);"]
+                if w == "p":
+                    body.append("    if (PAIR) {\n      " + "\n      ".join(lines) + "\n    }")
+                else:
+                    body += [f"    {ln}" for ln in lines]
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB / 4u"}
 
 
 def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:

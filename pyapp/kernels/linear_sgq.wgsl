@@ -7,7 +7,7 @@
 // U (block b, word j) units per trip, every load of a trip before its arithmetic, written out
 // by wgsl.sgq_code): a word of nibbles w gives lo = w & 0x0F0F0F0F (values 4j..4j+3) and
 // hi = (w >> 4) & 0x0F0F0F0F (16+4j..16+4j+3), nibbles 0..15 being valid int8, and
-//   y += d_w * d_x * (dot4I8Packed(lo, xq[8b + j]) + dot4I8Packed(hi, xq[8b + 4 + j])) + m_w * sum(x) / 4
+//   y += d_w * d_x * (dot4I8Packed(lo, xq[2b][j]) + dot4I8Packed(hi, xq[2b + 1][j])) + m_w * sum(x) / 4
 // (4 units per block each add a quarter of m_w * sum(x), exact in f32): one 4-byte word of
 // weights meets 8 bytes of input and 2 integer dot instructions instead of linear_sgb's two
 // vec4 of f32 input (32 bytes), 2 unpacks and 8 FMAs.
@@ -15,6 +15,10 @@
 // separate quantize dispatch would cost a dispatch (~6 us of host encoding each on the H200,
 // more than a 4096-wide GEMV's GPU time) and a barrier between the two; rounds over columns
 // (fewer workgroups than N / (4R): lower.gemv's `sgq_groups`) amortize it further.
+// WIDE (`sgqwR[uU]`, wgsl.sgqw_code): a unit is a run of four blocks, 80 bytes = 5 vec4<u32>
+// of the weights as stored (formats/q4_1.w.wgsl: K % 128 == 0), against 8 vec4 of packed input
+// read once for the R columns: 16-byte loads where the word form issues 4-byte ones (a Q4_1
+// block is 20 bytes, never 16-aligned alone), 5R per unit instead of 8R per block.
 // T = 1 only (prefill runs linear_sgb); the row must fit workgroup memory (lower.sgq_fits).
 // Needs `subgroups` and the WGSL language feature packed_4x8_integer_dot_product.
 ${ENABLE}
@@ -31,7 +35,10 @@ const N0: u32 = ${N0}u;
 const TB: u32 = 1u;
 const R: u32 = ${R}u;
 const U: u32 = ${U}u;
-var<workgroup> xq: array<u32, K>;          // the input row as int8, 4 per word
+const NU: u32 = ${NU};         // units per row: words (4 per block), or WIDE runs of 4 blocks
+// the input row as int8, 4 per word: block b's low-nibble partners (values 0..15) xq[2b], its
+// high ones (16..31) xq[2b + 1]
+var<workgroup> xq: array<vec4<u32>, NB * 2u>;
 var<workgroup> xb: array<vec2f, NB>;       // per block: (d, sum(x) / 4)
 var<workgroup> xss: array<f32, 32>;        // NORM: sum(a^2) per subgroup (>= 4 lanes each)
 const M4: u32 = 0x0F0F0F0Fu;
@@ -56,10 +63,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     let s = select(0.0, 127.0 / amax, amax > 0.0);
     // pack4xI8, not pack4x8snorm: lavapipe (wgpu 0.32) sign-extends a negative lane of
     // pack4x8snorm over the bytes above it
-    xq[o] = pack4xI8(vec4i(round(v0 * s))); xq[o + 1u] = pack4xI8(vec4i(round(v1 * s)));
-    xq[o + 2u] = pack4xI8(vec4i(round(v2 * s))); xq[o + 3u] = pack4xI8(vec4i(round(v3 * s)));
-    xq[o + 4u] = pack4xI8(vec4i(round(v4 * s))); xq[o + 5u] = pack4xI8(vec4i(round(v5 * s)));
-    xq[o + 6u] = pack4xI8(vec4i(round(v6 * s))); xq[o + 7u] = pack4xI8(vec4i(round(v7 * s)));
+    xq[2u * b] = vec4u(pack4xI8(vec4i(round(v0 * s))), pack4xI8(vec4i(round(v1 * s))),
+                       pack4xI8(vec4i(round(v2 * s))), pack4xI8(vec4i(round(v3 * s))));
+    xq[2u * b + 1u] = vec4u(pack4xI8(vec4i(round(v4 * s))), pack4xI8(vec4i(round(v5 * s))),
+                            pack4xI8(vec4i(round(v6 * s))), pack4xI8(vec4i(round(v7 * s))));
     xb[b] = vec2f(amax / 127.0, 0.25 * dot((v0 + v1) + (v2 + v3) + (v4 + v5) + (v6 + v7), vec4f(1.0)));
   }
   var wss = 0.0;                              // the whole row's sum of squares (NORM)
@@ -78,7 +85,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let c0 = rd * total + (wg.x * per + l / sgs) * R;   // first column of this subgroup
 ${DECL}
   ss0 = select(0.0, wss, lane == 0u);         // the reduction's subgroupAdd gives wss back
-  for (var u0 = lane; u0 < NB * 4u; u0 += U * sgs) {
+  for (var u0 = lane; u0 < NU; u0 += U * sgs) {
 ${BODY}
   }
 ${REDUCE}

@@ -64,9 +64,12 @@ async def run_case(dev, c):
         for name, exp in st["check"].items():
             got = await g.read_activation_async(name, T)
             worst = max(worst, relerr(got, f32(exp)))
-    # int8_dot: a kernel of this case uses dot4I8Packed (the sgq GEMV); tol: a case's own bound
+    # int8_dot: a kernel of this case uses dot4I8Packed (the sgq GEMV), wide: its 16-byte form
+    # (sgqw); tol: a case's own bound
+    new = [s for s in dev._pipelines if s not in before]
     return {"ok": worst <= c.get("tol", 1e-5), "relerr": worst,
-            "int8_dot": any("dot4I8Packed" in s for s in dev._pipelines if s not in before)}
+            "int8_dot": any("dot4I8Packed" in s for s in new),
+            "wide": any("fn quadw_at" in s and "dot4I8Packed" in s for s in new)}
 
 
 async def fetch_bytes(url, start=None, end=None):
