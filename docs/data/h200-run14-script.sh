@@ -58,3 +58,17 @@ if [ "$1" = deno2 ]; then
   done
   exit
 fi
+if [ "$1" = sgqw ]; then
+  # 14d: the int8-input Q4_1 GEMV over runs of four blocks read as 16-byte loads (sgqw) against
+  # sgb and sgq, alone at the 7B shapes, then in the 7B q4_1 decode, then autotuned
+  timeout 120 $B --shapes llama-7b-q4_1 --gemv --no-decode --no-deno --no-torch \
+    --gemv-variants sgb2,sgq4u2,sgqw1,sgqw2,sgqw4,sgqw8,sgqw2u2 --label sgqw-gemv 2>&1 | tee $R/sgqw-gemv-log.txt
+  timeout 100 $B --shapes llama-7b-q4_1 --gemv --no-decode --no-deno --no-torch \
+    --gemv-variants sgq4u2,sgqw2,sgqw4,sgqw8 --variants '{"sgq_groups": 264}' --label sgqw-gemv-g264 2>&1 | tee -a $R/sgqw-gemv-log.txt
+  for v in sgb2 sgqw2 sgqw4; do
+    timeout 80 $B --shapes llama-7b-q4_1 --linear $v --no-deno --no-torch --profile --label $v-decode \
+      2>&1 | tail -14 | tee -a $R/sgqw-decode-log.txt
+  done
+  timeout 100 $B --shapes llama-7b-q4_1,smollm2-135m-q4_1 --no-deno --no-torch --label q4_1-autotuned 2>&1 | tail -5 | tee -a $R/sgqw-decode-log.txt
+  exit
+fi
