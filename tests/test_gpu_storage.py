@@ -357,6 +357,24 @@ def test_fused_sgq(device, act, D, F, variant, storage, offset):
         assert all(map(is_sgqw, srcs))
 
 
+def test_autotune_offers_int8_input_only_on_gpus(device):
+    """The int8-input GEMVs (sgq / sgqw) are autotune candidates for Q4_1 on a GPU with the packed
+    int8 dot product, never on a CPU adapter (lavapipe here; SwiftShader alike), where the
+    f32-input kernels keep greedy ids those of the f32 reference."""
+    import types
+    from pyapp.gpu import autotune
+    from pyapp.gpu.device import PACKED_DOT
+    assert PACKED_DOT in device.features          # lavapipe compiles dot4I8Packed (the probe)
+    names = lambda d: {c["linear"] for c in autotune.candidate_variants(d, "q4_1", 4096)} | set(
+        autotune.head_candidates(d, "sg", "q4_1", 4096))
+    assert not {"sgq2", autotune.SGQW} & names(device)
+    gpu = types.SimpleNamespace(features=set(device.features) | {"subgroups"}, kind=device.kind,
+                                info={"vendor": "nvidia", "architecture": "hopper", "device": "NVIDIA H200",
+                                      "adapter_type": "DiscreteGPU"})
+    assert {"sgb2", "sgq2", autotune.SGQW} <= names(gpu)
+    assert autotune.SGQW not in {c["linear"] for c in autotune.candidate_variants(gpu, "q4_1", 576)}
+
+
 def test_sgq_falls_back():
     """Where `sgq` cannot run, the plan runs the sgb (or sg4) kernel, exact to TOL: prefill rows
     (T > 1), weights without block-word loaders (Q8_0, f16), a row wider than workgroup memory,

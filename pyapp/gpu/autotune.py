@@ -37,7 +37,7 @@ SGW_LAYERS, SGW_HEAD = "sgw2", "sgw4"
 
 # Bumped whenever the candidates or the plans they time change, so that a cached choice
 # made among older kernels is measured again instead of kept.
-TUNE_VERSION = 7
+TUNE_VERSION = 8
 
 
 def tune_key(device, K, N, dtype):
@@ -46,8 +46,18 @@ def tune_key(device, K, N, dtype):
             f"{i.get('description')}|{K}x{N}|{dtype}")
 
 
-# the sgqw shape the autotune measures where the layer's input width allows it (K % 128 == 0)
-SGQW = "sgqw2"
+# the sgqw shape the autotune measures where the layer's input width allows it (K % 128 == 0):
+# the H200's best in the 7B q4_1 decode (run 14d: GEMVs 1,530 GB/s vs sgqw2 1,182, sgb2 1,028)
+SGQW = "sgqw4"
+
+
+def int8_input_ok(device) -> bool:
+    """Whether the autotune may choose a GEMV that rounds its input to int8 (sgq / sgqw): on
+    GPUs with the packed int8 dot product, where it buys bandwidth (H200, 7B q4_1: 226 -> 320
+    tok/s, run 14d). Not on CPU adapters: there the f32-input kernels keep a Q4_1 model's
+    greedy ids those of the f32 reference (the int8 input's ~1 % noise can flip a near-tie:
+    SmolLM2's 27th id with sgqw2 forced, two logits 0.37 apart), and speed is not the point."""
+    return PACKED_DOT in device.features and not cpu_adapter(device.info)
 
 
 def candidate_variants(device, dtype="f32", K=None):
@@ -62,7 +72,7 @@ def candidate_variants(device, dtype="f32", K=None):
         out.append({"linear": "sg4", **par})
         if wgsl.has_q(dtype):             # Q4_1: the block-word kernel (dequantization-bound on GPUs)
             out.append({"linear": "sgb2", **par})
-            if PACKED_DOT in device.features:    # ... and its int8-input form
+            if int8_input_ok(device):           # ... and its int8-input form
                 out.append({"linear": "sgq2", **par})
                 if wgsl.has_w(dtype) and (K is None or K % 128 == 0):    # ... with 16-byte loads
                     out.append({"linear": SGQW, **par})
@@ -89,8 +99,8 @@ def head_candidates(device, base, dtype="f32", K=None):
     if base == "row" or "subgroups" not in device.features:
         return []
     return (["sg", "sg4", "sgr2", "sgr4"] + (["sgb2"] if wgsl.has_q(dtype) else [])
-            + (["sgq2"] if wgsl.has_q(dtype) and PACKED_DOT in device.features else [])
-            + ([SGQW] if wgsl.has_w(dtype) and PACKED_DOT in device.features and (K is None or K % 128 == 0) else [])
+            + (["sgq2"] if wgsl.has_q(dtype) and int8_input_ok(device) else [])
+            + ([SGQW] if wgsl.has_w(dtype) and int8_input_ok(device) and (K is None or K % 128 == 0) else [])
             + ([SGW_LAYERS, SGW_HEAD] if wgsl.has_v8(dtype) else []))
 
 
