@@ -72,3 +72,16 @@ if [ "$1" = sgqw ]; then
   timeout 100 $B --shapes llama-7b-q4_1,smollm2-135m-q4_1 --no-deno --no-torch --label q4_1-autotuned 2>&1 | tail -5 | tee -a $R/sgqw-decode-log.txt
   exit
 fi
+if [ "$1" = groups ]; then
+  # 14g: sgqw4 in the 7B q4_1 decode with fewer workgroups (each quantizes its input once for
+  # several column rounds): default (one per 16 columns), 132, 264, 528; then step-by-step chunk
+  # rules with smaller chunks for the small models
+  for g in 0 132 264 528; do
+    v='{"linear": "sgqw4"}'; [ $g != 0 ] && v="{\"linear\": \"sgqw4\", \"sgq_groups\": $g}"
+    timeout 80 $B --shapes llama-7b-q4_1 --no-deno --no-torch --profile --variants "$v" --label sgqw4-g$g \
+      2>&1 | grep -E "native|linear_sgq|whole" | tee -a $R/groups-log.txt
+  done
+  timeout 200 python3 benchmarks/bench_chunks.py --shapes smollm2-135m-f16,gemma3-270m-f16 --rules none,16:16,8:8,8:16,4:8 \
+    --out $R 2>&1 | tee $R/chunks2-log.txt
+  exit
+fi
