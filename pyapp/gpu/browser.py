@@ -108,12 +108,22 @@ class BrowserDevice(Device):
     def record(self, dispatches):
         return self._js([list(d) for d in dispatches])
 
-    def submit(self, recording, writes=(), copy=None, ends=None):
+    def submit(self, recording, writes=(), copy=None, ends=None, map_read=None):
         copies = [] if copy is None else [copy] if isinstance(copy, tuple) else list(copy)
         w = [[b, o, d if hasattr(d, "byteLength") else memoryview(d).cast("B")] for b, o, d in writes]
         args = self._js([w, [list(c) for c in copies], list(ends or ())])
         self.crossings += 1
-        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2])
+        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2], map_read)
+
+    async def take_u32(self, buf):
+        """The u32 of a readback that `submit(map_read=buf)` began mapping: no suspension
+        (no event-loop turn) when the mapping has already resolved."""
+        self.crossings += 1
+        try:
+            v = self.H.take(self.state, buf)
+            return v if isinstance(v, int) else int(await v)
+        except Exception as e:  # noqa: BLE001
+            raise GpuError(str(e)) from e
 
     async def read_u32(self, buf, offset=0):
         self.crossings += 1
