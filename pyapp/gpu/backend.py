@@ -623,9 +623,9 @@ class GpuBackend:
         """Submit one step (prompt chunks beyond max_tokens first); `chunks`: the rule its
         pass is cut into submits by (SUBMIT_CHUNKS; None: one submit); `map_read`: start
         mapping the readback with the submit (Device.submit)."""
-        from ..sampling import SamplingParams
-
-        params = params or SamplingParams()
+        if params is None:
+            from ..sampling import SamplingParams
+            params = SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
         # a prompt longer than the activation buffers is prefilled in chunks
@@ -742,7 +742,8 @@ class _Pipeline:
     poll) and read without a Python task or event-loop turn once resolved (take_u32)."""
 
     def __init__(self, backend, cache, params, depth):
-        self.be, self.cache, self.params, self.depth = backend, cache, params, depth
+        from ..sampling import SamplingParams
+        self.be, self.cache, self.params, self.depth = backend, cache, params or SamplingParams(), depth
         self.browser = backend.device.kind == "browser"
         self.pending = set()          # n of the steps whose readback is mapping (browser)
 

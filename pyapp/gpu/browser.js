@@ -63,9 +63,10 @@
     // ends: each chunk's end index in rec (null: one chunk); a chunk is its own encoder, pass
     // and queue.submit, so the GPU side starts on the first while this loop records the rest;
     // the copies ride in the last; one pair of error scopes covers every chunk
-    // mapRead: a 4-byte readback the copies fill, mapped as soon as it is submitted (mapStart)
-    submit(device, state, rec, writes, copies, ends, mapRead) {
-      for (const [buf, off, data] of writes) H.write(device, buf, off, data);
+    // mapRead: a 4-byte readback the copies fill, mapped as soon as it is submitted (mapStart);
+    // writes: (buffer, offset, Uint8Array) flat in the arguments, so nothing is converted per call
+    submit(device, state, rec, copies, ends, mapRead, ...writes) {
+      for (let i = 0; i < writes.length; i += 3) H.write(device, writes[i], writes[i + 1], writes[i + 2]);
       device.pushErrorScope('out-of-memory');
       device.pushErrorScope('validation');
       const cut = ends && ends.length ? ends : [rec.length];

@@ -66,6 +66,10 @@ class BrowserDevice(Device):
         self._pipelines = {}
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
         self._to_js = to_js
+        # per-step calls, looked up once (a JS attribute lookup is a crossing of its own)
+        self._submit, self._take = H.submit, H.take
+        self._consts = {}      # submit's copies / chunk ends, converted once (const_js)
+        self._stage = {}       # (write index, bytes) -> a JS Uint8Array that small writes are copied into
 
     def _js(self, x):
         self.crossings += 1
@@ -108,19 +112,50 @@ class BrowserDevice(Device):
     def record(self, dispatches):
         return self._js([list(d) for d in dispatches])
 
+    def _const_js(self, key, hold, make):
+        """The JS value of a submit argument that repeats step after step (the readback copy,
+        chunk ends), converted once. `key` holds ids of the buffers in it: `hold` keeps them
+        alive with the entry, so an id cannot be reused by another buffer while it is cached."""
+        v = self._consts.get(key)
+        if v is None:
+            if len(self._consts) > 256:
+                self._consts.clear()
+            v = self._consts[key] = (self._js(make()), hold)
+        return v[0]
+
+    def _staged(self, i, data):
+        """`data` as a JS Uint8Array: a small write is copied into a Uint8Array kept for its
+        (index, size), so a decode step's params cost one `assign`, not a new array."""
+        if hasattr(data, "byteLength"):
+            return data
+        mv = memoryview(data).cast("B")
+        if mv.nbytes > 4096:
+            return self._js(mv)
+        u8 = self._stage.get((i, mv.nbytes))
+        if u8 is None:
+            u8 = self._stage[(i, mv.nbytes)] = self._js(mv)
+        else:
+            self.crossings += 1
+            u8.assign(mv)
+        return u8
+
     def submit(self, recording, writes=(), copy=None, ends=None, map_read=None):
-        copies = [] if copy is None else [copy] if isinstance(copy, tuple) else list(copy)
-        w = [[b, o, d if hasattr(d, "byteLength") else memoryview(d).cast("B")] for b, o, d in writes]
-        args = self._js([w, [list(c) for c in copies], list(ends or ())])
+        copies = () if copy is None else (copy,) if isinstance(copy, tuple) else tuple(copy)
+        cj = self._const_js(tuple((id(s), so, id(d), do, n) for s, so, d, do, n in copies), copies,
+                            lambda: [list(c) for c in copies]) if copies else None
+        ej = self._const_js(tuple(ends), None, lambda: list(ends)) if ends else None
+        flat = []
+        for i, (b, o, d) in enumerate(writes):
+            flat += (b, o, self._staged(i, d))
         self.crossings += 1
-        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2], map_read)
+        self._submit(self.device, self.state, recording, cj, ej, map_read, *flat)
 
     async def take_u32(self, buf):
         """The u32 of a readback that `submit(map_read=buf)` began mapping: no suspension
         (no event-loop turn) when the mapping has already resolved."""
         self.crossings += 1
         try:
-            v = self.H.take(self.state, buf)
+            v = self._take(self.state, buf)
             return v if isinstance(v, int) else int(await v)
         except Exception as e:  # noqa: BLE001
             raise GpuError(str(e)) from e
