@@ -78,7 +78,7 @@
           pass.setPipeline(p); pass.setBindGroup(0, g); pass.dispatchWorkgroups(x, y, z);
         }
         pass.end();
-        if (c === cut.length - 1) for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
+        if (copies && c === cut.length - 1) for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
         device.queue.submit([enc.finish()]);
       }
       for (let i = 0; i < 2; i++)
