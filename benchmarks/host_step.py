@@ -50,8 +50,12 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--real-layers", type=int, default=0, help="also real rows on this many layers (0: none)")
+    ap.add_argument("--real-tiny", action="store_true",
+                    help="the real rows' model also 64 wide with 512 ids (little GPU work: the host's loop shows)")
     ap.add_argument("--deno", default=None)
     ap.add_argument("--no-native", action="store_true")
+    ap.add_argument("--pending", action="store_true",
+                    help="also a browser stub row whose pipelined reads are still pending when taken (an await each)")
     ap.add_argument("--profile", type=int, default=0, help="cProfile's top N functions of the stub rows")
     ap.add_argument("--pyodide", default=str(ROOT / "node_modules/pyodide"))
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "host-step.json"))
@@ -61,6 +65,9 @@ def main(argv=None):
     runs = [(cfg, True)]
     if a.real_layers:
         small = dict(cfg, num_hidden_layers=a.real_layers)
+        if a.real_tiny:
+            small.update(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1,
+                         head_dim=32, vocab_size=512)
         if "layer_types" in small:
             small["layer_types"] = small["layer_types"][:a.real_layers]
         runs.append((small, False))
@@ -73,11 +80,14 @@ def main(argv=None):
             r = run_deno(deno, c, dtype, a.prompt_tokens, a.new_tokens, None, a.pyodide, a.depth,
                          extra={"script": "host_step.py", "stub": stub, "profile": a.profile if stub else 0})
             rows.append(r)
+            if stub and a.pending:
+                rows.append(run_deno(deno, c, dtype, a.prompt_tokens, a.new_tokens, None, a.pyodide, a.depth,
+                                     extra={"script": "host_step.py", "stub": True, "pending": True}))
     for r in rows:
         if "error" in r:
             print("error:", r["error"])
             continue
-        print(f"{r['binding']:28s} {'stub' if r['stub'] else 'real'} {r['layers']:3d} layers: "
+        print(f"{r['binding']:43s} {'stub' if r['stub'] else 'real'} {r['layers']:3d} layers: "
               f"loop {r['loop_us_per_token']:8.1f} us/token, submit {r['submit_us_per_token']:8.1f}, "
               f"read {r['read_us_per_token']:8.1f}")
         if r.get("profile"):

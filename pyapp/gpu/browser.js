@@ -64,9 +64,15 @@
     // and queue.submit, so the GPU side starts on the first while this loop records the rest;
     // the copies ride in the last; one pair of error scopes covers every chunk
     // mapRead: a 4-byte readback the copies fill, mapped as soon as it is submitted (mapStart);
-    // writes: (buffer, offset, Uint8Array) flat in the arguments, so nothing is converted per call
-    submit(device, state, rec, copies, ends, mapRead, ...writes) {
-      for (let i = 0; i < writes.length; i += 3) H.write(device, writes[i], writes[i + 1], writes[i + 2]);
+    // writes: (buffer, offset, data) flat in the arguments, so nothing is converted per call;
+    // data is a typed array or the byte count of the next part of `staged` (the small writes,
+    // copied into it at once)
+    submit(device, state, rec, copies, ends, mapRead, staged, ...writes) {
+      for (let i = 0, a = 0; i < writes.length; i += 3) {
+        let d = writes[i + 2];
+        if (typeof d === 'number') { d = staged.subarray(a, a + d); a += d.length; }
+        H.write(device, writes[i], writes[i + 1], d);
+      }
       device.pushErrorScope('out-of-memory');
       device.pushErrorScope('validation');
       const cut = ends && ends.length ? ends : [rec.length];

@@ -69,7 +69,7 @@ class BrowserDevice(Device):
         # per-step calls, looked up once (a JS attribute lookup is a crossing of its own)
         self._submit, self._take = H.submit, H.take
         self._consts = {}      # submit's copies / chunk ends, converted once (const_js)
-        self._stage = {}       # (write index, bytes) -> a JS Uint8Array that small writes are copied into
+        self._stage = {}       # bytes -> a JS Uint8Array that a submit's small writes are copied into
 
     def _js(self, x):
         self.crossings += 1
@@ -123,20 +123,20 @@ class BrowserDevice(Device):
             v = self._consts[key] = (self._js(make()), hold)
         return v[0]
 
-    def _staged(self, i, data):
-        """`data` as a JS Uint8Array: a small write is copied into a Uint8Array kept for its
-        (index, size), so a decode step's params cost one `assign`, not a new array."""
-        if hasattr(data, "byteLength"):
-            return data
-        mv = memoryview(data).cast("B")
-        if mv.nbytes > 4096:
-            return self._js(mv)
-        u8 = self._stage.get((i, mv.nbytes))
+    def _staged(self, parts):
+        """The small writes' bytes as one JS Uint8Array: copied with one `assign` into an array
+        kept for that total size (a decode step's params and id: one crossing, no new array)."""
+        if not parts:
+            return None
+        b = parts[0] if len(parts) == 1 else b"".join(parts)
+        u8 = self._stage.get(len(b))
         if u8 is None:
-            u8 = self._stage[(i, mv.nbytes)] = self._js(mv)
+            if len(self._stage) > 64:
+                self._stage.clear()
+            u8 = self._stage[len(b)] = self._js(memoryview(b))
         else:
             self.crossings += 1
-            u8.assign(mv)
+            u8.assign(b)
         return u8
 
     def submit(self, recording, writes=(), copy=None, ends=None, map_read=None):
@@ -144,11 +144,19 @@ class BrowserDevice(Device):
         cj = self._const_js(tuple((id(s), so, id(d), do, n) for s, so, d, do, n in copies), copies,
                             lambda: [list(c) for c in copies]) if copies else None
         ej = self._const_js(tuple(ends), None, lambda: list(ends)) if ends else None
-        flat = []
-        for i, (b, o, d) in enumerate(writes):
-            flat += (b, o, self._staged(i, d))
+        flat, small = [], []
+        for b, o, d in writes:
+            if not hasattr(d, "byteLength"):
+                d = memoryview(d).cast("B")
+                if d.nbytes <= 4096:
+                    small.append(d)
+                    d = d.nbytes
+                else:
+                    d = self._js(d)
+            flat += (b, o, d)
+        staged = self._staged(small)
         self.crossings += 1
-        self._submit(self.device, self.state, recording, cj, ej, map_read, *flat)
+        self._submit(self.device, self.state, recording, cj, ej, map_read, staged, *flat)
 
     async def take_u32(self, buf):
         """The u32 of a readback that `submit(map_read=buf)` began mapping: no suspension
