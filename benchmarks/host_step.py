@@ -32,7 +32,7 @@ from pyapp.bench import pipelined_host_us  # noqa: E402
 def native_row(cfg, dtype, P, N, depth, stub, profile):
     from pyapp.gpu.native import NativeDevice
     dev = NativeDevice.create()
-    be = random_backend(dev, cfg, dtype, variants={} if stub else None, write=not stub)
+    be = random_backend(dev, cfg, dtype, variants={"linear": "row"} if stub else None, write=not stub)
     if stub:
         dev.command_buffer = lambda *a, **k: None
         dev.submit_buffer = lambda *a, **k: None
@@ -54,6 +54,8 @@ def main(argv=None):
                     help="the real rows' model also 64 wide with 512 ids (little GPU work: the host's loop shows)")
     ap.add_argument("--deno", default=None)
     ap.add_argument("--no-native", action="store_true")
+    ap.add_argument("--empty", action="store_true",
+                    help="also a browser row on the real binding with empty passes (process CPU µs per token)")
     ap.add_argument("--pending", action="store_true",
                     help="also a browser stub row whose pipelined reads are still pending when taken (an await each)")
     ap.add_argument("--profile", type=int, default=0, help="cProfile's top N functions of the stub rows")
@@ -80,6 +82,9 @@ def main(argv=None):
             r = run_deno(deno, c, dtype, a.prompt_tokens, a.new_tokens, None, a.pyodide, a.depth,
                          extra={"script": "host_step.py", "stub": stub, "profile": a.profile if stub else 0})
             rows.append(r)
+            if stub and a.empty:
+                rows.append(run_deno(deno, c, dtype, a.prompt_tokens, a.new_tokens, None, a.pyodide, a.depth,
+                                     extra={"script": "host_step.py", "stub": False, "empty": True}))
             if stub and a.pending:
                 rows.append(run_deno(deno, c, dtype, a.prompt_tokens, a.new_tokens, None, a.pyodide, a.depth,
                                      extra={"script": "host_step.py", "stub": True, "pending": True}))
@@ -89,7 +94,8 @@ def main(argv=None):
             continue
         print(f"{r['binding']:43s} {'stub' if r['stub'] else 'real'} {r['layers']:3d} layers: "
               f"loop {r['loop_us_per_token']:8.1f} us/token, submit {r['submit_us_per_token']:8.1f}, "
-              f"read {r['read_us_per_token']:8.1f}")
+              f"read {r['read_us_per_token']:8.1f}"
+              + (f", process CPU {r['cpu_us_per_token']:8.1f}" if "cpu_us_per_token" in r else ""))
         if r.get("profile"):
             print(r["profile"])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

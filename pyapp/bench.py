@@ -334,12 +334,13 @@ def host_encode_ms(dev, rec, reps=5):
     return (time.perf_counter() - t) / reps * 1e3
 
 
-async def pipelined_host_us(be, cache_tokens, prompt, n_new, depth, profile=0):
+async def pipelined_host_us(be, cache_tokens, prompt, n_new, depth, profile=0, cpu=None):
     """Host µs per token of pipelined decode (GpuBackend.decode_async), split into the time in
     `_Pipeline.submit` (prepare + the binding's submit) and in `_Pipeline.read` (awaiting the
     readback and what follows it); with `profile` > 0, the cProfile lines of the top `profile`
     functions by own time. Run it with the binding's GPU calls stubbed (the benchmark scripts
-    do) to see the Python + FFI cost alone: on lavapipe the "GPU" swamps wall time."""
+    do) to see the Python + FFI cost alone: on lavapipe the "GPU" swamps wall time. `cpu`: a
+    clock of the process's CPU seconds (all threads), reported per token too."""
     from .gpu import backend as B
     t_sub, t_read = [0.0], [0.0]
     sub0, read0 = B._Pipeline.submit, B._Pipeline.read
@@ -369,9 +370,9 @@ async def pipelined_host_us(be, cache_tokens, prompt, n_new, depth, profile=0):
             import cProfile
             prof = cProfile.Profile()
             prof.enable()
-        t = time.perf_counter()
+        t, c0 = time.perf_counter(), cpu() if cpu else 0.0
         res = await be.decode_async(prompt, c, None, n_new + 1, depth=depth)
-        wall = time.perf_counter() - t
+        wall, cpu_s = time.perf_counter() - t, (cpu() - c0 if cpu else None)
         if prof is not None:
             prof.disable()
     finally:
@@ -379,6 +380,8 @@ async def pipelined_host_us(be, cache_tokens, prompt, n_new, depth, profile=0):
     n = len(res.ids)
     out = {"tokens": n, "loop_us_per_token": wall / n * 1e6, "submit_us_per_token": t_sub[0] / n * 1e6,
            "read_us_per_token": t_read[0] / n * 1e6}
+    if cpu_s is not None:
+        out["cpu_us_per_token"] = cpu_s / n * 1e6
     if prof is not None:
         import io
         import pstats

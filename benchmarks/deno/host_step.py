@@ -3,7 +3,9 @@
 # spec "stub": true replaces the JS helper's submit and readU32 by no-ops (a readback resolves at
 # once with token 0; a pipelined one is already resolved at its first take, or with "pending"
 # still a promise there, as when the loop has caught up with the GPU), so what is timed is the page's Python, the FFI and the event loop alone;
-# false runs the real binding (use a small config: lavapipe's "GPU" time is in the wall time).
+# false runs the real binding (use a small config: lavapipe's "GPU" time is in the wall time);
+# "empty": true (with stub false) the real binding with every step's recording empty (the writes,
+# the copy, submit and mapAsync real; no dispatch): the CPU time per token is the host's.
 import json
 
 import js
@@ -25,12 +27,23 @@ if stub:    # before the device: BrowserDevice looks the helper's methods up onc
 dev = await gb.request_device()
 model = build_model(spec["config"], spec["names"])
 be = GpuBackend(dev, model, 0, None, None, None, spec["dtype"], variants=spec.get("variants") or None)
-if not stub:
+if spec.get("empty"):    # the real binding, every step's recording empty: writes, copy, mapAsync
+    empty = (dev.record([]), 0)
+    be._plan = lambda *a, **k: empty
+elif not stub:
     for name, _nbytes in be.weight_layout():
         be.write_weight(name, 0, js.makeWeight(name, list(be.tensors[name].shape), spec["dtype"]))
     await dev.check()
 P, N = spec["prompt_tokens"], spec["new_tokens"]
 prompt = [1 + (i * 7919) % (model.vocab - 1) for i in range(P)]
-r = await pipelined_host_us(be, P + N + 8, prompt, N, spec.get("depth") or 4, spec.get("profile", 0))
-r.update(binding="browser (Pyodide in Deno)" + (", pending reads" if spec.get("pending") else ""), stub=stub, layers=model.n_layers, dtype=spec["dtype"])
+
+
+def cpu():
+    u = js.process.cpuUsage()
+    return (u.user + u.system) / 1e6
+
+
+r = await pipelined_host_us(be, P + N + 8, prompt, N, spec.get("depth") or 4, spec.get("profile", 0), cpu)
+r.update(binding="browser (Pyodide in Deno)" + (", pending reads" if spec.get("pending") else "")
+         + (", empty passes" if spec.get("empty") else ""), stub=stub, layers=model.n_layers, dtype=spec["dtype"])
 json.dumps(r)
