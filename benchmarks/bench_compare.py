@@ -356,9 +356,10 @@ def find_deno(arg):
     return None
 
 
-def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir, depth=None):
+def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir, depth=None, extra=None):
     spec = {"pyodide": str(pyodide_dir), "pyapp": str(ROOT), "config": cfg, "names": tensor_names(cfg),
-            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants, "depth": depth}
+            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants, "depth": depth,
+            **(extra or {})}
     with tempfile.TemporaryDirectory() as d:
         sp, op = Path(d) / "spec.json", Path(d) / "out.json"
         sp.write_text(json.dumps(spec))
