@@ -85,3 +85,12 @@ if [ "$1" = groups ]; then
     --out $R 2>&1 | tee $R/chunks2-log.txt
   exit
 fi
+if [ "$1" = pyhost ]; then
+  # 14h: the browser binding after its per-step host cost was cut (reads without a Python task,
+  # the readback mapped from its submit, writes staged in one assign): Deno vs native, and the
+  # Python host time per pipelined step in both bindings (GPU calls stubbed / empty passes)
+  timeout 300 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --no-torch --label pyhost 2>&1 | tail -6 | tee $R/pyhost-log.txt
+  timeout 150 python3 benchmarks/host_step.py --deno /tmp/deno --pyodide .perf/pyodide --new-tokens 400 \
+    --pending --empty --out $R/host-step.json 2>&1 | tee -a $R/pyhost-log.txt
+  exit
+fi
