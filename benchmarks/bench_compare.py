@@ -356,10 +356,9 @@ def find_deno(arg):
     return None
 
 
-def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir, depth=None, extra=None):
+def run_deno(deno, cfg, dtype, P, N, variants, pyodide_dir, depth=None):
     spec = {"pyodide": str(pyodide_dir), "pyapp": str(ROOT), "config": cfg, "names": tensor_names(cfg),
-            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants, "depth": depth,
-            **(extra or {})}
+            "dtype": dtype, "prompt_tokens": P, "new_tokens": N, "variants": variants, "depth": depth}
     with tempfile.TemporaryDirectory() as d:
         sp, op = Path(d) / "spec.json", Path(d) / "out.json"
         sp.write_text(json.dumps(spec))

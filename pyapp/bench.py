@@ -334,63 +334,6 @@ def host_encode_ms(dev, rec, reps=5):
     return (time.perf_counter() - t) / reps * 1e3
 
 
-async def pipelined_host_us(be, cache_tokens, prompt, n_new, depth, profile=0, cpu=None):
-    """Host µs per token of pipelined decode (GpuBackend.decode_async), split into the time in
-    `_Pipeline.submit` (prepare + the binding's submit) and in `_Pipeline.read` (awaiting the
-    readback and what follows it); with `profile` > 0, the cProfile lines of the top `profile`
-    functions by own time. Run it with the binding's GPU calls stubbed (the benchmark scripts
-    do) to see the Python + FFI cost alone: on lavapipe the "GPU" swamps wall time. `cpu`: a
-    clock of the process's CPU seconds (all threads), reported per token too."""
-    from .gpu import backend as B
-    t_sub, t_read = [0.0], [0.0]
-    sub0, read0 = B._Pipeline.submit, B._Pipeline.read
-
-    def submit(self, ids, n):
-        t = time.perf_counter()
-        try:
-            return sub0(self, ids, n)
-        finally:
-            t_sub[0] += time.perf_counter() - t
-
-    async def read(self, n):
-        t = time.perf_counter()
-        try:
-            return await read0(self, n)
-        finally:
-            t_read[0] += time.perf_counter() - t
-
-    B._Pipeline.submit, B._Pipeline.read = submit, read
-    try:
-        c = be.new_cache(cache_tokens)      # one cache: its plans are built once, in the warm-up
-        await be.decode_async(prompt, c, None, 4, depth=depth)
-        c.truncate(0)
-        t_sub[0] = t_read[0] = 0.0
-        prof = None
-        if profile:
-            import cProfile
-            prof = cProfile.Profile()
-            prof.enable()
-        t, c0 = time.perf_counter(), cpu() if cpu else 0.0
-        res = await be.decode_async(prompt, c, None, n_new + 1, depth=depth)
-        wall, cpu_s = time.perf_counter() - t, (cpu() - c0 if cpu else None)
-        if prof is not None:
-            prof.disable()
-    finally:
-        B._Pipeline.submit, B._Pipeline.read = sub0, read0
-    n = len(res.ids)
-    out = {"tokens": n, "loop_us_per_token": wall / n * 1e6, "submit_us_per_token": t_sub[0] / n * 1e6,
-           "read_us_per_token": t_read[0] / n * 1e6}
-    if cpu_s is not None:
-        out["cpu_us_per_token"] = cpu_s / n * 1e6
-    if prof is not None:
-        import io
-        import pstats
-        s = io.StringIO()
-        pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(profile)
-        out["profile"] = s.getvalue()
-    return out
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def _table(rows, cols):

@@ -74,8 +74,7 @@ globalThis.makeWeight = (name, shape, dtype) => {
 };
 
 globalThis.SPEC = JSON.stringify(spec);
-// spec.script: another script of this folder run the same way (host_step.py)
-const code = fs.readFileSync(new URL("./" + (spec.script || "decode.py"), import.meta.url), "utf8");
+const code = fs.readFileSync(new URL("./decode.py", import.meta.url), "utf8");
 let result;
 try {
   result = JSON.parse(await pyodide.runPythonAsync(code));
@@ -86,6 +85,5 @@ try {
 result.pyodide_boot_seconds = bootS;
 result.deno = Deno.version;
 fs.writeFileSync(outPath, JSON.stringify(result, null, 1));
-if (result.decode_tokens_per_s !== undefined)
-  console.log(`deno browser binding: ${result.decode_tokens_per_s.toFixed(1)} tok/s, ` +
+console.log(`deno browser binding: ${result.decode_tokens_per_s.toFixed(1)} tok/s, ` +
             `${result.dispatches_per_token} dispatches/token, ${result.ffi_crossings_per_token} crossings/token`);

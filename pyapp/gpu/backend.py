@@ -619,13 +619,12 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None, chunks=None, map_read=False):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None, chunks=None):
         """Submit one step (prompt chunks beyond max_tokens first); `chunks`: the rule its
-        pass is cut into submits by (SUBMIT_CHUNKS; None: one submit); `map_read`: start
-        mapping the readback with the submit (Device.submit)."""
-        if params is None:
-            from ..sampling import SamplingParams
-            params = SamplingParams()
+        pass is cut into submits by (SUBMIT_CHUNKS; None: one submit)."""
+        from ..sampling import SamplingParams
+
+        params = params or SamplingParams()
         if not self.model.causal:
             raise ValueError("step() needs a decoder model")
         # a prompt longer than the activation buffers is prefilled in chunks
@@ -635,8 +634,7 @@ class GpuBackend:
         ends = chunk_ends(self.step_dispatches, chunks)
         if ends:
             self.stats["submits"] += len(ends) - 1
-        rb = readback or self.readback
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, rb, 0, 4), ends=ends, map_read=rb if map_read else None)
+        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends)
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
@@ -737,35 +735,33 @@ class GpuBackend:
 
 
 class _Pipeline:
-    """submit / read / drop of one pipelined generation (decode.generate_pipelined_async).
-    In the browser each step's readback is mapped from its submit on (several resolve in one
-    poll) and read without a Python task or event-loop turn once resolved (take_u32)."""
+    """submit / read / drop of one pipelined generation (decode.generate_pipelined_async)."""
 
     def __init__(self, backend, cache, params, depth):
-        from ..sampling import SamplingParams
-        self.be, self.cache, self.params, self.depth = backend, cache, params or SamplingParams(), depth
+        self.be, self.cache, self.params, self.depth = backend, cache, params, depth
         self.browser = backend.device.kind == "browser"
-        self.pending = set()          # n of the steps whose readback is mapping (browser)
+        self.reads = {}               # n -> pending mapAsync (browser)
 
     def submit(self, ids, n):
         be, slot = self.be, self.be._ring[n % self.depth]
         be._step_submit(ON_GPU if ids is None else ids, None, self.cache, self.params, n, None, None,
-                        readback=slot, map_read=self.browser)
-        if self.browser:
-            self.pending.add(n)
+                        readback=slot)
+        if self.browser:              # start the mapAsync now: several resolve in one poll
+            import asyncio
+            self.reads[n] = asyncio.ensure_future(be.device.read_async(slot, 0, 4))
 
     async def read(self, n):
-        slot = self.be._ring[n % self.depth]
         if self.browser:
-            self.pending.discard(n)
-            return await self.be.device.take_u32(slot)
-        return struct.unpack("<I", self.be.device.read(slot, 0, 4))[0]
+            raw = await self.reads.pop(n)
+        else:
+            raw = self.be.device.read(self.be._ring[n % self.depth], 0, 4)
+        return struct.unpack("<I", bytes(raw))[0]
 
     async def drop(self, k):
-        pending, self.pending = sorted(self.pending), set()
-        for n in pending:             # the dropped steps' reads: their buffers are reused next time
+        reads, self.reads = list(self.reads.values()), {}
+        for f in reads:               # the dropped steps' reads: their buffers are reused next time
             try:
-                await self.be.device.take_u32(self.be._ring[n % self.depth])
+                await f
             except Exception:  # noqa: BLE001
                 pass
         self.cache.length -= k

@@ -63,16 +63,8 @@
     // ends: each chunk's end index in rec (null: one chunk); a chunk is its own encoder, pass
     // and queue.submit, so the GPU side starts on the first while this loop records the rest;
     // the copies ride in the last; one pair of error scopes covers every chunk
-    // mapRead: a 4-byte readback the copies fill, mapped as soon as it is submitted (mapStart);
-    // writes: (buffer, offset, data) flat in the arguments, so nothing is converted per call;
-    // data is a typed array or the byte count of the next part of `staged` (the small writes,
-    // copied into it at once)
-    submit(device, state, rec, copies, ends, mapRead, staged, ...writes) {
-      for (let i = 0, a = 0; i < writes.length; i += 3) {
-        let d = writes[i + 2];
-        if (typeof d === 'number') { d = staged.subarray(a, a + d); a += d.length; }
-        H.write(device, writes[i], writes[i + 1], d);
-      }
+    submit(device, state, rec, writes, copies, ends) {
+      for (const [buf, off, data] of writes) H.write(device, buf, off, data);
       device.pushErrorScope('out-of-memory');
       device.pushErrorScope('validation');
       const cut = ends && ends.length ? ends : [rec.length];
@@ -84,29 +76,11 @@
           pass.setPipeline(p); pass.setBindGroup(0, g); pass.dispatchWorkgroups(x, y, z);
         }
         pass.end();
-        if (copies && c === cut.length - 1) for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
+        if (c === cut.length - 1) for (const [s, so, d, dof, n] of copies) enc.copyBufferToBuffer(s, so, d, dof, n);
         device.queue.submit([enc.finish()]);
       }
       for (let i = 0; i < 2; i++)
         device.popErrorScope().then(e => { if (e) state.errors.push(e.constructor.name + ': ' + e.message); });
-      if (mapRead) H.mapStart(state, mapRead);
-    },
-    // a pipelined step's token: its readback's mapAsync starts at submit (several resolve in one
-    // poll) and its value is kept here, so take() hands it back without a Python await (no
-    // event-loop turn) once resolved, or a promise of it; errors raised as by readU32
-    mapStart(state, buf) {
-      const r = {done: false, v: 0, err: null};
-      r.p = buf.mapAsync(GPUMapMode.READ, 0, 4).then(() => {
-        r.v = new Uint32Array(buf.getMappedRange(0, 4))[0];
-        buf.unmap();
-      }, e => { r.err = e; }).then(() => { r.done = true; });
-      (state.reads ||= new Map()).set(buf, r);
-    },
-    take(state, buf) {
-      const r = state.reads && state.reads.get(buf);
-      if (!r) throw new Error('no pipelined read is pending on this buffer');
-      const fin = () => { state.reads.delete(buf); if (r.err) throw r.err; H.raise(state); return r.v; };
-      return r.done ? fin() : r.p.then(fin);
     },
     async readU32(device, state, buf, off) {
       await buf.mapAsync(GPUMapMode.READ, off, 4);

@@ -66,10 +66,6 @@ class BrowserDevice(Device):
         self._pipelines = {}
         from pyodide.ffi import to_js  # type: ignore[import-not-found]
         self._to_js = to_js
-        # per-step calls, looked up once (a JS attribute lookup is a crossing of its own)
-        self._submit, self._take = H.submit, H.take
-        self._consts = {}      # submit's copies / chunk ends, converted once (const_js)
-        self._stage = {}       # bytes -> a JS Uint8Array that a submit's small writes are copied into
 
     def _js(self, x):
         self.crossings += 1
@@ -112,61 +108,12 @@ class BrowserDevice(Device):
     def record(self, dispatches):
         return self._js([list(d) for d in dispatches])
 
-    def _const_js(self, key, hold, make):
-        """The JS value of a submit argument that repeats step after step (the readback copy,
-        chunk ends), converted once. `key` holds ids of the buffers in it: `hold` keeps them
-        alive with the entry, so an id cannot be reused by another buffer while it is cached."""
-        v = self._consts.get(key)
-        if v is None:
-            if len(self._consts) > 256:
-                self._consts.clear()
-            v = self._consts[key] = (self._js(make()), hold)
-        return v[0]
-
-    def _staged(self, parts):
-        """The small writes' bytes as one JS Uint8Array: copied with one `assign` into an array
-        kept for that total size (a decode step's params and id: one crossing, no new array)."""
-        if not parts:
-            return None
-        b = parts[0] if len(parts) == 1 else b"".join(parts)
-        u8 = self._stage.get(len(b))
-        if u8 is None:
-            if len(self._stage) > 64:
-                self._stage.clear()
-            u8 = self._stage[len(b)] = self._js(memoryview(b))
-        else:
-            self.crossings += 1
-            u8.assign(b)
-        return u8
-
-    def submit(self, recording, writes=(), copy=None, ends=None, map_read=None):
-        copies = () if copy is None else (copy,) if isinstance(copy, tuple) else tuple(copy)
-        cj = self._const_js(tuple((id(s), so, id(d), do, n) for s, so, d, do, n in copies), copies,
-                            lambda: [list(c) for c in copies]) if copies else None
-        ej = self._const_js(tuple(ends), None, lambda: list(ends)) if ends else None
-        flat, small = [], []
-        for b, o, d in writes:
-            if not hasattr(d, "byteLength"):
-                d = memoryview(d).cast("B")
-                if d.nbytes <= 4096:
-                    small.append(d)
-                    d = d.nbytes
-                else:
-                    d = self._js(d)
-            flat += (b, o, d)
-        staged = self._staged(small)
+    def submit(self, recording, writes=(), copy=None, ends=None):
+        copies = [] if copy is None else [copy] if isinstance(copy, tuple) else list(copy)
+        w = [[b, o, d if hasattr(d, "byteLength") else memoryview(d).cast("B")] for b, o, d in writes]
+        args = self._js([w, [list(c) for c in copies], list(ends or ())])
         self.crossings += 1
-        self._submit(self.device, self.state, recording, cj, ej, map_read, staged, *flat)
-
-    async def take_u32(self, buf):
-        """The u32 of a readback that `submit(map_read=buf)` began mapping: no suspension
-        (no event-loop turn) when the mapping has already resolved."""
-        self.crossings += 1
-        try:
-            v = self._take(self.state, buf)
-            return v if isinstance(v, int) else int(await v)
-        except Exception as e:  # noqa: BLE001
-            raise GpuError(str(e)) from e
+        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2])
 
     async def read_u32(self, buf, offset=0):
         self.crossings += 1

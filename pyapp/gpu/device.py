@@ -50,12 +50,10 @@ class Device(Protocol):
     def record(self, dispatches: list) -> Any:
         """A replayable recording of [(pipeline, group, gx, gy, gz)]."""
 
-    def submit(self, recording, writes=(), copy=None, ends=None, map_read=None) -> None:
+    def submit(self, recording, writes=(), copy=None, ends=None) -> None:
         """Writes [(buf, off, data)], then `recording` replayed in one compute pass and one
         queue.submit per chunk (`ends`: each chunk's end index, from `chunk_ends`; None: one
-        chunk), the optional buffer copies (src, soff, dst, doff, n) after the last pass.
-        `map_read`: a 4-byte readback the copies fill whose mapping starts now (browser:
-        `await take_u32(buf)` reads it; the native binding ignores it and maps in `read`)."""
+        chunk), the optional buffer copies (src, soff, dst, doff, n) after the last pass."""
 
     def read(self, buf: Buffer, offset: int, size: int) -> bytes:
         """Blocking readback (native only; the browser raises GpuError)."""

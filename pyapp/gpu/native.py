@@ -187,10 +187,9 @@ class NativeDevice(Device):
             if dst.usage & self._mappable:
                 self._written_by[dst] = idx
 
-    def submit(self, recording, writes=(), copy=None, ends=None, map_read=None):
+    def submit(self, recording, writes=(), copy=None, ends=None):
         """Each chunk is encoded and submitted before the next is encoded, so the GPU runs
-        one while the host encodes the next; the copies ride in the last. (`map_read`: the
-        browser's; here `read` maps the readback itself.)"""
+        one while the host encodes the next; the copies ride in the last."""
         try:
             for buf, off, data in writes:
                 self.write(buf, off, data)
