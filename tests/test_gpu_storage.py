@@ -550,6 +550,8 @@ def test_smollm2_q4_1_greedy_f16_storage(device, linear):
         c = gb.new_cache(len(ids) + 40)
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == want, linear
+    # the split attention's merge folded into the o-projection (no attention_merge dispatch)
+    assert any("fn merged(" in key[0] for key in c.groups), linear
 
 
 @pytest.mark.real_model
@@ -577,7 +579,9 @@ def test_smollm2_q4_1_greedy_sgq(device, q4_ref):
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == want, kind
     gb.destroy()
-    assert any("dot4I8Packed" in s for s in device._pipelines if s not in before)
+    new = [s for s in device._pipelines if s not in before]
+    assert any("dot4I8Packed" in s for s in new)
+    assert any("dot4I8Packed" in s and "fn merged(" in s for s in new)    # the merge folded into o_proj
 
 
 @pytest.mark.real_model
@@ -625,3 +629,50 @@ def test_sgw_without_subgroups_runs_wgw():
     assert err <= TOL
     srcs = list(dev._pipelines)
     assert any("var<workgroup> wpart" in s for s in srcs) and not any("subgroupAdd(" in s for s in srcs)
+
+
+@pytest.mark.parametrize("variant,tol", [("sgb2", 1e-4), ("sgq2", 0.1), ("sgqw4", 0.1)])
+def test_llama_q4_1_split_merge_folded(device, tmp_path, variant, tol):
+    """A random 2-layer Llama in Q4_1 (synth's writer; hidden 128, GQA 2:1) decoding at contexts
+    of 262..265 (9 active 32-key splits) with the split attention's merge folded into the
+    o-projection's input (sgb2 / sgq2 / sgqw4 forced), against the numpy executor on the same
+    file. sgb2 to 1e-4. The int8-input kernels: ~1 % input rounding per GEMV (test_gemv_sgq_q4_1's
+    bound) through 9 GEMVs, measured 2-6 % relative on these random weights folded or not, so
+    within 0.1 and at most twice the unfolded plan's own error (the fold merges in f32 before the
+    rounding, as attention_merge does). One dispatch a layer fewer than with fold_merge off."""
+    import json
+
+    from pyapp import formats
+    from pyapp.gpu import GpuBackend
+    from pyapp.gpu.device import PACKED_DOT
+    from pyapp.numpy_backend import NumpyBackend
+    from pyapp.synth import synth_model, tensor_plan, write_weights
+    if "subgroups" not in device.features or (variant.startswith("sgq") and PACKED_DOT not in device.features):
+        pytest.skip("no subgroups / packed_4x8_integer_dot_product")
+    cfg = dict(model_type="llama", num_hidden_layers=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+               rope_theta=10000.0, bos_token_id=1, eos_token_id=2, hidden_size=128, intermediate_size=96,
+               num_attention_heads=4, num_key_value_heads=2, vocab_size=211, tie_word_embeddings=False)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    write_weights(tmp_path / formats.weight_file_name("q4_1"), tensor_plan(synth_model(cfg), "q4_1"), "q4_1", 3)
+    nb = NumpyBackend.load(tmp_path, "q4_1")
+    base = {"linear": variant, "norm_wg": 64, "attention": "wg", "off": ["fuse_qkv_attention"]}
+    gb = GpuBackend.load(tmp_path, "q4_1", device=device, variants=base, autotune=False)
+    ob = GpuBackend.load(tmp_path, "q4_1", device=device, variants={**base, "off": ["fuse_qkv_attention", "fold_merge"]},
+                         autotune=False)
+    rng = np.random.default_rng(9)
+    prompt = [int(i) for i in rng.integers(0, cfg["vocab_size"], 261)]
+    nc, gc, oc = nb.new_cache(400), gb.new_cache(400), ob.new_cache(400)
+    nb.forward(ids=prompt, cache=nc)
+    gb.forward(ids=prompt, cache=gc)
+    ob.forward(ids=prompt, cache=oc)
+    for step, tok in enumerate(int(i) for i in rng.integers(0, cfg["vocab_size"], 4)):
+        d0, o0 = gb.stats["dispatches"], ob.stats["dispatches"]
+        ref = nb.forward(ids=[tok], cache=nc)
+        got = gb.forward(ids=[tok], cache=gc)
+        unfolded = ob.forward(ids=[tok], cache=oc)
+        err, err_unfolded = relerr(got, ref), relerr(unfolded, ref)
+        assert err <= tol and err <= max(2 * err_unfolded, 1e-2), (variant, step, err, err_unfolded)
+        assert (ob.stats["dispatches"] - o0) - (gb.stats["dispatches"] - d0) == cfg["num_hidden_layers"]
+    assert any("fn merged(" in key[0] for key in gc.groups)
+    gb.destroy()
+    ob.destroy()

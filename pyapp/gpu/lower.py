@@ -643,21 +643,27 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
         return None
     o = ops[j]
     variant = gemv_variant(b)
-    if (not _plain_linear(o) or o.ins[0] != name or not (variant in ("wg", "sg", "sg4") or variant.startswith(("sgw", "wgw")))
+    if (not _plain_linear(o) or o.ins[0] != name
+            or not (variant in ("wg", "sg", "sg4") or variant.startswith(("sgw", "wgw", "sgb", "sgq")))
             or not b.variants.get("fold", True) or not _dead_after(ops, j + 1, name)):
         return None
     wt = b.tensors[o.weights["w"]]
     NF, K = wt.shape
-    # the merged row + a weight per (head, split) + the GEMV's partial sums (T = 1: linear_wg's
-    # 3 x 64, linear_sgw's wgw form)
-    scratch = wgsl.group_reduce_floats(_variant_shape(variant)[0], 1) if variant.startswith("wgw") else 3 * 64
+    # the merged row + a weight per (head, split) + the GEMV's own workgroup memory (T = 1:
+    # linear_wg's 3 x 64 partial sums, linear_sgw's wgw form, linear_sgq's int8 row: 1.25 K + 128 B)
+    if variant.startswith("wgw"):
+        scratch = wgsl.group_reduce_floats(_variant_shape(variant)[0], 1)
+    elif variant.startswith("sgq"):
+        scratch = K // 4 + 2 * (K // 32) + 32
+    else:
+        scratch = 3 * 64
     if (len(wt.chunks) != 1 or K != H * hd
             or (K + H * ns + scratch) * 4 > b.device.limits.get("max_workgroup_storage", 16384)):
         return None
     add = _residual_add(ops, j + 1, o)
     nxt = ops[j + 1] if add else None
     vec = gemv_vec(b, None, K, [wt.dtype])
-    avec = 4 if vec == 8 else vec          # sgw reads its input as vec4 pairs
+    avec = 4 if vec in (8, "q", "w") else vec    # sgw reads its input as vec4 pairs, sgb / sgq as vec4
     ent = {1: wt.chunks[0][0], 3: part, 4: b.act(nxt.outs[0] if add else o.outs[0])}
     bdecl = wgsl.NO_BIAS
     if o.weights.get("b"):

@@ -7,6 +7,7 @@
 // trip body is written out by wgsl.sgb_code (R x U x TB named registers, every load of a trip
 // issued before its arithmetic): no private arrays indexed by loop counters, which a driver may
 // keep in local memory.  Units past the row end are clamped loads multiplied by zero.
+// AWG: the input is built in workgroup memory first (`prologue`: a merged split attention).
 // Same contract as linear_sg otherwise (NORM: the input's RMSNorm folded in; PAIR: gate/up
 // with act(g)*u: SiLU or tanh GELU).  Needs `subgroups`; any subgroup size works (uniform rounds over the grid).
 ${ENABLE}
@@ -28,6 +29,7 @@ fn nib(q: u32) -> vec4f { return unpack4x8unorm(q & 0x0F0F0F0Fu); }   // 4 nibbl
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
         @builtin(num_workgroups) nwg: vec3u,
         @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+  if (AWG) { prologue(l, 128u); workgroupBarrier(); }   // an input built in workgroup memory
   let per = max(128u / sgs, 1u);
   let total = nwg.x * per * R;
   let rounds = (N + total - 1u) / total;

@@ -19,6 +19,7 @@
 // of the weights as stored (formats/q4_1.w.wgsl: K % 128 == 0), against 8 vec4 of packed input
 // read once for the R columns: 16-byte loads where the word form issues 4-byte ones (a Q4_1
 // block is 20 bytes, never 16-aligned alone), 5R per unit instead of 8R per block.
+// AWG: the input is built in workgroup memory first (`prologue`: a merged split attention).
 // T = 1 only (prefill runs linear_sgb); the row must fit workgroup memory (lower.sgq_fits).
 // Needs `subgroups` and the WGSL language feature packed_4x8_integer_dot_product.
 ${ENABLE}
@@ -46,6 +47,7 @@ const M4: u32 = 0x0F0F0F0Fu;
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u32,
         @builtin(num_workgroups) nwg: vec3u,
         @builtin(subgroup_invocation_id) lane: u32, @builtin(subgroup_size) sgs: u32) {
+  if (AWG) { prologue(l, 128u); workgroupBarrier(); }   // an input built in workgroup memory
   let per = max(128u / sgs, 1u);
   var part = 0.0;
   for (var b = l; b < NB; b += 128u) {
