@@ -99,3 +99,11 @@ if [ "$1" = pyhost2 ]; then
   timeout 300 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --no-torch --label pyhost2 2>&1 | tail -6 | tee $R/pyhost2-log.txt
   exit
 fi
+if [ "$1" = qfold ]; then
+  # 14k: the split merge folded into the Q4_1 o-projection (sgb / sgq / sgqw): on, then off
+  for v in '{}' '{"off": ["fold_merge"]}'; do
+    timeout 120 $B --shapes smollm2-135m-q4_1,llama-7b-q4_1 --no-deno --no-torch --variants "$v" --label "qfold $v" \
+      2>&1 | tail -4 | tee -a $R/qfold-log.txt
+  done
+  exit
+fi
