@@ -43,17 +43,14 @@ def pre_encoded_step(be, tok, cache, sp, n, rule):
     rec, T, pos0, _h, _w = be._prepare([tok], None, cache, 0, N, True, False, True, sp, n)
     ends = chunk_ends(be.step_dispatches, rule)
     t = time.perf_counter()
-    cbs, a, cut = [], 0, ends or [None]
-    for i, e in enumerate(cut):
-        cbs.append(dev.command_buffer(rec, a, e, copies if i == len(cut) - 1 else ()))
-        a = e
+    cbs = list(dev.chunk_buffers(rec, copies, ends))       # what submit encodes, all of it first
     enc = time.perf_counter() - t
     t = time.perf_counter()
     rec, T, pos0, _h, writes = be._prepare([tok], None, cache, 0, N, True, False, True, sp, n)
     for buf, off, data in writes:
         dev.write(buf, off, data)
-    for i, cb in enumerate(cbs):
-        dev.submit_buffer(cb, copies if i == len(cbs) - 1 else ())
+    for cb, cp in cbs:
+        dev.submit_buffer(cb, cp)
     cache.length = pos0 + T
     tok = struct.unpack("<I", dev.read(be.readback, 0, 4))[0]
     return time.perf_counter() - t, enc, tok

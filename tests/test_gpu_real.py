@@ -123,8 +123,16 @@ def test_smollm2_wgpu_pipelined_generate(smol, torch_ref):
     from pyapp.edge.session import PIPELINE_AHEAD_S, PIPELINE_DEPTH
     for ahead in (PIPELINE_AHEAD_S, 1e9, 0.0):
         c = gb.new_cache(len(ids) + 40)
+        s0 = gb.stats["steps"]
         res = gb.decode(ids, c, SamplingParams(), 32, eos_ids=[ref[k]], depth=PIPELINE_DEPTH, ahead_s=ahead)
         assert res.ids == ref[:k + 1] and c.length == len(ids) + k, ahead
+        # steps submitted before the stop token was read: all 32 once the rule allows 32 in
+        # flight (1e9 s ahead), never more than 2 past the token read (0 s ahead)
+        submitted = gb.stats["steps"] - s0
+        if ahead == 1e9:
+            assert submitted == 32, submitted
+        elif ahead == 0.0:
+            assert submitted <= k + 2, (submitted, k)
         assert gb.decode(ids, gb.new_cache(len(ids) + 40), SamplingParams(), 32, depth=PIPELINE_DEPTH,
                          ahead_s=ahead).ids == ref, ahead
     sp = SamplingParams(greedy=False, temperature=0.8, top_k=40, top_p=0.9, seed=7)

@@ -147,7 +147,7 @@ def gemv_variant(b, variant=None) -> str:
     if variant.startswith("sg") and "subgroups" not in b.device.features:
         return "w" + variant[1:] if variant.startswith("sgw") else "wg"
     if variant.startswith("sgq") and PACKED_DOT not in b.device.features:
-        return "sgb" + variant[4 if variant.startswith("sgqw") else 3:]
+        return "sgb" + _variant_suffix(variant)
     return variant
 
 
@@ -175,11 +175,16 @@ def gemv_vec(b, variant, K: int, fmts, T: int = 1):
     return 4 if K % 4 == 0 else 1
 
 
+def sgq_row_bytes(K: int) -> int:
+    """Workgroup memory of linear_sgq's input row of K values: K bytes of int8 + 8 per block of
+    32 + 128 for the norm's partial sums, 1.25 K + 128 bytes."""
+    return K + 8 * (K // 32) + 128
+
+
 def sgq_fits(b, KV: int) -> bool:
-    """linear_sgq's input row (KV vec4) fits workgroup memory: K bytes of int8 + 8 per block
-    of 32 + 128 for the norm's partial sums, 1.25 K + 128 bytes: K <= 12,992 under WebGPU's
+    """linear_sgq's input row (KV vec4) fits workgroup memory: K <= 12,992 under WebGPU's
     default 16,384 (Llama 7B's widest input, 11,008, takes 13,888)."""
-    return 4 * KV + 8 * (KV // 8) + 128 <= b.device.limits.get("max_workgroup_storage", 16384)
+    return sgq_row_bytes(4 * KV) <= b.device.limits.get("max_workgroup_storage", 16384)
 
 
 def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=None,
@@ -192,12 +197,12 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
     TB = 1 if T == 1 else 4
     variant = gemv_variant(b, variant)
     if variant.startswith("sgqw") and vec != "w":
-        variant = "sgq" + variant[4:]   # K % 128 != 0 (or T > 1, ...: `sgqw_runs`): the word form
+        variant = "sgq" + _variant_suffix(variant)   # K % 128 != 0 (or T > 1, ...: `sgqw_runs`): the word form
     if ((variant.startswith(("sgb", "sgq")) and vec != "q" and not variant.startswith("sgqw"))
             or (variant.startswith("sgw") and vec != 8)):
         variant = "sg4"           # weights without the variant's loaders (gemv_vec): the vec4 kernel
     if variant.startswith("sgq") and (T > 1 or not sgq_fits(b, KV)):
-        variant = "sgb" + variant[3:]   # prefill rows, or a row too wide for workgroup memory
+        variant = "sgb" + _variant_suffix(variant)   # prefill rows, or a row too wide for workgroup memory
     if variant.startswith("wgw") and vec != 8:
         variant = "wg"
     subs = dict(WDECL=wdecl_, BDECL=bdecl, YDECL=ydecl, VT=wgsl.vtype(vec),
@@ -236,10 +241,14 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
     return b.dispatch(src, ent, gx, ceil(T, TB), head=s.head)
 
 
+def _variant_suffix(variant: str) -> str:
+    """The `R[uU]` of `sgbR[uU]` / `sgqR[uU]` / `sgqwR[uU]` / `sgwR[uU]` / `wgwR[uU]`."""
+    return variant[4 if variant.startswith("sgqw") else 3:]
+
+
 def _variant_shape(variant: str) -> tuple[int, int]:
-    """(R, U) of `sgbR[uU]` / `sgqR[uU]` / `sgqwR[uU]` / `sgwR[uU]` / `wgwR[uU]`: R columns per
-    subgroup, U units per trip."""
-    R, _, U = variant[4 if variant.startswith("sgqw") else 3:].partition("u")
+    """(R, U) of a variant with an `R[uU]` suffix: R columns per subgroup, U units per trip."""
+    R, _, U = _variant_suffix(variant).partition("u")
     return int(R or 2), int(U or 1)
 
 
@@ -654,7 +663,7 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
     if variant.startswith("wgw"):
         scratch = wgsl.group_reduce_floats(_variant_shape(variant)[0], 1)
     elif variant.startswith("sgq"):
-        scratch = K // 4 + 2 * (K // 32) + 32
+        scratch = sgq_row_bytes(K) // 4
     else:
         scratch = 3 * 64
     if (len(wt.chunks) != 1 or K != H * hd

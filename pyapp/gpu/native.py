@@ -187,6 +187,15 @@ class NativeDevice(Device):
             if dst.usage & self._mappable:
                 self._written_by[dst] = idx
 
+    def chunk_buffers(self, recording, copies=(), ends=None):
+        """(command buffer, its copies) of each chunk of `recording` (`ends`: each chunk's end
+        index; None: one chunk), the copies in the last; lazily, one chunk encoded per step."""
+        a, ends = 0, ends or [None]
+        for i, e in enumerate(ends):
+            cp = copies if i == len(ends) - 1 else ()
+            yield self.command_buffer(recording, a, e, cp), cp
+            a = e
+
     def submit(self, recording, writes=(), copy=None, ends=None):
         """Each chunk is encoded and submitted before the next is encoded, so the GPU runs
         one while the host encodes the next; the copies ride in the last."""
@@ -194,11 +203,8 @@ class NativeDevice(Device):
             for buf, off, data in writes:
                 self.write(buf, off, data)
             copies = [] if copy is None else [copy] if isinstance(copy, tuple) else copy
-            a, ends = 0, ends or [None]
-            for i, e in enumerate(ends):
-                cp = copies if i == len(ends) - 1 else ()
-                self.submit_buffer(self.command_buffer(recording, a, e, cp), cp)
-                a = e
+            for cb, cp in self.chunk_buffers(recording, copies, ends):
+                self.submit_buffer(cb, cp)
         except GpuError:
             raise
         except Exception as e:  # noqa: BLE001
