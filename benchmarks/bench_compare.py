@@ -6,7 +6,8 @@ browser binding (Pyodide in Deno over Deno's navigator.gpu), a PyTorch eager loo
         [--prompt-tokens 32] [--new-tokens 64] [--deno PATH] [--no-deno] [--profile] [--out DIR]
 
 Prints one table (tok/s, pyapp / eager, dispatches per token, fraction of the bandwidth
-limit: weight bytes per token over the PyTorch device-to-device copy measured in this run)
+limit: weight bytes per token over the PyTorch device-to-device copy measured in this run;
+the WebGPU ceiling: that limit with the token's dispatch floor added, `dispatch_floor_us`)
 and writes bench-results/compare-<time>.json. PyTorch rows are skipped where torch + CUDA
 are absent (lavapipe: pyapp rows only); the Deno row where no deno binary is found.
 
@@ -263,6 +264,7 @@ def run_native(dev, cfg, dtype, P, N, variants=None, profile=False):
                "host_encode_ms_per_token": host_encode_ms(dev, rec),
                "pipelined_decode_tokens_per_s": N / pdec, "pipelined_depth": DECODE_DEPTH,
                "pipelined_first_token_diff": first_diff(ptoks, toks)}
+        res["floor_us_per_token"] = dispatch_floor_us(dev, rec)
         if profile:
             pipe_src = {id(p): s for s, p in dev._pipelines.items()}
             res["profile"] = profile_classes(dev, be, rec, {k: src_names.get(s, "?") for k, s in pipe_src.items()},
@@ -285,6 +287,10 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     for d in rec:
         classes.setdefault(kind_of.get(id(d[0]), "?"), []).append(d)
     groups = [("(whole token)", list(rec))] + sorted(classes.items())
+    # each class again with its work taken out (dispatch_floor_us's kernel, same grids)
+    fpipe = dev.pipeline(FLOOR_KERNEL)
+    fgroup = dev.bind_group(fpipe, {0: dev.create_buffer(4096)})
+    groups += [("floor " + name, [(fpipe, fgroup, gx, gy, gz) for _p, _g, gx, gy, gz in ds]) for name, ds in groups]
     n = 2 * len(groups)
     qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=n)
     buf = dev.device.create_buffer(size=8 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
@@ -307,10 +313,37 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     for i, (name, ds) in enumerate(groups):
         us = (ts[2 * i + 1] - ts[2 * i]) * period / reps / 1e3
         row = {"class": name, "dispatches": len(ds), "us_per_token": us, "us_per_dispatch": us / len(ds)}
-        if name.startswith("linear") or name == "(whole token)":
+        if name.startswith(("linear", "(whole")):
             row["weight_GBps_if_all_weights"] = wb / (us * 1e-6) / 1e9
         out.append(row)
     return out
+
+
+FLOOR_KERNEL = """@group(0) @binding(0) var<storage, read_write> a: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) w: vec3u, @builtin(local_invocation_index) l: u32) {
+  if (l == 0u) { a[w.x % 1024u] += 1u; }
+}"""
+
+
+def dispatch_floor_us(dev, rec, reps=20):
+    """GPU µs of a token's dispatches with no work in them: every dispatch of the plan `rec`
+    replaced by a kernel of the same grid that only bumps one word of a buffer all of them
+    write (so each waits for the one before, as the plan's do), in one pass, `reps` times per
+    submit (encoded before it is timed), best of 4 submits. What WebGPU charges a token for its dispatch count alone: with
+    the weight bytes at the copy bandwidth it bounds the token from below (the "ceiling")."""
+    buf, rb = dev.create_buffer(4096), dev.create_buffer(4, "readback")
+    pipe = dev.pipeline(FLOOR_KERNEL)
+    group = dev.bind_group(pipe, {0: buf})
+    plan = dev.record([(pipe, group, gx, gy, gz) for _p, _g, gx, gy, gz in rec] * reps)
+    copies, best = [(buf, 0, rb, 0, 4)], 1e9
+    for _ in range(4):
+        cb = dev.command_buffer(plan, copies=copies)      # encoded before the clock starts
+        t = time.perf_counter()
+        dev.submit_buffer(cb, copies)
+        dev.read(rb, 0, 4)
+        best = min(best, time.perf_counter() - t)
+    return best / reps * 1e6
 
 
 def gemv_variants(dev, cfg, dtype, only=None, extra=None):
@@ -591,7 +624,7 @@ def first_diff(a, b):
 def table(rows):
     cols = ["shape", "pyapp native", "native pipelined", "pyapp Deno (browser binding)", "Deno pipelined",
             "PyTorch eager", "HF generate", "native / eager", "Deno / native", "dispatches/token", "limit tok/s", "native % of limit",
-            "host encode % of token"]
+            "host encode % of token", "dispatch floor µs/token", "WebGPU ceiling tok/s", "native % of ceiling"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
     def f(v, d=1):
@@ -607,6 +640,7 @@ def table(rows):
         natp = r.get("native", {}).get("pipelined_decode_tokens_per_s")
         denp = r.get("deno", {}).get("pipelined_decode_tokens_per_s")
         nat, den = max(nat or 0, natp or 0) or None, max(den or 0, denp or 0) or None
+        floor, ceil = r.get("native", {}).get("floor_us_per_token"), r.get("ceiling_tokens_per_s")
         lines.append("| " + " | ".join([
             r["shape"], f(r.get("native", {}).get("decode_tokens_per_s")), f(natp),
             f(r.get("deno", {}).get("decode_tokens_per_s")), f(denp), f(eag), f(hf),
@@ -615,6 +649,7 @@ def table(rows):
             f(r.get("native", {}).get("dispatches_per_token"), 0), f(lim, 0),
             f(100 * nat / lim if nat and lim else None, 0) + ("%" if nat and lim else ""),
             f(100 * enc / ms if enc and ms else None, 0) + ("%" if enc and ms else ""),
+            f(floor, 0), f(ceil, 0), f(100 * nat / ceil if nat and ceil else None, 0) + ("%" if nat and ceil else ""),
         ]) + " |")
     return "\n".join(lines)
 
@@ -676,9 +711,14 @@ def main(argv=None):
             if a.no_decode:
                 raise _Skip
             row["native"] = run_native(dev, cfg, dtype, P, N, variants, a.profile)
+            if row.get("limit_tokens_per_s"):
+                # a token can take no less than its bytes at the copy bandwidth plus its dispatches' floor
+                row["ceiling_tokens_per_s"] = 1 / (1 / row["limit_tokens_per_s"]
+                                                   + row["native"]["floor_us_per_token"] * 1e-6)
             print(f"{s}: native {row['native']['decode_tokens_per_s']:.1f} tok/s "
                   f"(pipelined {row['native']['pipelined_decode_tokens_per_s']:.1f}), "
-                  f"{row['native']['dispatches_per_token']:.0f} dispatches/token", flush=True)
+                  f"{row['native']['dispatches_per_token']:.0f} dispatches/token, "
+                  f"floor {row['native']['floor_us_per_token']:.0f} µs/token", flush=True)
         except _Skip:
             row["native"] = {"skipped": "--no-decode"}
         except Exception as e:  # noqa: BLE001
@@ -713,7 +753,7 @@ def main(argv=None):
     for row in res["rows"]:
         for p in row.get("native", {}).get("profile", []) or []:
             if isinstance(p, dict):
-                print(f"  {row['shape']:18s} {p['class']:16s} {p['dispatches']:4d} disp "
+                print(f"  {row['shape']:18s} {p['class']:22s} {p['dispatches']:4d} disp "
                       f"{p['us_per_token']:9.1f} us/token {p['us_per_dispatch']:7.2f} us/disp "
                       + (f"{p['weight_GBps_if_all_weights']:7.0f} GB/s" if 'weight_GBps_if_all_weights' in p else ""))
     print(table(res["rows"]))

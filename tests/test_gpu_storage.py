@@ -375,6 +375,23 @@ def test_autotune_offers_int8_input_only_on_gpus(device):
     assert autotune.SGQW not in {c["linear"] for c in autotune.candidate_variants(gpu, "q4_1", 576)}
 
 
+def test_autotune_times_workgroup_counts_of_an_int8_winner(device, monkeypatch):
+    """Where an int8-input GEMV wins, the autotune times it again at fewer workgroups
+    (`sgq_groups`, counts below the one-per-4R default) on the real device, and the head is
+    timed with the layers' count. lavapipe stands in for a GPU only in which candidates are
+    offered (it is never offered sgq: a CPU adapter); the timing and the plans are real."""
+    from pyapp.gpu import autotune
+    par = {"norm_wg": 64, "attention": "wg"}
+    monkeypatch.setattr(autotune, "candidate_variants", lambda *a: [{"linear": "sgq2", **par}])
+    monkeypatch.setattr(autotune, "storage_choices", lambda *a: [])
+    res = autotune._run_sync(autotune.measure_variants(device, 256, 1024, "q4_1", reps=1, rounds=1))
+    # 1024 columns / (4 x 2) = 128 workgroups by default: 64 is the one count below it
+    assert set(res) == {"sgq2/64/wg", "sgq2/64/wg/64"}, set(res)
+    assert res["sgq2/64/wg/64"][1]["sgq_groups"] == 64
+    assert autotune.group_candidates("sgqw4", 22016) == list(autotune.SGQ_GROUPS)
+    assert autotune.group_candidates("sgb2", 22016) == autotune.group_candidates("sgw2", 22016) == []
+
+
 def test_sgq_falls_back():
     """Where `sgq` cannot run, the plan runs the sgb (or sg4) kernel, exact to TOL: prefill rows
     (T > 1), weights without block-word loaders (Q8_0, f16), a row wider than workgroup memory,

@@ -14,6 +14,7 @@ from .. import formats
 from ..models import Model, op
 from . import wgsl
 from .device import PACKED_DOT, GpuError, cpu_adapter
+from .lower import variant_shape
 
 _TUNE_CACHE: dict = {}       # tune key -> variants (this process / page)
 
@@ -37,7 +38,7 @@ SGW_LAYERS, SGW_HEAD = "sgw2", "sgw4"
 
 # Bumped whenever the candidates or the plans they time change, so that a cached choice
 # made among older kernels is measured again instead of kept.
-TUNE_VERSION = 8
+TUNE_VERSION = 9
 
 
 def tune_key(device, K, N, dtype):
@@ -49,6 +50,15 @@ def tune_key(device, K, N, dtype):
 # the sgqw shape the autotune measures where the layer's input width allows it (K % 128 == 0):
 # the H200's best in the 7B q4_1 decode (run 14d: GEMVs 1,530 GB/s vs sgqw2 1,182, sgb2 1,028)
 SGQW = "sgqw4"
+
+
+# workgroup counts measured for an int8-input winner (`sgq_groups`: each workgroup quantizes the
+# input row once, then takes several rounds of columns). One workgroup per 4R columns re-reads
+# the input row from L2 per workgroup (7B gate/up: 1,376 x 16 KB, 40 % of the nibbles' bytes);
+# too few leave the GPU idle. The best count follows the GPU's SMs (H200, 132: 264 gave
+# 1,542 -> 1,672 GB/s in the 7B q4_1 decode, 132 gave 1,231, 528 1,515; run 14g), which WebGPU
+# does not expose: so measured, over counts that cover 2 per SM / CU on 32..256 of them.
+SGQ_GROUPS = (64, 128, 192, 256, 384, 512)
 
 
 def int8_input_ok(device) -> bool:
@@ -164,14 +174,30 @@ async def measure_variants(device, K, N, dtype="f32", reps=8, rounds=3):
         best = await _time_step(device, b, cache, 63, reps, rounds)
         cache.destroy()
         b.destroy()
-        res["/".join(str(v[k]) for k in ("linear", "norm_wg", "attention", "storage") if k in v)] = (best, v)
+        res["/".join(str(v[k]) for k in ("linear", "norm_wg", "attention", "storage", "sgq_groups")
+                     if k in v)] = (best, v)
+
+    def winner():
+        return min(res.values(), key=lambda r: r[0])[1]
 
     for v in candidate_variants(device, dtype, K):
         await one(v)
     if len(storage_choices(device, dtype)) > 1:
         # the winner (f16 storage, the default there) once more with the u32 loaders
-        await one({**min(res.values(), key=lambda r: r[0])[1], "storage": "u32"})
+        await one({**winner(), "storage": "u32"})
+    for g in group_candidates(winner()["linear"], N):
+        await one({**winner(), "sgq_groups": g})
     return res
+
+
+def group_candidates(linear, N):
+    """The `sgq_groups` counts worth timing for GEMV variant `linear` over N columns: fewer
+    workgroups than the one-per-4R default (which stays a candidate: no key), int8-input
+    variants only (the others do not quantize per workgroup)."""
+    if not linear.startswith("sgq"):
+        return []
+    R, _ = variant_shape(linear)
+    return [g for g in SGQ_GROUPS if g < -(-N // (4 * R))]
 
 
 def _ffn_shape(model, shapes, dtypes):
@@ -220,8 +246,10 @@ async def choose(device, model, shapes, dtypes, known: dict):
     if cands:
         hkey = tune_key(device, hs[1], hs[0], hs[2]) + "|head"
         if hkey not in known:
+            # timed as it will run: the layers' storage and workgroup count
+            extra = {k: best[k] for k in ("storage", "sgq_groups") if k in best}
             hres = await measure_linear(device, hs[0], hs[1], cands, hs[2], *_replays(device),
-                                        extra={"storage": best.get("storage", "f16")})
+                                        extra={"storage": "f16", **extra})
             known[hkey] = {"linear_head": min(hres, key=hres.get), "seconds": hres}
         best["linear_head"] = known[hkey]["linear_head"]
     return best

@@ -209,19 +209,19 @@ def gemv(b, wdecl_, bdecl, ydecl, vec, rows, KV, YS, N0, s: Step, ent, variant=N
                 ADECL=adecl or wgsl.gemv_input(vec), PAIRDECL=pairdecl or wgsl.no_pair(vec),
                 N=rows, KV=KV, YS=YS, N0=N0, TB=TB)
     if variant.startswith("sgq"):
-        R, U = _variant_shape(variant)
+        R, U = variant_shape(variant)
         code = wgsl.sgqw_code(R, U) if vec == "w" else wgsl.sgq_code(R, U)
         src = kernels.render("linear_sgq", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8, **code, **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
         # fewer workgroups than that: each quantizes the input once for several column rounds
         gx = min(gx, int(b.variants.get("sgq_groups") or gx))
     elif variant.startswith("sgb"):
-        R, U = _variant_shape(variant)
+        R, U = variant_shape(variant)
         src = kernels.render("linear_sgb", ENABLE=b.device.subgroup_enable, R=R, U=U, NB=KV // 8,
                              **wgsl.sgb_code(R, U, TB), **subs)
         gx = ceil(rows, 4 * R)    # 4 subgroups of R columns per workgroup on 32-wide subgroups
     elif variant.startswith(("sgw", "wgw")):
-        R, U = _variant_shape(variant)
+        R, U = variant_shape(variant)
         sub = variant.startswith("s")             # wgw: groups of 32 lanes reduce in workgroup memory
         src = kernels.render("linear_sgw", ENABLE=b.device.subgroup_enable if sub else "", R=R, U=U,
                              **wgsl.sgw_code(R, U, TB, sub), **subs)
@@ -246,7 +246,7 @@ def _variant_suffix(variant: str) -> str:
     return variant[4 if variant.startswith("sgqw") else 3:]
 
 
-def _variant_shape(variant: str) -> tuple[int, int]:
+def variant_shape(variant: str) -> tuple[int, int]:
     """(R, U) of a variant with an `R[uU]` suffix: R columns per subgroup, U units per trip."""
     R, _, U = _variant_suffix(variant).partition("u")
     return int(R or 2), int(U or 1)
@@ -661,7 +661,7 @@ def _oproj_merged(b, ops, j, s: Step, name, part, ns, sl, H, hd):
     # the merged row + a weight per (head, split) + the GEMV's own workgroup memory (T = 1:
     # linear_wg's 3 x 64 partial sums, linear_sgw's wgw form, linear_sgq's int8 row: 1.25 K + 128 B)
     if variant.startswith("wgw"):
-        scratch = wgsl.group_reduce_floats(_variant_shape(variant)[0], 1)
+        scratch = wgsl.group_reduce_floats(variant_shape(variant)[0], 1)
     elif variant.startswith("sgq"):
         scratch = sgq_row_bytes(K) // 4
     else:

@@ -1,0 +1,27 @@
+#!/bin/bash
+# H200 run 15 (issue 16, third pass): the dispatch floor (a token's dispatches with no work in
+# them) beside each decode row, and the autotune's workgroup count for the int8-input Q4_1 GEMVs.
+# Carry .perf (gl/ loader debs, whl/ wgpu 0.32 wheels for Python 3.12, deno.xz, pyodide/).
+cd "$(dirname "$0")/../.."
+for f in .perf/gl/*.deb; do dpkg -x $f /; done; ldconfig
+[ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ] && export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .perf/whl/*.whl 2>/dev/null || exit 1
+[ -x /tmp/deno ] || { xz -dc .perf/deno.xz > /tmp/deno && chmod +x /tmp/deno; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# everything lands in /tmp/r15 and comes back as one archive
+R=/tmp/r15; mkdir -p $R; trap 'tar czf $OUT/run15$1.tgz -C /tmp r15' EXIT
+B="python3 benchmarks/bench_compare.py --deno /tmp/deno --pyodide .perf/pyodide --out $R"
+if [ "$1" = q4 ]; then
+  # 15a: the Q4_1 rows autotuned (now with the workgroup count measured, `sgq_groups`), each with
+  # its dispatch floor (the same grids with no work) and the per-class profile: how far from the
+  # ceiling that WebGPU's dispatches leave
+  timeout 300 $B --shapes llama-7b-q4_1,smollm2-135m-q4_1,gemma3-270m-q4_1 --no-deno --profile --label q4-floor \
+    2>&1 | tee $R/q4-log.txt
+  exit
+fi
+if [ "$1" = table ]; then
+  # 15b: the f16 rows with PyTorch, Deno and the floor
+  timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \
+    2>&1 | tee $R/table-log.txt
+  exit
+fi
