@@ -283,10 +283,14 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     import wgpu
     if "timestamp-query" not in dev.features:
         return {"error": "no timestamp-query"}
-    classes = {}
+    classes, shapes = {}, {}
     for d in rec:
         classes.setdefault(kind_of.get(id(d[0]), "?"), []).append(d)
-    groups = [("(whole token)", list(rec))] + sorted(classes.items())
+    for d in rec:                  # the GEMVs again by pipeline (one per weight shape), in plan order
+        name = kind_of.get(id(d[0]), "?")
+        if name.startswith("linear"):
+            shapes.setdefault(id(d[0]), (f"{name} #{len(shapes)} gx={d[2]}", []))[1].append(d)
+    groups = [("(whole token)", list(rec))] + sorted(classes.items()) + list(shapes.values())
     # each class again with its work taken out (dispatch_floor_us's kernel, same grids)
     fpipe = dev.pipeline(FLOOR_KERNEL)
     fgroup = dev.bind_group(fpipe, {0: dev.create_buffer(4096)})

@@ -19,6 +19,16 @@ if [ "$1" = q4 ]; then
     2>&1 | tee $R/q4-log.txt
   exit
 fi
+if [ "$1" = shapes ]; then
+  # 15c: the 7B q4_1 GEMVs by weight shape (qkv, o, gate/up, down, head) against their floor,
+  # over workgroup counts and column counts: fixed cost or bandwidth?
+  for v in '{"linear": "sgqw4"}' '{"linear": "sgqw4", "sgq_groups": 384}' '{"linear": "sgqw8", "sgq_groups": 384}' \
+           '{"linear": "sgqw2u2", "sgq_groups": 384}' '{"linear": "sgb2"}' '{"linear": "sgqw4", "sgq_groups": 1024}'; do
+    timeout 80 $B --shapes llama-7b-q4_1 --no-deno --no-torch --profile --variants "$v" --label "shapes $v" \
+      2>&1 | grep -E "native|#|whole" | tee -a $R/shapes-log.txt
+  done
+  exit
+fi
 if [ "$1" = table ]; then
   # 15b: the f16 rows with PyTorch, Deno and the floor
   timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \
