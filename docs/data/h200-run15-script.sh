@@ -29,6 +29,14 @@ if [ "$1" = shapes ]; then
   done
   exit
 fi
+if [ "$1" = layout ]; then
+  # 15d: Q4_1 bytes streamed in sgqw's pattern vs fully coalesced (bench_q4_layout), then the
+  # 7B f16 GEMVs by shape for the streaming rate f16 reaches in the decode
+  timeout 120 python3 benchmarks/bench_q4_layout.py --out $R 2>&1 | tee $R/layout-log.txt
+  timeout 150 $B --shapes llama-7b-f16 --no-deno --no-torch --profile --label f16-shapes \
+    2>&1 | grep -E "native|#|whole" | tee -a $R/layout-log.txt
+  exit
+fi
 if [ "$1" = table ]; then
   # 15b: the f16 rows with PyTorch, Deno and the floor
   timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \
