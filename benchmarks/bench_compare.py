@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyapp.bench import SMOLLM2_CONFIG, host_encode_ms, llama_names  # noqa: E402
+from pyapp.bench import SMOLLM2_CONFIG, gpu_pass_us, host_encode_ms, llama_names  # noqa: E402
 
 LLAMA_1B = {  # Llama 3.2 1B's shape (no rope scaling: the speed is the same)
     "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
@@ -280,7 +280,6 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     from one token's plan, replayed `reps` times) between timestamp queries; and the whole
     plan in one pass the same way. Classes run out of order: the data is garbage, the work
     is the same."""
-    import wgpu
     if "timestamp-query" not in dev.features:
         return {"error": "no timestamp-query"}
     classes, shapes = {}, {}
@@ -295,27 +294,11 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     fpipe = dev.pipeline(FLOOR_KERNEL)
     fgroup = dev.bind_group(fpipe, {0: dev.create_buffer(4096)})
     groups += [("floor " + name, [(fpipe, fgroup, gx, gy, gz) for _p, _g, gx, gy, gz in ds]) for name, ds in groups]
-    n = 2 * len(groups)
-    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=n)
-    buf = dev.device.create_buffer(size=8 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    enc = dev.device.create_command_encoder()
-    for i, (_name, ds) in enumerate(groups):
-        ps = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
-                                                      "end_of_pass_write_index": 2 * i + 1})
-        for _ in range(reps):
-            for pipe, group, gx, gy, gz in ds:
-                ps.set_pipeline(pipe)
-                ps.set_bind_group(0, group)
-                ps.dispatch_workgroups(gx, gy, gz)
-        ps.end()
-    enc.resolve_query_set(qs, 0, n, buf, 0)
-    dev.device.queue.submit([enc.finish()])
-    ts = struct.unpack(f"<{n}Q", bytes(dev.device.queue.read_buffer(buf)))
-    period = dev.device.queue.get_timestamp_period() if hasattr(dev.device.queue, "get_timestamp_period") else 1.0
+    times = gpu_pass_us(dev, [ds for _name, ds in groups], reps)
     out = []
     wb = weight_bytes_per_token(cfg, dtype)
     for i, (name, ds) in enumerate(groups):
-        us = (ts[2 * i + 1] - ts[2 * i]) * period / reps / 1e3
+        us = times[i]
         row = {"class": name, "dispatches": len(ds), "us_per_token": us, "us_per_dispatch": us / len(ds)}
         if name.startswith(("linear", "(whole")):
             row["weight_GBps_if_all_weights"] = wb / (us * 1e-6) / 1e9

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import struct
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from pyapp.bench import gpu_pass_us  # noqa: E402
 
 SHAPES = ((12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008), (32000, 4096))
 R = 4
@@ -76,7 +77,6 @@ def sources(N, K):
 
 
 def time_kernels(dev, N, K, reps):
-    import wgpu
     nbytes = N * (K // 32) * 20
     wbuf = dev.create_buffer(nbytes)
     dev.write(wbuf, 0, bytes(range(256)) * (min(nbytes, 1 << 20) // 256))   # not all zero
@@ -84,26 +84,9 @@ def time_kernels(dev, N, K, reps):
     gx = -(-N // (4 * R))
     srcs = sources(N, K)
     names = list(srcs)
-    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * len(names))
-    res = dev.device.create_buffer(size=16 * len(names), usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    best = {n: 1e9 for n in names}
-    for _ in range(3):
-        enc = dev.device.create_command_encoder()
-        for i, n in enumerate(names):
-            p = dev.pipeline(srcs[n])
-            g = dev.bind_group(p, {0: wbuf, 1: obuf})
-            ps = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
-                                                          "end_of_pass_write_index": 2 * i + 1})
-            ps.set_pipeline(p)
-            ps.set_bind_group(0, g)
-            for _ in range(reps):
-                ps.dispatch_workgroups(gx, 1, 1)
-            ps.end()
-        enc.resolve_query_set(qs, 0, 2 * len(names), res, 0)
-        dev.device.queue.submit([enc.finish()])
-        ts = struct.unpack(f"<{2 * len(names)}Q", bytes(dev.device.queue.read_buffer(res)))
-        for i, n in enumerate(names):
-            best[n] = min(best[n], (ts[2 * i + 1] - ts[2 * i]) / reps / 1e3)
+    pipes = [dev.pipeline(srcs[n]) for n in names]
+    us = gpu_pass_us(dev, [[(p, dev.bind_group(p, {0: wbuf, 1: obuf}), gx, 1, 1)] for p in pipes], reps, rounds=3)
+    best = dict(zip(names, us))
     wbuf.destroy()
     row = {"N": N, "K": K, "MB": nbytes / 1e6, "workgroups": gx, "floor_us": best["floor"]}
     for n in ("stored", "coalesced"):

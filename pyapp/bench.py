@@ -62,6 +62,38 @@ def device_info(dev):
 
 
 # ----------------------------------------------------------------------------- timing
+def gpu_pass_us(dev, groups, reps=10, rounds=1):
+    """GPU µs per replay of each dispatch list in `groups` (native binding, timestamp-query):
+    one compute pass per list, replayed `reps` times between the pass's two timestamps, all
+    passes in one submit; best of `rounds` submits. Dispatches are (pipeline, group, gx, gy, gz)."""
+    import struct
+
+    import wgpu
+    n = 2 * len(groups)
+    qs = dev.device.create_query_set(type=wgpu.QueryType.timestamp, count=n)
+    buf = dev.device.create_buffer(size=8 * n, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    period = dev.device.queue.get_timestamp_period() if hasattr(dev.device.queue, "get_timestamp_period") else 1.0
+    best = [1e18] * len(groups)
+    for _ in range(rounds):
+        enc = dev.device.create_command_encoder()
+        for i, ds in enumerate(groups):
+            ps = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 2 * i,
+                                                          "end_of_pass_write_index": 2 * i + 1})
+            for _ in range(reps):
+                for pipe, group, gx, gy, gz in ds:
+                    ps.set_pipeline(pipe)
+                    ps.set_bind_group(0, group)
+                    ps.dispatch_workgroups(gx, gy, gz)
+            ps.end()
+        enc.resolve_query_set(qs, 0, n, buf, 0)
+        dev.device.queue.submit([enc.finish()])
+        ts = struct.unpack(f"<{n}Q", bytes(dev.device.queue.read_buffer(buf)))
+        best = [min(b, (ts[2 * i + 1] - ts[2 * i]) * period / reps / 1e3) for i, b in enumerate(best)]
+    qs.destroy()
+    buf.destroy()
+    return best
+
+
 
 def time_recording(dev, rec_list, writes, reps, sync_buf, rounds=3):
     """Seconds per replay of `rec_list` (a list of dispatches), `reps` replays in

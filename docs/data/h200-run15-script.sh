@@ -37,6 +37,13 @@ if [ "$1" = layout ]; then
     2>&1 | grep -E "native|#|whole" | tee -a $R/layout-log.txt
   exit
 fi
+if [ "$1" = ablate ]; then
+  # 15e: the sgqw GEMV with parts of its source taken out (bench_q4_ablate), 7B shapes
+  for v in sgqw4 sgqw2; do
+    timeout 150 python3 benchmarks/bench_q4_ablate.py --variant $v --out $R 2>&1 | tee -a $R/ablate-log.txt
+  done
+  exit
+fi
 if [ "$1" = table ]; then
   # 15b: the f16 rows with PyTorch, Deno and the floor
   timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \
