@@ -3,7 +3,8 @@ the plan builds it, and the same kernel with one part taken out of its source, a
 that only streams the same bytes in the same pattern (bench_q4_layout's `stored`) and the bare
 dispatch (`floor`). Timing only: the ablated kernels compute garbage.
 
-    PYTHONPATH=$PWD python3 benchmarks/bench_q4_ablate.py [--variant sgqw4] [--reps 20] [--out bench-results]
+    PYTHONPATH=$PWD python3 benchmarks/bench_q4_ablate.py [--variant sgqw4] [--variants JSON] [--reps 20]
+        [--out bench-results]
 
 Ablations (text patches of the rendered WGSL):
 * `no-quantize`: the prologue's loop that quantizes the input row into workgroup memory runs no
@@ -50,7 +51,7 @@ def patched_render(patches):
     return render, orig
 
 
-def gemv_plans(dev, N, K, variant, ablation):
+def gemv_plans(dev, N, K, variant, ablation, extra=None):
     """COPIES one-GEMV plans (N x K Q4_1, T = 1) of `variant`, built with `ablation`'s patches."""
     from pyapp.gpu.backend import GpuBackend
     from pyapp.models import Model, op
@@ -62,7 +63,7 @@ def gemv_plans(dev, N, K, variant, ablation):
     kernels.render = render
     try:
         backs = [GpuBackend(dev, m, 0, 1, embed=False, head=False, dtype="q4_1", shapes={"w": (N, K)},
-                            max_tokens=1, max_positions=8, variants={"linear": variant, "fuse": False},
+                            max_tokens=1, max_positions=8, variants={"linear": variant, "fuse": False, **(extra or {})},
                             widths={"y": N}) for _ in range(COPIES)]
         plans = [b._plan(1, None, 0, 1, False, False, False, False)[0] for b in backs]
     finally:
@@ -88,6 +89,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="sgqw4")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--variants", help='JSON of more plan keys, e.g. \'{"sgq_prefetch": true}\'')
     ap.add_argument("--shapes", help="comma list of NxK (default: Llama 7B's)")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
@@ -103,7 +105,7 @@ def main(argv=None):
         mb = N * (K // 32) * 20 / 1e6
         groups, names, keep = [], [], []
         for ab in ablations:
-            backs, plan = gemv_plans(dev, N, K, a.variant, ab)
+            backs, plan = gemv_plans(dev, N, K, a.variant, ab, json.loads(a.variants or "{}"))
             keep += backs
             groups.append(plan)
             names.append(f"{a.variant} {ab or 'as built'}")
@@ -122,7 +124,8 @@ def main(argv=None):
             b.destroy()
     out = Path(a.out) / f"q4-ablate-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"adapter": dev.info, "variant": a.variant, "reps": a.reps, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"adapter": dev.info, "variant": a.variant, "variants": a.variants, "reps": a.reps,
+                               "rows": rows}, indent=1))
     print(f"wrote {out}")
     return 0
 

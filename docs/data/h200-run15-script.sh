@@ -44,6 +44,47 @@ if [ "$1" = ablate ]; then
   done
   exit
 fi
+if [ "$1" = xq ]; then
+  # 15f: the int8 input of the wide Q4_1 GEMV in workgroup memory as planes (lanes reading
+  # consecutive vec4) against block order (.perf/old: the tree before, `git archive`): kernel alone
+  # (bench_q4_ablate, as built) and in the 7B q4_1 decode, old then new, twice
+  for i in 1 2; do
+    for t in .perf/old .; do
+      (cd $t && PYTHONPATH=/tmp/site:$PWD timeout 100 python3 benchmarks/bench_q4_ablate.py --variant sgqw4 --out $R) \
+        2>&1 | grep -E "MB|as built|stream" | sed "s|^|$t |" | tee -a $R/xq-log.txt
+      (cd $t && PYTHONPATH=/tmp/site:$PWD timeout 100 python3 benchmarks/bench_compare.py --shapes llama-7b-q4_1,smollm2-135m-q4_1 \
+        --no-deno --no-torch --variants '{"linear": "sgqw4", "sgq_groups": 384}' --label "xq $t" --out $R) \
+        2>&1 | grep -E "native" | sed "s|^|$t |" | tee -a $R/xq-log.txt
+    done
+  done
+  exit
+fi
+if [ "$1" = prefetch ]; then
+  # 15g: the wide Q4_1 GEMV with its first trip's weights loaded before the input is quantized
+  # (`sgq_prefetch`, a plan key that existed for this run and 15h only: measured slower in the
+  # decode and removed) against without: kernel alone, then the 7B q4_1 decode (default grid and 384
+  # workgroups), alternating, twice
+  for pf in false true; do
+    timeout 60 python3 benchmarks/bench_q4_ablate.py --variant sgqw4 --variants "{\"sgq_prefetch\": $pf}" --out $R \
+      2>&1 | grep -E "MB|as built|no-quantize  |stream" | sed "s|^|prefetch $pf |" | tee -a $R/prefetch-log.txt
+  done
+  for i in 1 2; do
+    for v in '"sgq_prefetch": false' '"sgq_prefetch": true' '"sgq_prefetch": false, "sgq_groups": 384' '"sgq_prefetch": true, "sgq_groups": 384'; do
+      timeout 60 $B --shapes llama-7b-q4_1 --no-deno --no-torch --variants "{\"linear\": \"sgqw4\", $v}" --label "prefetch $v" \
+        2>&1 | grep -E "native" | sed "s|^|$v |" | tee -a $R/prefetch-log.txt
+    done
+  done
+  exit
+fi
+if [ "$1" = prefetch2 ]; then
+  # 15h: as 15g with the gate/up pair not prefetched (15g: the decode fell 375 -> 240 tok/s with
+  # it), by weight shape (--profile)
+  for v in '"sgq_prefetch": false, "sgq_groups": 384' '"sgq_prefetch": true, "sgq_groups": 384' '"sgq_prefetch": true'; do
+    timeout 70 $B --shapes llama-7b-q4_1 --no-deno --no-torch --profile --variants "{\"linear\": \"sgqw4\", $v}" --label "prefetch2 $v" \
+      2>&1 | grep -E "native|#[0-9] gx" | grep -v floor | sed "s|^|$v |" | tee -a $R/prefetch2-log.txt
+  done
+  exit
+fi
 if [ "$1" = table ]; then
   # 15b: the f16 rows with PyTorch, Deno and the floor
   timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \

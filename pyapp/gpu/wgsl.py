@@ -307,7 +307,8 @@ def sgq_code(R: int, U: int) -> dict:
                         f"+ dot4I8Packed(({q}{u}_{r} >> 4u) & M4, xh{u}); "
                         f"{acc}{r}_0 += {dm}{u}_{r}.x * xb{u}.x * f32(i{w}{u}_{r}) + {dm}{u}_{r}.y * xb{u}.y;")
                 body.append(f"    if (PAIR) {{ {line} }}" if w else f"    {line}")
-    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB * 4u"}
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB * 4u",
+            "XQI": "2u * b + k", "XBI": "b"}
 
 
 def _quad_word(v: str, k: int) -> str:
@@ -327,8 +328,8 @@ def sgqw_code(R: int, U: int) -> dict:
         body += [f"    let u{u} = u0 + {u}u * sgs;",
                  f"    let g{u} = min(u{u}, NU - 1u);",
                  f"    let k{u} = select(0.0, 1.0, u{u} < NU);     // 0: past the row end"]
-        body += [f"    let x{u}_{h} = xq[8u * g{u} + {h}u];" for h in range(8)]
-        body += [f"    let xb{u}_{i} = xb[4u * g{u} + {i}u] * k{u};" for i in range(4)]
+        body += [f"    let x{u}_{h} = xq[{h}u * NU + g{u}];" for h in range(8)]        # plane h of run g
+        body += [f"    let xb{u}_{i} = xb[{i}u * NU + g{u}] * k{u};" for i in range(4)]
         for r in rs:
             body += [f"    let w{u}_{r}_{v} = quadw_at(n{r}, g{u}, {v}u);" for v in range(5)]
             body += [f"    var p{u}_{r}_{v} = vec4u();" for v in range(5)]
@@ -351,7 +352,9 @@ def sgqw_code(R: int, U: int) -> dict:
                     body.append("    if (PAIR) {\n      " + "\n      ".join(lines) + "\n    }")
                 else:
                     body += [f"    {ln}" for ln in lines]
-    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB / 4u"}
+    return {"DECL": "\n".join(decl), "BODY": "\n".join(body), "REDUCE": _subgroup_reduce(R, 1), "NU": "NB / 4u",
+            # block b = run g = b / 4, block i = b % 4 of it: plane 2i + k, and xb's plane i
+            "XQI": "((b & 3u) * 2u + k) * NU + (b >> 2u)", "XBI": "(b & 3u) * NU + (b >> 2u)"}
 
 
 def sgw_code(R: int, U: int, TB: int, subgroups: bool = True) -> dict:

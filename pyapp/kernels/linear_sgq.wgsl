@@ -37,10 +37,15 @@ const TB: u32 = 1u;
 const R: u32 = ${R}u;
 const U: u32 = ${U}u;
 const NU: u32 = ${NU};         // units per row: words (4 per block), or WIDE runs of 4 blocks
-// the input row as int8, 4 per word: block b's low-nibble partners (values 0..15) xq[2b], its
-// high ones (16..31) xq[2b + 1]
+// the input row as int8, 4 per word: block b's low-nibble partners (values 0..15) at
+// xq[xqi(b, 0)], its high ones (16..31) at xq[xqi(b, 1)]; the word form keeps them in block order
+// (2b + k), WIDE as 8 planes of one vec4 per run (plane 2i + k of run g at (2i + k) NU + g), so
+// the 32 lanes reading plane h of runs g..g+31 hit consecutive vec4 (block order put them 128
+// bytes apart: every lane on the same banks, a 32-way conflict per read)
 var<workgroup> xq: array<vec4<u32>, NB * 2u>;
-var<workgroup> xb: array<vec2f, NB>;       // per block: (d, sum(x) / 4)
+var<workgroup> xb: array<vec2f, NB>;       // per block (at xbi(b)): (d, sum(x) / 4)
+fn xqi(b: u32, k: u32) -> u32 { return ${XQI}; }
+fn xbi(b: u32) -> u32 { return ${XBI}; }
 var<workgroup> xss: array<f32, 32>;        // NORM: sum(a^2) per subgroup (>= 4 lanes each)
 const M4: u32 = 0x0F0F0F0Fu;
 @compute @workgroup_size(128)
@@ -65,11 +70,11 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
     let s = select(0.0, 127.0 / amax, amax > 0.0);
     // pack4xI8, not pack4x8snorm: lavapipe (wgpu 0.32) sign-extends a negative lane of
     // pack4x8snorm over the bytes above it
-    xq[2u * b] = vec4u(pack4xI8(vec4i(round(v0 * s))), pack4xI8(vec4i(round(v1 * s))),
+    xq[xqi(b, 0u)] = vec4u(pack4xI8(vec4i(round(v0 * s))), pack4xI8(vec4i(round(v1 * s))),
                        pack4xI8(vec4i(round(v2 * s))), pack4xI8(vec4i(round(v3 * s))));
-    xq[2u * b + 1u] = vec4u(pack4xI8(vec4i(round(v4 * s))), pack4xI8(vec4i(round(v5 * s))),
+    xq[xqi(b, 1u)] = vec4u(pack4xI8(vec4i(round(v4 * s))), pack4xI8(vec4i(round(v5 * s))),
                             pack4xI8(vec4i(round(v6 * s))), pack4xI8(vec4i(round(v7 * s))));
-    xb[b] = vec2f(amax / 127.0, 0.25 * dot((v0 + v1) + (v2 + v3) + (v4 + v5) + (v6 + v7), vec4f(1.0)));
+    xb[xbi(b)] = vec2f(amax / 127.0, 0.25 * dot((v0 + v1) + (v2 + v3) + (v4 + v5) + (v6 + v7), vec4f(1.0)));
   }
   var wss = 0.0;                              // the whole row's sum of squares (NORM)
   if (NORM) {
