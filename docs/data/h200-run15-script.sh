@@ -86,8 +86,9 @@ if [ "$1" = prefetch2 ]; then
   exit
 fi
 if [ "$1" = table ]; then
-  # 15b: the f16 rows with PyTorch, Deno and the floor
-  timeout 560 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-1b-f16,llama-7b-f16 --profile --label f16-floor \
-    2>&1 | tee $R/table-log.txt
+  # 15i: the final table, default (autotuned) plans, each row with its dispatch floor and WebGPU
+  # ceiling; the Deno rows on the page's rule; PyTorch eager and HF generate on the f16 rows
+  timeout 560 $B --shapes smollm2-135m-f16,smollm2-135m-q4_1,gemma3-270m-f16,gemma3-270m-q4_1,llama-1b-f16,llama-7b-f16,llama-7b-q4_1 \
+    --deno-shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --label final 2>&1 | tee $R/final-log.txt
   exit
 fi
