@@ -28,9 +28,10 @@ sys.path.insert(0, str(ROOT))
 from pyapp import kernels  # noqa: E402
 from pyapp.bench import gpu_pass_us  # noqa: E402
 
+from bench_q4_layout import parse_shapes, timed_device  # noqa: E402
 from bench_q4_layout import sources as stream_sources  # noqa: E402
 
-SHAPES = ((12288, 4096), (22016, 4096), (4096, 11008), (32000, 4096))
+SHAPES = ((12288, 4096), (22016, 4096), (4096, 11008), (32000, 4096))   # 3 copies of each > 50 MB
 COPIES = 3
 PATCHES = {
     "no-quantize": [("for (var b = l; b < NB; b += 128u) {", "for (var b = l + NB; b < NB; b += 128u) {")],
@@ -89,16 +90,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="sgqw4")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--variants", help='JSON of more plan keys, e.g. \'{"sgq_prefetch": true}\'')
+    ap.add_argument("--variants", help='JSON of more plan keys, e.g. \'{"sgq_groups": 384}\'')
     ap.add_argument("--shapes", help="comma list of NxK (default: Llama 7B's)")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
-    from pyapp.gpu.native import NativeDevice
-    dev = NativeDevice.create()
-    if "timestamp-query" not in dev.features:
-        print("adapter without timestamp-query")
+    dev = timed_device()
+    if dev is None:
         return 1
-    shapes = [tuple(map(int, s.split("x"))) for s in a.shapes.split(",")] if a.shapes else SHAPES
+    shapes = parse_shapes(a.shapes, SHAPES)
     ablations = ["", "no-quantize", "no-dot", "no-quantize,no-dot"]
     rows = []
     for N, K in shapes:

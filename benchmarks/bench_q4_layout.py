@@ -95,18 +95,31 @@ def time_kernels(dev, N, K, reps):
     return row
 
 
+def timed_device():
+    """The native device, or None (with a line printed) where the adapter has no timestamp-query."""
+    from pyapp.gpu.native import NativeDevice
+    dev = NativeDevice.create()
+    if "timestamp-query" not in dev.features:
+        print("adapter without timestamp-query")
+        return None
+    return dev
+
+
+def parse_shapes(arg, default=SHAPES):
+    """"NxK,NxK" -> [(N, K), ...]; None: `default` (Llama 7B's GEMV shapes)."""
+    return [tuple(map(int, s.split("x"))) for s in arg.split(",")] if arg else list(default)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--shapes", help="comma list of NxK (default: Llama 7B's)")
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
-    from pyapp.gpu.native import NativeDevice
-    dev = NativeDevice.create()
-    if "timestamp-query" not in dev.features:
-        print("adapter without timestamp-query")
+    dev = timed_device()
+    if dev is None:
         return 1
-    shapes = [tuple(map(int, s.split("x"))) for s in a.shapes.split(",")] if a.shapes else SHAPES
+    shapes = parse_shapes(a.shapes)
     rows = []
     print(f"{'shape':>12s} {'MB':>6s} {'floor us':>8s} | {'stored us':>9s} {'GB/s':>6s} {'past floor':>10s} | "
           f"{'coalesced us':>12s} {'GB/s':>6s} {'past floor':>10s}")
