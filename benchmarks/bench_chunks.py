@@ -1,8 +1,12 @@
-"""A step-by-step token's pass in one submit against chunked submits (issue 16: host encoding
-< 10 % of a token; `GpuBackend.submit_chunks`, backend.SUBMIT_CHUNKS), native binding.
+"""A step-by-step token's pass in one submit against chunked submits and against the next step
+encoded ahead (issue 16: host encoding < 10 % of a token; `GpuBackend.submit_chunks`,
+backend.SUBMIT_CHUNKS; `GpuBackend.encode_ahead`, backend.ENCODE_AHEAD), native binding.
 
     PYTHONPATH=$PWD python3 benchmarks/bench_chunks.py [--shapes smollm2-135m-f16,llama-7b-f16]
-        [--rules none,16:64,8:32,32:0,16:16] [--tokens 32] [--rounds 5]
+        [--rules none,16:64,8:32,32:0,16:16,16:16+ahead] [--tokens 32] [--rounds 5]
+
+A rule is first:rest (or none) and, with "+ahead", the next step's command buffer encoded right
+after each step's submit while the GPU runs it (a step then sends it whole).
 
 Per rule and per token (random weights of each shape, autotuned variants, greedy, 32-token
 prompt), two forms of the same step, alternating token by token on one cache:
@@ -31,7 +35,15 @@ import bench_compare as bc  # noqa: E402
 
 
 def rule_name(r):
-    return "none" if not r else f"{r[0]}:{r[1]}"
+    chunks, ahead = r
+    return ("none" if not chunks else f"{chunks[0]}:{chunks[1]}") + ("+ahead" if ahead else "")
+
+
+def parse_rule(text):
+    """"16:16+ahead" -> ((16, 16), True); "none" -> (None, False)."""
+    from pyapp.bench import parse_chunk_rule
+    base, plus, _ = text.partition("+ahead")
+    return parse_chunk_rule(base or "none"), bool(plus)
 
 
 def pre_encoded_step(be, tok, cache, sp, n, rule):
@@ -41,7 +53,7 @@ def pre_encoded_step(be, tok, cache, sp, n, rule):
     dev, N = be.device, be.model.n_layers
     copies = [(be.tok_buf, 0, be.readback, 0, 4)]
     rec, T, pos0, _h, _w = be._prepare([tok], None, cache, 0, N, True, False, True, sp, n)
-    ends = chunk_ends(be.step_dispatches, rule)
+    ends = chunk_ends(be.step_dispatches, rule[0])
     t = time.perf_counter()
     cbs = list(dev.chunk_buffers(rec, copies, ends))       # what submit encodes, all of it first
     enc = time.perf_counter() - t
@@ -57,7 +69,7 @@ def pre_encoded_step(be, tok, cache, sp, n, rule):
 
 
 def one_round(be, rule, prompt, tokens, sp):
-    be.submit_chunks = rule
+    be.submit_chunks, be.encode_ahead = rule
     c = be.new_cache(len(prompt) + 2 * tokens + 8)
     tok = be.step(ids=prompt, cache=c, params=sp)
     full, pre, enc, ids = [], [], [], [tok]
@@ -93,7 +105,7 @@ def one_shape(dev, name, rules, prompt_tokens, tokens, rounds):
     out = []
     for r in rules:
         k = rule_name(r)
-        row = {"shape": name, "rule": k, "dispatches": nd, "submits": len(chunk_ends(nd, r) or [0])}
+        row = {"shape": name, "rule": k, "dispatches": nd, "submits": 1 if r[1] else len(chunk_ends(nd, r[0]) or [0])}
         for f in ("wall_ms", "pre_encoded_ms", "encode_ms"):
             v = [m[f] for m in runs[k]]
             row[f] = {"best": min(v), "median": statistics.median(v), "rounds": v}
@@ -112,20 +124,20 @@ def one_shape(dev, name, rules, prompt_tokens, tokens, rounds):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16")
-    ap.add_argument("--rules", default="none,16:64,8:32,32:0,16:16",
-                    help="comma list of first:rest (none: one submit); the first is the baseline")
+    ap.add_argument("--rules", default="none,16:64,8:32,32:0,16:16,16:16+ahead",
+                    help="comma list of first:rest (none: one submit), +ahead: the next step encoded "
+                         "ahead; the first is the baseline")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=32, help="tokens of each form per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="bench-results")
     a = ap.parse_args(argv)
-    from pyapp.bench import parse_chunk_rule
-    from pyapp.gpu.backend import SUBMIT_CHUNKS
+    from pyapp.gpu.backend import ENCODE_AHEAD, SUBMIT_CHUNKS
     from pyapp.gpu.native import NativeDevice
     dev = NativeDevice.create()
-    rules = [parse_chunk_rule(s) for s in a.rules.split(",")]
+    rules = [parse_rule(s) for s in a.rules.split(",")]
     print(f"adapter: {dev.info.get('device') or dev.info.get('description')}; default rule "
-          f"{rule_name(SUBMIT_CHUNKS)}; ms a step-by-step token, median of {a.tokens} tokens, "
+          f"{rule_name((SUBMIT_CHUNKS, ENCODE_AHEAD))}; ms a step-by-step token, median of {a.tokens} tokens, "
           f"best / median of {a.rounds} rounds")
     print(f"{'shape':18s} {'rule':6s} {'disp':>4s} {'subm':>4s} {'wall':>13s} {'pre-encoded':>13s} "
           f"{'host encode':>13s} {'exposed':>13s} {'exposed %':>9s} {'vs ' + rule_name(rules[0]):>8s} ids")
@@ -140,7 +152,7 @@ def main(argv=None):
                   f"{'=' if row['ids_equal_none'] else 'DIFF'}", flush=True)
     out = Path(a.out) / f"chunks-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"adapter": dev.info, "default_rule": SUBMIT_CHUNKS, "args": vars(a),
+    out.write_text(json.dumps({"adapter": dev.info, "default_rule": rule_name((SUBMIT_CHUNKS, ENCODE_AHEAD)), "args": vars(a),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
 

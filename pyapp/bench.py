@@ -2,7 +2,7 @@
 
     pyapp bench kernels [--model NAME] [--out PATH] [--big]
     pyapp bench decode  [--model NAME] [--out PATH] [--random] [--prompt-tokens P] [--new-tokens N]
-                        [--submit-chunks auto|none|FIRST:REST]
+                        [--submit-chunks auto|none|FIRST:REST] [--encode-ahead on|off]
 
 Prints a table and writes JSON (default bench-results/<what>-<model>.json).
 Kernel shapes come from the model's config (the store's, or SmolLM2-135M's
@@ -278,14 +278,14 @@ def encode(a, fmt):
 
 
 def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens=32, new_tokens=32,
-                 variants=None, linear_head=None, submit_chunks="auto"):
+                 variants=None, linear_head=None, submit_chunks="auto", encode_ahead=True):
     from .gpu import GpuBackend
     from .gpu.autotune import autotune_variants
     from .gpu.shapes import infer_shapes
     from .sampling import SamplingParams
     t0 = time.perf_counter()
     if model_dir is not None and not random:
-        b = GpuBackend.load(model_dir, dtype, device=dev, submit_chunks=submit_chunks,
+        b = GpuBackend.load(model_dir, dtype, device=dev, submit_chunks=submit_chunks, encode_ahead=encode_ahead,
                             **({"variants": variants} if variants else {}))
         source = str(model_dir)
     else:
@@ -294,13 +294,13 @@ def bench_decode(dev, model, model_dir, random=False, dtype="f32", prompt_tokens
             v.pop("linear_head", None)
         elif linear_head:
             v["linear_head"] = linear_head
-        b = random_backend(dev, model, dtype, variants=v, submit_chunks=submit_chunks)
+        b = random_backend(dev, model, dtype, variants=v, submit_chunks=submit_chunks, encode_ahead=encode_ahead)
         source = "random weights of the model's shape"
     load_s = time.perf_counter() - t0
     sp = SamplingParams()
     prompt = [1 + (i * 7919) % (model.vocab - 1) for i in range(prompt_tokens)]
     res = {"weights": source, "variants": b.variants, "load_seconds": load_s,
-           "submit_chunks": chunk_rule(b.submit_chunks),
+           "submit_chunks": chunk_rule(b.submit_chunks), "encode_ahead": b.encode_ahead,
            "prompt_tokens": prompt_tokens, "new_tokens": new_tokens}
     # warm-up (pipelines, plans)
     c = b.new_cache(prompt_tokens + new_tokens + 8)
@@ -407,6 +407,8 @@ def main(argv=None):
     ap.add_argument("--submit-chunks", default="auto", type=parse_chunk_rule,
                     help="decode: a step-by-step token's pass cut into submits, FIRST:REST dispatches "
                          "(none: one submit; auto: backend.SUBMIT_CHUNKS, one submit on CPU adapters)")
+    ap.add_argument("--encode-ahead", default="on", choices=["on", "off"],
+                    help="decode: encode the next step while the GPU runs this one (backend.ENCODE_AHEAD)")
     ap.add_argument("--variants", help="decode: JSON merged into the variants, e.g. "
                     '\'{"off": ["fuse_qkv_attention", "fold_merge"]}\' (the 6-dispatch layer of before)')
     a = ap.parse_args(argv)
@@ -438,9 +440,9 @@ def main(argv=None):
             variants = {**(variants or autotune_variants(dev, model, infer_shapes(model), {})),
                         **json.loads(a.variants)}
         r = bench_decode(dev, model, model_dir, a.random, a.dtype, a.prompt_tokens, a.new_tokens,
-                         variants, a.linear_head, a.submit_chunks)
+                         variants, a.linear_head, a.submit_chunks, a.encode_ahead == "on")
         result["decode"] = r
-        keys = ["weights", "variants", "submit_chunks", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
+        keys = ["weights", "variants", "submit_chunks", "encode_ahead", "prefill_tokens_per_s", "decode_tokens_per_s", "ms_per_token",
                 "dispatches_per_token", "host_encode_ms_per_token", "ffi_crossings_per_token",
                 "submits_per_token", "readback_bytes_per_token"]
         for k in keys:

@@ -433,4 +433,7 @@ def test_smollm2_greedy_in_chromium(site):
     tm = tf.AutoModelForCausalLM.from_pretrained(SMOL, dtype=torch.float32).eval()
     assert m["tokens_chunked"] == torch_greedy(tm, prompt, n) == ref
     assert m["submits_per_token_chunked"] > 10
+    # the default run: each decode step's command buffer encoded while the step before ran, in
+    # JS inside the same H.submit (no extra crossing), sent whole
+    assert m["encode_ahead"] is True and m["submits_per_token"] == 1
     assert m["crossings_per_token_chunked"] == m["crossings_per_token"]   # chunks cut inside one JS call

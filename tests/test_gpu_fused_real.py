@@ -58,11 +58,12 @@ def test_bench_decode_dispatch_count(tmp_path, capsys):
     as `wg` without subgroups) at a context above 32 (33-token prompt: the 43-key cache is two
     32-key splits) reports <= 150 dispatches per token: 4 per layer + embed, head, sampler = 123
     (183 before the 4-dispatch layer, 364 before the rules); printed. With --submit-chunks 16:64
-    each token's 123 dispatches go in 3 submits (16, 64, 43), and the report says so."""
+    each token's 123 dispatches go in 3 submits (16, 64, 43) with --encode-ahead off (on, a step
+    after the first goes whole in one), and the report says so."""
     from pyapp.bench import main
     out = tmp_path / "d.json"
     main(["decode", "--random", "--linear", "sg", "--prompt-tokens", "33", "--new-tokens", "2",
-          "--submit-chunks", "16:64", "--out", str(out)])
+          "--submit-chunks", "16:64", "--encode-ahead", "off", "--out", str(out)])
     r = json.loads(out.read_text())["decode"]
     n = r["dispatches_per_token"]
     with capsys.disabled():
@@ -70,3 +71,4 @@ def test_bench_decode_dispatch_count(tmp_path, capsys):
     assert n <= 150
     assert n == 30 * 4 + 3
     assert r["submit_chunks"] == "first 16 dispatches, then 64 each" and r["submits_per_token"] == 3
+    assert r["encode_ahead"] is False

@@ -52,22 +52,34 @@ def torch_ref(smol):
     return {p: torch_greedy(m, ids, 32) for p, (ids, _) in refs.items()}
 
 
-@pytest.mark.parametrize("split,chunks", [(0, None), (15, None), (29, None), (0, (3, 7)), (15, (3, 7))])
-def test_smollm2_wgpu_greedy_identical(smol, torch_ref, split, chunks):
+@pytest.mark.parametrize("split,chunks,ahead", [(0, None, True), (15, None, True), (29, None, True),
+                                               (0, (3, 7), False), (15, (3, 7), False), (15, (3, 7), True),
+                                               (0, None, False)])
+def test_smollm2_wgpu_greedy_identical(smol, torch_ref, split, chunks, ahead):
     """`chunks`: each step-by-step token's pass cut into submits of 3, then 7 dispatches
     (GpuBackend.submit_chunks; one submit is lavapipe's default), so chunk boundaries fall
-    inside layers, between a layer's GEMVs and the attention reading their outputs."""
+    inside layers, between a layer's GEMVs and the attention reading their outputs. `ahead`
+    (GpuBackend.encode_ahead, the default): each decode step's command buffer is encoded after
+    the step before it was submitted and goes whole, in one submit, with that step's token and
+    position written after it was encoded; three prompts in turn, each on its own cache."""
     from pyapp.cli import Runner
     d, refs = smol
     r = Runner(d, "wgpu", split)
-    r.tail.submit_chunks = chunks
+    r.tail.submit_chunks, r.tail.encode_ahead = chunks, ahead
     s0 = r.tail.stats["submits"]
     for p, (ids, ref) in refs.items():
         got = generate(r.step_fn(SamplingParams(), len(ids) + 40), ids, 32).ids
-        assert got == ref, (split, chunks, p)
-        assert got == torch_ref[p], (split, chunks, p)
+        assert got == ref, (split, chunks, ahead, p)
+        assert got == torch_ref[p], (split, chunks, ahead, p)
     per_token = (r.tail.stats["submits"] - s0) / (3 * 32)
-    assert per_token > 10 if chunks else per_token == 1
+    if chunks and not ahead:
+        assert per_token > 10
+    elif chunks:     # the prompt's step and the first decode step chunked, the other 30 steps one each
+        from pyapp.gpu.device import chunk_ends
+        k = len(chunk_ends(r.tail.step_dispatches, chunks))
+        assert k > 10 and per_token == (2 * k + 30) / 32, (k, per_token)
+    else:
+        assert per_token == 1
 
 
 @pytest.mark.parametrize("variants", [{"linear": "sgw2"}, {"linear": "sgw4u2", "storage": "u32"}])

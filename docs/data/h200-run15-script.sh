@@ -85,6 +85,14 @@ if [ "$1" = prefetch2 ]; then
   done
   exit
 fi
+if [ "$1" = ahead ]; then
+  # 15j: a step-by-step token with the next step encoded ahead (right after the submit, while the
+  # GPU runs it; GpuBackend.encode_ahead) against one submit and the chunked default
+  timeout 400 python3 benchmarks/bench_chunks.py --rules none,16:16,16:16+ahead,none+ahead --out $R 2>&1 | tee $R/ahead-log.txt
+  timeout 150 $B --shapes smollm2-135m-f16,gemma3-270m-f16,llama-7b-f16 --no-torch --no-deno --label ahead-step \
+    2>&1 | grep -E "native" | tee -a $R/ahead-log.txt
+  exit
+fi
 if [ "$1" = table ]; then
   # 15i: the final table, default (autotuned) plans, each row with its dispatch floor and WebGPU
   # ceiling; the Deno rows on the page's rule; PyTorch eager and HF generate on the f16 rows

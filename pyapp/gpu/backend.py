@@ -189,13 +189,18 @@ DECODE_DEPTH = 4
 # 270M 3.40 -> 2.61, Llama 7B 7.16 -> 5.98; (16, 64): 2.22 / 2.95 / 5.94).
 SUBMIT_CHUNKS = (16, 16)
 
+# A step-by-step token (T = 1) encodes the next step's command buffer right after its own
+# submit, while the GPU runs it (Device.submit's `ahead`): the next step then only writes its
+# inputs and submits. Chunks still start the first token after a prompt.
+ENCODE_AHEAD = True
+
 
 class GpuBackend:
     name = "wgpu"
 
     def __init__(self, device: Device, model: Model, start=0, stop=None, embed=None, head=None,
                  dtype="f32", shapes=None, dtypes=None, max_tokens=None, max_positions=None,
-                 variants=None, max_binding=None, widths=None, submit_chunks="auto"):
+                 variants=None, max_binding=None, widths=None, submit_chunks="auto", encode_ahead=ENCODE_AHEAD):
         self.device = device
         self.model = model
         self.start = start
@@ -222,6 +227,7 @@ class GpuBackend:
         # step-by-step tokens' chunk rule: SUBMIT_CHUNKS, but one submit on a CPU adapter, whose
         # "GPU" runs on the cores that encode (nothing to overlap; lavapipe: no gain measured)
         self.submit_chunks = (None if self.cpu else SUBMIT_CHUNKS) if submit_chunks == "auto" else submit_chunks
+        self.encode_ahead = encode_ahead
         f16 = self.variants.get("storage", "f16") == "f16" and "shader-f16" in device.features
         self.storage = "f16" if f16 else "u32"
         self.stats = {"steps": 0, "dispatches": 0, "submits": 0, "readbacks": 0,
@@ -632,9 +638,9 @@ class GpuBackend:
             ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
         ends = chunk_ends(self.step_dispatches, chunks)
-        if ends:
-            self.stats["submits"] += len(ends) - 1
-        self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends)
+        n = self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends,
+                               ahead=self.encode_ahead and T == 1)
+        self.stats["submits"] += (n or 1) - 1      # _prepare counted one
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 

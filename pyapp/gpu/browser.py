@@ -108,12 +108,12 @@ class BrowserDevice(Device):
     def record(self, dispatches):
         return self._js([list(d) for d in dispatches])
 
-    def submit(self, recording, writes=(), copy=None, ends=None):
+    def submit(self, recording, writes=(), copy=None, ends=None, ahead=False):
         copies = [] if copy is None else [copy] if isinstance(copy, tuple) else list(copy)
         w = [[b, o, d if hasattr(d, "byteLength") else memoryview(d).cast("B")] for b, o, d in writes]
         args = self._js([w, [list(c) for c in copies], list(ends or ())])
         self.crossings += 1
-        self.H.submit(self.device, self.state, recording, args[0], args[1], args[2])
+        return int(self.H.submit(self.device, self.state, recording, args[0], args[1], args[2], bool(ahead)))
 
     async def read_u32(self, buf, offset=0):
         self.crossings += 1

@@ -50,10 +50,15 @@ class Device(Protocol):
     def record(self, dispatches: list) -> Any:
         """A replayable recording of [(pipeline, group, gx, gy, gz)]."""
 
-    def submit(self, recording, writes=(), copy=None, ends=None) -> None:
+    def submit(self, recording, writes=(), copy=None, ends=None, ahead=False) -> int:
         """Writes [(buf, off, data)], then `recording` replayed in one compute pass and one
         queue.submit per chunk (`ends`: each chunk's end index, from `chunk_ends`; None: one
-        chunk), the optional buffer copies (src, soff, dst, doff, n) after the last pass."""
+        chunk), the optional buffer copies (src, soff, dst, doff, n) after the last pass.
+        `ahead`: then encode the same recording and copies again, unsubmitted, while the GPU
+        runs this one; the next submit of them sends that command buffer instead of encoding
+        (a step-by-step token's next step: its encoding leaves the critical path). Writes are
+        queued before the submit that follows them whenever its commands were encoded.
+        Returns the number of queue.submit calls made."""
 
     def read(self, buf: Buffer, offset: int, size: int) -> bytes:
         """Blocking readback (native only; the browser raises GpuError)."""

@@ -136,17 +136,20 @@ async def generate(dev, spec):
         toks.append(tok)
         if first_decode is None:
             first_decode = (dev.crossings - c0, time.perf_counter() - t1)
-            c0, t1 = dev.crossings, time.perf_counter()
+            c0, t1, s1 = dev.crossings, time.perf_counter(), be.stats["submits"]
     n_dec = spec["new_tokens"] - 2
     out.update(tokens=toks, decode_seconds=time.perf_counter() - t1,
                decode_tokens=n_dec,
                crossings_first_decode_step=first_decode[0] if first_decode else None,
                crossings_per_token=(dev.crossings - c0) / n_dec if n_dec > 0 else None,
+               encode_ahead=be.encode_ahead,
+               submits_per_token=(be.stats["submits"] - s1) / n_dec if n_dec > 0 else None,
                dispatches_per_token=be.stats["dispatches"] / max(be.stats["steps"], 1))
     out["decode_tokens_per_s"] = n_dec / out["decode_seconds"] if n_dec > 0 else None
     if spec.get("submit_chunks"):
         # the same decode again with each token's pass cut into submits (GpuBackend.submit_chunks)
         be.submit_chunks = tuple(spec["submit_chunks"])
+        be.encode_ahead = False       # every step chunked (ahead, a step after the first goes whole)
         cache = be.new_cache(len(spec["prompt"]) + spec["new_tokens"] + 8)
         toks = [await be.step_async(ids=spec["prompt"], cache=cache, params=sp, n=0)]
         for n in range(1, spec["new_tokens"]):
