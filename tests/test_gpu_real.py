@@ -96,6 +96,7 @@ def test_smollm2_gpu_variant_greedy(device, smol, torch_ref, variants):
         got = generate(lambda t, i: gb.step(ids=t, cache=c, params=SamplingParams(), n=i), ids, 32).ids
         assert got == torch_ref[p], (variants, p)
         assert gb.decode(ids, gb.new_cache(len(ids) + 40), SamplingParams(), 32).ids == torch_ref[p]
+        assert device._ahead is None     # pipelined steps encode no step ahead (their readback slots differ)
     assert any("fn ldw(i: u32) -> mat2x4f" in s for s in device._pipelines)   # the 8-value loader ran
 
 

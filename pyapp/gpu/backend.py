@@ -625,9 +625,12 @@ class GpuBackend:
         self._groups.clear()
         self._enc_plans.clear()
 
-    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None, chunks=None):
+    def _step_submit(self, ids, x, cache, params, n, start, stop, readback=None, chunks=None, ahead=False):
         """Submit one step (prompt chunks beyond max_tokens first); `chunks`: the rule its
-        pass is cut into submits by (SUBMIT_CHUNKS; None: one submit)."""
+        pass is cut into submits by (SUBMIT_CHUNKS; None: one submit); `ahead`: a one-token
+        step encodes the next one's command buffer after its submit (step-by-step decode; not
+        pipelined steps, whose readback slot differs from step to step: H200 run 15k, encoding
+        one that never matched cost SmolLM2 f16 pipelined ~555-581 -> 302-530 tok/s)."""
         from ..sampling import SamplingParams
 
         params = params or SamplingParams()
@@ -639,7 +642,7 @@ class GpuBackend:
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
         ends = chunk_ends(self.step_dispatches, chunks)
         n = self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends,
-                               ahead=self.encode_ahead and T == 1)
+                               ahead=ahead and T == 1)
         self.stats["submits"] += (n or 1) - 1      # _prepare counted one
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
@@ -671,12 +674,12 @@ class GpuBackend:
 
     def step(self, ids=None, x=None, cache=None, params=None, n=0, start=None, stop=None):
         """Forward + head + GPU sampling; reads back one u32 (native binding)."""
-        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks)
+        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks, ahead=self.encode_ahead)
         return struct.unpack("<I", self.device.read(self.readback, 0, 4))[0]
 
     async def step_async(self, ids=None, x=None, cache=None, params=None, n=0, start=None, stop=None):
         """The same, awaiting the readback (the browser binding's mapAsync)."""
-        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks)
+        self._step_submit(ids, x, cache, params, n, start, stop, chunks=self.submit_chunks, ahead=self.encode_ahead)
         return struct.unpack("<I", bytes(await self.device.read_async(self.readback, 0, 4)))[0]
 
     def pipeline(self, cache, params=None, depth=DECODE_DEPTH):
