@@ -641,9 +641,9 @@ class GpuBackend:
             ids, x = self._prefill_chunks(ids, x, cache, start, stop)
         rec, T, pos0, _h, writes = self._prepare(ids, x, cache, start, stop, True, False, True, params, n)
         ends = chunk_ends(self.step_dispatches, chunks)
-        n = self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4), ends=ends,
-                               ahead=ahead and T == 1)
-        self.stats["submits"] += (n or 1) - 1      # _prepare counted one
+        submits = self.device.submit(rec, writes, copy=(self.tok_buf, 0, readback or self.readback, 0, 4),
+                                     ends=ends, ahead=ahead and T == 1)
+        self.stats["submits"] += (submits or 1) - 1      # _prepare counted one
         cache.length = pos0 + T
         self.stats["readbacks"] += 1
 
