@@ -69,6 +69,9 @@ def pre_encoded_step(be, tok, cache, sp, n, rule):
 
 
 def one_round(be, rule, prompt, tokens, sp):
+    # +ahead: the pre-encoded step submits its own buffers (not through Device.submit), so the
+    # buffer the full step before it encoded ahead waits for the full step after: as in a step
+    # loop, it was encoded while the GPU ran an earlier step
     be.submit_chunks, be.encode_ahead = rule
     c = be.new_cache(len(prompt) + 2 * tokens + 8)
     tok = be.step(ids=prompt, cache=c, params=sp)

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyapp.bench import SMOLLM2_CONFIG, gpu_pass_us, host_encode_ms, llama_names  # noqa: E402
+from pyapp.bench import SMOLLM2_CONFIG, floor_dispatches, gpu_pass_us, host_encode_ms, llama_names  # noqa: E402
 
 LLAMA_1B = {  # Llama 3.2 1B's shape (no rope scaling: the speed is the same)
     "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
@@ -290,10 +289,7 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
         if name.startswith("linear"):
             shapes.setdefault(id(d[0]), (f"{name} #{len(shapes)} gx={d[2]}", []))[1].append(d)
     groups = [("(whole token)", list(rec))] + sorted(classes.items()) + list(shapes.values())
-    # each class again with its work taken out (dispatch_floor_us's kernel, same grids)
-    fpipe = dev.pipeline(FLOOR_KERNEL)
-    fgroup = dev.bind_group(fpipe, {0: dev.create_buffer(4096)})
-    groups += [("floor " + name, [(fpipe, fgroup, gx, gy, gz) for _p, _g, gx, gy, gz in ds]) for name, ds in groups]
+    groups += [("floor " + name, floor_dispatches(dev, ds)) for name, ds in groups]   # the same, no work
     times = gpu_pass_us(dev, [ds for _name, ds in groups], reps)
     out = []
     wb = weight_bytes_per_token(cfg, dtype)
@@ -306,29 +302,18 @@ def profile_classes(dev, be, rec, kind_of, cfg, dtype, reps=10):
     return out
 
 
-FLOOR_KERNEL = """@group(0) @binding(0) var<storage, read_write> a: array<u32>;
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) w: vec3u, @builtin(local_invocation_index) l: u32) {
-  if (l == 0u) { a[w.x % 1024u] += 1u; }
-}"""
-
-
 def dispatch_floor_us(dev, rec, reps=20):
-    """GPU µs of a token's dispatches with no work in them: every dispatch of the plan `rec`
-    replaced by a kernel of the same grid that only bumps one word of a buffer all of them
-    write (so each waits for the one before, as the plan's do), in one pass, `reps` times per
-    submit (encoded before it is timed), best of 4 submits. What WebGPU charges a token for its dispatch count alone: with
-    the weight bytes at the copy bandwidth it bounds the token from below (the "ceiling")."""
-    buf, rb = dev.create_buffer(4096), dev.create_buffer(4, "readback")
-    pipe = dev.pipeline(FLOOR_KERNEL)
-    group = dev.bind_group(pipe, {0: buf})
-    plan = dev.record([(pipe, group, gx, gy, gz) for _p, _g, gx, gy, gz in rec] * reps)
-    copies, best = [(buf, 0, rb, 0, 4)], 1e9
+    """GPU µs of a token's dispatches with no work in them (`floor_dispatches` of the plan
+    `rec`), in one pass, `reps` times per submit (encoded before the clock starts), best of 4
+    submits: what WebGPU charges a token for its dispatch count alone. With the weight bytes at
+    the copy bandwidth it bounds the token from below (the "ceiling")."""
+    plan = dev.record(floor_dispatches(dev, rec) * reps)
+    copies, best = [(dev.create_buffer(4), 0, dev.create_buffer(4, "readback"), 0, 4)], 1e9
     for _ in range(4):
-        cb = dev.command_buffer(plan, copies=copies)      # encoded before the clock starts
+        cb = dev.command_buffer(plan, copies=copies)
         t = time.perf_counter()
         dev.submit_buffer(cb, copies)
-        dev.read(rb, 0, 4)
+        dev.read(copies[0][2], 0, 4)
         best = min(best, time.perf_counter() - t)
     return best / reps * 1e6
 

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pyapp import kernels  # noqa: E402
-from pyapp.bench import gpu_pass_us  # noqa: E402
+from pyapp.bench import floor_dispatches, gpu_pass_us  # noqa: E402
 
-from bench_q4_layout import parse_shapes, timed_device  # noqa: E402
+from bench_q4_layout import R, parse_shapes, timed_device  # noqa: E402
 from bench_q4_layout import sources as stream_sources  # noqa: E402
 
 SHAPES = ((12288, 4096), (22016, 4096), (4096, 11008), (32000, 4096))   # 3 copies of each > 50 MB
@@ -73,17 +73,13 @@ def gemv_plans(dev, N, K, variant, ablation, extra=None):
 
 
 def stream_plans(dev, N, K):
-    """bench_q4_layout's `stored` and `floor` kernels over COPIES weight buffers, its grid."""
-    nbytes = N * (K // 32) * 20
-    bufs = [dev.create_buffer(nbytes) for _ in range(COPIES)]
+    """bench_q4_layout's `stored` kernel over COPIES weight buffers, its grid, and the same
+    dispatches with no work (`floor_dispatches`)."""
+    bufs = [dev.create_buffer(N * (K // 32) * 20) for _ in range(COPIES)]
     out = dev.create_buffer(1024)
-    srcs = stream_sources(N, K)
-    gx = -(-N // 16)
-    res = {}
-    for name in ("stored", "floor"):
-        p = dev.pipeline(srcs[name])
-        res[name] = [(p, dev.bind_group(p, {0: b, 1: out}), gx, 1, 1) for b in bufs]
-    return bufs, res
+    p = dev.pipeline(stream_sources(N, K)["stored"])
+    stored = [(p, dev.bind_group(p, {0: b, 1: out}), -(-N // (4 * R)), 1, 1) for b in bufs]
+    return bufs, {"stored": stored, "floor": floor_dispatches(dev, stored)}
 
 
 def main(argv=None):

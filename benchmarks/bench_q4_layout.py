@@ -11,7 +11,7 @@ per workgroup), each lane XOR-folding what it loads (a result no compiler can dr
   16-byte loads a run (the 32 lanes of one load instruction 80 bytes apart);
 * `coalesced`: the same bytes of the same rows, lane l reading 16-byte word l, l + 32, ... of
   the row (one load instruction: 512 contiguous bytes) — the layout a repacked tensor allows;
-* `floor`: the grid with no loads (what a dispatch costs alone).
+* `floor`: the same grid with no work (`pyapp.bench.floor_dispatches`: a dispatch alone).
 Timestamp queries around `reps` dependent dispatches (each writes what the next reads) in one
 pass; µs per dispatch and GB/s of weight bytes, raw and with the floor taken off.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pyapp.bench import gpu_pass_us  # noqa: E402
+from pyapp.bench import floor_dispatches, gpu_pass_us  # noqa: E402
 
 SHAPES = ((12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008), (32000, 4096))
 R = 4
@@ -40,7 +40,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_index) l: u3
   let lane = l % 32u;
   let c0 = (wg.x * 4u + l / 32u) * {R}u;
   var acc = vec4u(out[0]);
-  if (acc.x == 0xFFFFFFFFu) {{ acc ^= w[0]; }}     // never: keeps `w` bound in the floor kernel
 """
 STORED = """  for (var r = 0u; r < {R}u; r++) {{
     let row = min(c0 + r, N - 1u) * NU * 5u;
@@ -72,8 +71,7 @@ def sources(N, K):
     nu = K // 128
     subs = dict(N=N, NU=nu, R=R)
     return {"stored": (HEAD + STORED + TAIL).format(**subs),
-            "coalesced": (HEAD + COALESCED + TAIL).format(**subs),
-            "floor": (HEAD + TAIL).format(**subs)}
+            "coalesced": (HEAD + COALESCED + TAIL).format(**subs)}
 
 
 def time_kernels(dev, N, K, reps):
@@ -83,10 +81,10 @@ def time_kernels(dev, N, K, reps):
     obuf = dev.create_buffer(4 * 256)
     gx = -(-N // (4 * R))
     srcs = sources(N, K)
-    names = list(srcs)
-    pipes = [dev.pipeline(srcs[n]) for n in names]
-    us = gpu_pass_us(dev, [[(p, dev.bind_group(p, {0: wbuf, 1: obuf}), gx, 1, 1)] for p in pipes], reps, rounds=3)
-    best = dict(zip(names, us))
+    groups = {n: [(p, dev.bind_group(p, {0: wbuf, 1: obuf}), gx, 1, 1)] for n, p in
+              ((n, dev.pipeline(src)) for n, src in srcs.items())}
+    groups["floor"] = floor_dispatches(dev, groups["stored"])
+    best = dict(zip(groups, gpu_pass_us(dev, list(groups.values()), reps, rounds=3)))
     wbuf.destroy()
     row = {"N": N, "K": K, "MB": nbytes / 1e6, "workgroups": gx, "floor_us": best["floor"]}
     for n in ("stored", "coalesced"):

@@ -62,6 +62,23 @@ def device_info(dev):
 
 
 # ----------------------------------------------------------------------------- timing
+# a dispatch that does nothing but wait for the one before: every workgroup's first lane bumps
+# one word of a buffer all of them write (wgpu puts a barrier between writers of one buffer)
+FLOOR_KERNEL = """@group(0) @binding(0) var<storage, read_write> a: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) w: vec3u, @builtin(local_invocation_index) l: u32) {
+  if (l == 0u) { a[w.x % 1024u] += 1u; }
+}"""
+
+
+def floor_dispatches(dev, dispatches):
+    """`dispatches` with their work taken out: the same grids, each running FLOOR_KERNEL, so
+    that timing them gives what the dispatches cost alone (launch and the barrier between)."""
+    pipe = dev.pipeline(FLOOR_KERNEL)
+    group = dev.bind_group(pipe, {0: dev.create_buffer(4096)})
+    return [(pipe, group, gx, gy, gz) for _p, _g, gx, gy, gz in dispatches]
+
+
 def gpu_pass_us(dev, groups, reps=10, rounds=1):
     """GPU µs per replay of each dispatch list in `groups` (native binding, timestamp-query):
     one compute pass per list, replayed `reps` times between the pass's two timestamps, all

@@ -93,24 +93,15 @@ if [ "$1" = ahead ]; then
     2>&1 | grep -E "native" | tee -a $R/ahead-log.txt
   exit
 fi
-if [ "$1" = ahead2 ]; then
-  # 15k: pipelined and step-by-step SmolLM2 / Gemma f16 before encode-ahead (.perf/old: the tree
-  # before, `git archive`) and after, alternating twice (15j's pipelined SmolLM2 was 381 tok/s)
+if [ "$1" = ahead2 ] || [ "$1" = ahead3 ]; then
+  # 15k (ahead2): pipelined and step-by-step SmolLM2 / Gemma f16 before encode-ahead (.perf/old:
+  # the tree before, `git archive`) and after, alternating twice (15j's pipelined SmolLM2 was 381
+  # tok/s); 15l (ahead3): the same after pipelined steps stopped encoding ahead (they had: a
+  # buffer that never matched, every step)
   for i in 1 2; do
     for t in .perf/old .; do
       (cd $t && PYTHONPATH=/tmp/site:$PWD timeout 100 python3 benchmarks/bench_compare.py --shapes smollm2-135m-f16,gemma3-270m-f16 \
-        --no-deno --no-torch --label "ahead2 $t" --out $R) 2>&1 | grep -E "native" | sed "s|^|$t |" | tee -a $R/ahead2-log.txt
-    done
-  done
-  exit
-fi
-if [ "$1" = ahead3 ]; then
-  # 15l: 15k again after pipelined steps stopped encoding ahead (they had: a buffer that never
-  # matched, every step)
-  for i in 1 2; do
-    for t in .perf/old .; do
-      (cd $t && PYTHONPATH=/tmp/site:$PWD timeout 100 python3 benchmarks/bench_compare.py --shapes smollm2-135m-f16,gemma3-270m-f16 \
-        --no-deno --no-torch --label "ahead3 $t" --out $R) 2>&1 | grep -E "native" | sed "s|^|$t |" | tee -a $R/ahead3-log.txt
+        --no-deno --no-torch --label "$1 $t" --out $R) 2>&1 | grep -E "native" | sed "s|^|$t |" | tee -a $R/$1-log.txt
     done
   done
   exit
