@@ -62,10 +62,14 @@ def reference(prompt, n, chat=False):
     return _REFS[(prompt, n, chat)]
 
 
+def run_py(page, code):
+    """Statements run in the page's Python."""
+    page.evaluate("(c) => pyapp.runPython(c + '\\nNone')", code)
+
+
 def hooks(page, **kw):
     """Set session.TEST hooks in the page's Python."""
-    code = "from pyapp.edge import session\n" + "".join(f"session.TEST[{k!r}] = {v!r}\n" for k, v in kw.items())
-    page.evaluate("(c) => pyapp.runPython(c + '\\nNone')", code)
+    run_py(page, "from pyapp.edge import session\n" + "".join(f"session.TEST[{k!r}] = {v!r}\n" for k, v in kw.items()))
 
 
 def generate(page, prompt, split, n, chat=False, **extra):
@@ -221,6 +225,9 @@ def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
     m = httpx.get(server.url + f"/models/{MINI}/manifest.json").json()
     c = next(c for c in m["chunks"] if c["id"] == "layer.2")
     server.faults.add("stall", "/models/" + MINI, range_start=c["ranges"][0][0], after=100_000, hold=180.0)
+    # only release() ends the stall: the page's own limit (NET stall_s, 20 s) would otherwise abort
+    # it and resume from the missing byte, and on a slow run the whole load could land before call 1
+    run_py(page, "from pyapp.edge import stream\nstream.NET['stall_s'] = 300.0")
     ref = {t: e for ts in EMBED_TEXTS for t, e in zip(ts, st_embed(MINI, ts))}
     served = []
 
@@ -232,7 +239,7 @@ def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
         return st
 
     st = call(EMBED_TEXTS[0])                  # fresh page: nothing verified yet but the pooling
-    assert st["progressive"] and st["target"] == 0 and st["split"] >= 3 and st["loading"]
+    assert st["progressive"] and st["target"] == 0 and st["split"] >= 3 and st["loading"], (served, server.faults.fired)
     wait_for(page, "r.serving_split() == 3", 60)
     st = call(EMBED_TEXTS[1])                  # layer 2 is still stalled on the wire
     assert st["split"] == 3 and st["loading"], served
