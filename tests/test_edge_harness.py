@@ -60,6 +60,7 @@ class Faults:
     def __init__(self):
         self.rules = []
         self.fired = []
+        self.seen = []      # [path, Range, body bytes sent] of every model-file request: the wire's log
         self.lock = threading.Lock()
         self.released = threading.Event()   # ends every "stall" still holding (release())
 
@@ -92,6 +93,7 @@ class Faults:
             except ValueError:
                 start = None
         with self.lock:
+            self.seen.append([path, range_header, 0])
             for r in self.rules:
                 if r["path"] in path and (r["start"] is None or r["start"] == start):
                     r["count"] -= 1
@@ -103,7 +105,8 @@ class Faults:
 
 
 class FaultInjector:
-    """ASGI middleware: corrupts or cuts one armed model-file response."""
+    """ASGI middleware: corrupts or cuts one armed model-file response, and logs every model-file
+    request with the body bytes it sent (``Faults.seen``)."""
 
     def __init__(self, app, faults):
         self.app = app
@@ -117,8 +120,15 @@ class FaultInjector:
             return await self.app(scope, receive, send)
         hdrs = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
         rule = self.faults.take(scope["path"], hdrs.get("range", ""))
+        seen = self.faults.seen[-1]      # take() appended it (no await in between)
+
+        async def counted(msg):
+            if msg["type"] == "http.response.body":
+                seen[2] += len(msg.get("body", b""))
+            await send(msg)
+
         if rule is None:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, counted)
         sent = [0]
 
         class Cut(Exception):
@@ -135,12 +145,12 @@ class FaultInjector:
                 elif rule["kind"] in ("cut", "stall") and n0 + len(body) > rule["after"]:
                     keep = body[:max(0, rule["after"] - n0)]
                     if keep:
-                        await send(dict(msg, body=keep, more_body=True))
+                        await counted(dict(msg, body=keep, more_body=True))
                     if rule["kind"] == "stall":
                         await self.faults.stall(rule["hold"])
                     raise Cut()
                 sent[0] += len(body)
-            await send(msg)
+            await counted(msg)
 
         try:
             await self.app(scope, receive, faulty_send)

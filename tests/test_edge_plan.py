@@ -70,6 +70,22 @@ def test_plan_requests_coalesces_small_gaps():
     assert reqs[1] == [1_000_000, 10, [[1_000_000, 10, 150]]]
 
 
+def test_ranges_of_one_shared_file_go_around_the_http_cache():
+    """The server's layout (every chunk a range of one weights file) reads that file in several
+    requests: it is shared, its ranges fetched with 'no-store'; so is a big chunk's pieces in one
+    file. A static site's layout (a file per chunk, a file per piece of a big chunk) shares none:
+    a repeat visit keeps the browser's cache. One chunk of one piece is one request."""
+    from pyapp.edge import offline
+    m = dict(tied_manifest(), name="t")
+    assert stream.shared_files(m["chunks"]) == {"model.safetensors"}
+    assert stream.shared_files(m["chunks"][:1]) == set()
+    big = dict(m["chunks"][1], pieces=[[0, 500, "a" * 64], [500, 500, "b" * 64]])      # layer.0
+    assert stream.shared_files([big]) == {"model.safetensors"}
+    static = offline.chunked_manifest(dict(m, chunks=[m["chunks"][0], big] + m["chunks"][2:]))
+    assert sum(c["file"] is None for c in static["chunks"]) == 1        # layer.0: a file a piece
+    assert stream.shared_files(static["chunks"]) == set()
+
+
 def test_tensor_slices_inside_chunk_buffer():
     c = _chunk("x", 0, [("a", 100, 8), ("b", 108, 4), ("c", 500, 12)])
     assert stream.tensor_slices(c) == [("a", 0, 8), ("b", 8, 4), ("c", 12, 12)]

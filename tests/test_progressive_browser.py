@@ -207,11 +207,11 @@ def page_py(page, expr):
     return page.evaluate("(c) => pyapp.runPython(c)", code)
 
 
-def wait_for(page, expr, timeout_s):
+def wait_for(page, expr, timeout_s, state=lambda: ""):
     import time
     t0 = time.time()
     while not page_py(page, expr):
-        assert time.time() - t0 < timeout_s, f"{expr} still false after {timeout_s} s"
+        assert time.time() - t0 < timeout_s, f"{expr} still false after {timeout_s} s {state()}"
         time.sleep(0.2)
 
 
@@ -231,6 +231,14 @@ def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
     ref = {t: e for ts in EMBED_TEXTS for t, e in zip(ts, st_embed(MINI, ts))}
     served = []
 
+    def state():
+        """What the page holds and what it asked the server for: the message of a failure."""
+        held = json.loads(page_py(page, "__import__('json').dumps([sorted(map(str, r.backend.ready)), "
+                                        "r.serving_split(), r.loading.done()])"))
+        asked = [rng for p, rng, _ in server.faults.seen if MINI in p]
+        return (f"(page: ready {held[0]}, serving {held[1]}, load done {held[2]}; calls {served}; "
+                f"layer 2 at byte {c['ranges'][0][0]}; requests {asked}; faults fired {server.faults.fired})")
+
     def call(texts):
         out, st = embed(page, texts, 0)
         cos = [cosine(e, ref[t]) for e, t in zip(out, texts)]
@@ -239,10 +247,10 @@ def test_encoder_embeds_at_once_and_moves_down_between_calls(page, server):
         return st
 
     st = call(EMBED_TEXTS[0])                  # fresh page: nothing verified yet but the pooling
-    assert st["progressive"] and st["target"] == 0 and st["split"] >= 3 and st["loading"], (served, server.faults.fired)
-    wait_for(page, "r.serving_split() == 3", 60)
+    assert st["progressive"] and st["target"] == 0 and st["split"] >= 3 and st["loading"], state()
+    wait_for(page, "r.serving_split() == 3", 60, state)
     st = call(EMBED_TEXTS[1])                  # layer 2 is still stalled on the wire
-    assert st["split"] == 3 and st["loading"], served
+    assert st["split"] == 3 and st["loading"], state()
     assert server.faults.fired and server.faults.fired[-1]["kind"] == "stall"
     server.faults.release()
     wait_for(page, "r.loading.done()", 120)

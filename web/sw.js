@@ -40,7 +40,9 @@ self.addEventListener('activate', (e) => {
 const MODEL_FILE = /\/models\/[^/]+\/([0-9a-f]{16})\/[^/]+$/;
 const MANIFEST = /\/models\/[^/]+\/manifest\.json$/;
 const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
-const doubts = (req) => req.cache === 'reload' || req.cache === 'no-store';
+// Only 'reload' doubts a saved file: the page reads ranges of a shared file with 'no-store' (around
+// the HTTP cache, pyapp/edge/stream.py shared_files), which a saved copy still answers.
+const doubts = (req) => req.cache === 'reload';
 
 function slice(blob, rangeHeader) {
   const m = /bytes=(\d+)-(\d*)/.exec(rangeHeader || '');

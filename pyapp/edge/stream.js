@@ -10,7 +10,9 @@
   const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const jsHeap = () => (globalThis.performance && performance.memory ? performance.memory.usedJSHeapSize : 0);
-  const DEFAULTS = { stallMs: 20000, maxTries: 4, maxAttempts: 3, verify: true };
+  // httpCache false: the ranges go around the browser's HTTP cache ('no-store'), for a file this
+  // load reads several ranges of at once (stream.py shared_files)
+  const DEFAULTS = { stallMs: 20000, maxTries: 4, maxAttempts: 3, verify: true, httpCache: true };
   const totals = { peakJsHeap: jsHeap(), bytes: 0, resumes: 0, errors: 0, refetches: 0, requests: 0 };
   const sample = () => { const h = jsHeap(); if (h > totals.peakJsHeap) totals.peakJsHeap = h; };
   let lastEmit = 0;
@@ -86,7 +88,7 @@
       try {
         totals.requests++;
         const { resp, ctl } = await fetchTimed(url, { headers: { Range: `bytes=${a}-${b}` },
-          cache: (reload || tries > 0) ? 'reload' : 'default' }, opts.stallMs);
+          cache: (reload || tries > 0) ? 'reload' : (opts.httpCache ? 'default' : 'no-store') }, opts.stallMs);
         if (resp.status !== 206 && resp.status !== 200) {
           const client = resp.status >= 400 && resp.status < 500 && resp.status !== 408 && resp.status !== 429;
           throw fail('http', `the server answered HTTP ${resp.status} for ${url}`, client);
