@@ -1,6 +1,6 @@
 """Weight streaming on the wire: what the page fetches against what crosses the wire, with the
-ranges of a shared file read through the browser's HTTP cache (``httpCache: true``, before
-0.x: every load did) and around it (``'no-store'``, the default for a file the load reads
+ranges of a shared file read through the browser's HTTP cache (``httpCache: true``, as every
+load did before ``shared_files``) and around it (``'no-store'``, the default for a file the load reads
 several ranges of, ``pyapp.edge.stream.shared_files``).  Headless Chromium against the real
 server app on loopback; the server's middleware logs every model-file request and the bytes it
 sent.  Alternates the two modes on fresh pages (an empty HTTP cache each).  Prints numbers and
