@@ -284,7 +284,8 @@ async def stream_chunks(manifest, chunks, sink, base_url="", parallel=DEFAULT_PA
 
     ``owner`` (tensor -> chunk id) says which chunk writes a tensor present in several;
     ``on_chunk(ChunkStat)`` is called as each chunk lands; ``opts`` overrides stream.js's limits
-    (``stallMs``, ``maxTries``, ``maxAttempts``); ``cancelled()`` true stops before the next
+    (``stallMs``, ``maxTries``, ``maxAttempts``; ``httpCache`` for every file, else false only
+    for :func:`shared_files`); ``cancelled()`` true stops before the next
     piece with code ``cancelled`` (the caller frees what was allocated).  Returns :class:`LoadStats`.
     """
     await ensure_sha256(base_url)
