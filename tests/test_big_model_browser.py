@@ -101,10 +101,6 @@ def reference(big):
 @pytest.fixture(scope="module")
 def server(big):
     s = LiveServer(models=(NAME,), preload=False)
-    seen = []
-    take = s.faults.take
-    s.faults.take = lambda path, rng: (seen.append(path), take(path, rng))[1]
-    s.requests = seen
     yield s
     s.close()
 
@@ -203,9 +199,9 @@ def test_refused_before_fetch_then_split_20(big, reference, server, browser):
         mark(f"cancelled: {r}; destroyed backends holding {[f / 1e9 for f in freed]} GB of weight buffers")
         assert r.get("code") == "cancelled" and not resident
         assert len(freed) == 1 and freed[0] > 4 * 2 ** 30
-        before = len(server.requests)
+        before = len(server.faults.seen)
         r = generate(page, 0, gpuMemory=2e9, progressive=True)     # the progressive loader checks too
-        weights = [p for p in server.requests[before:] if p.endswith(".safetensors")]
+        weights = [p for p, _rng, _n in server.faults.seen[before:] if p.endswith(".safetensors")]
         assert r.get("code") == "too_big" and not weights, (r, weights)
         k = int(re.search(r"split (\d+) or higher fits", r["error"]).group(1))
         assert k == expected_fit(big, 2e9), r["error"]
